@@ -1,0 +1,61 @@
+# segloop front door. Every target installs what it needs into .venv first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.segloop-installed
+REGISTRY ?= ghcr.io/segloop
+TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+PIPELINES := pre_annotation training active_learning
+
+.PHONY: install demo test lint format up down status compile images push bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/segloop demo
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint images/*.Dockerfile
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+up: install
+	$(BIN)/segloop up
+
+down: install
+	$(BIN)/segloop down
+
+status: install
+	$(BIN)/segloop status
+
+compile: install
+	mkdir -p build/pipelines
+	for p in $(PIPELINES); do $(BIN)/segloop compile $$p --output build/pipelines/$$p.yaml || exit 1; done
+
+images:
+	docker buildx build -f images/cpu.Dockerfile -t $(REGISTRY)/segloop:$(TAG) --load .
+	docker buildx build -f images/cuda.Dockerfile -t $(REGISTRY)/segloop-cuda:$(TAG) --load .
+
+push:
+	docker buildx build -f images/cpu.Dockerfile -t $(REGISTRY)/segloop:$(TAG) --push .
+	docker buildx build -f images/cuda.Dockerfile -t $(REGISTRY)/segloop-cuda:$(TAG) --push .
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared pieces used by every stage: config, storage, labels, images, artifacts, progress."""

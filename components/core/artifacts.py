@@ -1,0 +1,101 @@
+"""What every stage writes next to its outputs: `manifest.jsonl`, `metrics.json`, `cfg.yaml`.
+
+The manifest has one JSON object per item (usually an image) with a `status` (`ok` or
+`failed`) and, on failure, a `reason`. It is appended line by line and flushed, so a stage that
+is interrupted keeps what it finished and a re-run can skip it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from components.core import storage
+from components.core.errors import SegloopError
+
+OK = "ok"
+FAILED = "failed"
+
+
+class Manifest:
+    """Append-only `manifest.jsonl` in a local folder; the last line for an id wins."""
+
+    def __init__(
+        self, folder: str | Path, key: str = "record_id", filename: str = "manifest.jsonl"
+    ):
+        self.path = Path(folder) / filename
+        self.key = key
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line_no, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    # A line cut by an interruption: the item is simply redone.
+                    continue
+                if isinstance(entry, dict) and self.key in entry:
+                    self.entries[str(entry[self.key])] = entry
+                else:
+                    raise SegloopError(f"{self.path}:{line_no}: manifest line has no '{self.key}'")
+
+    def done(self, item_id: str) -> bool:
+        entry = self.entries.get(str(item_id))
+        return bool(entry and entry.get("status") == OK)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        if self.key not in entry or "status" not in entry:
+            raise ValueError(f"manifest entry needs '{self.key}' and 'status': {entry}")
+        self.entries[str(entry[self.key])] = entry
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(entry, default=str) + "\n")
+            fh.flush()
+
+    def ok(self) -> list[dict[str, Any]]:
+        return [e for e in self.entries.values() if e.get("status") == OK]
+
+    def failed(self) -> list[dict[str, Any]]:
+        return [e for e in self.entries.values() if e.get("status") == FAILED]
+
+    def compact(self) -> None:
+        """Rewrite the file with one line per id (the latest), atomically."""
+        with storage.atomic_path(self.path) as tmp:
+            tmp.write_text(
+                "".join(json.dumps(e, default=str) + "\n" for e in self.entries.values())
+            )
+
+
+def read_jsonl(uri: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    for line_no, line in enumerate(storage.read_text(uri).splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SegloopError(f"{uri}:{line_no} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def write_jsonl(uri: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    storage.write_text(uri, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
+    storage.write_json(storage.join(str(folder), "metrics.json"), metrics)
+
+
+def check_failures(
+    stage: str, failed: list[dict[str, Any]], max_failures: int, id_key: str = "record_id"
+) -> None:
+    """Fail the stage (non-zero exit) when more than `max_failures` items failed, naming them."""
+    if len(failed) <= max_failures:
+        return
+    shown = "\n".join(f"  {e.get(id_key)}: {e.get('reason')}" for e in failed[:20])
+    more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
+    raise SegloopError(
+        f"{stage}: {len(failed)} items failed (max_failures={max_failures}); see manifest.jsonl:\n{shown}{more}"
+    )

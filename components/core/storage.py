@@ -1,0 +1,374 @@
+"""One interface over local paths (`file://` or plain) and `s3://bucket/key` URIs.
+
+S3 goes through boto3 with the endpoint, credentials and region from the environment
+(`AWS_ENDPOINT_URL` or `S3_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+`AWS_REGION`), standard-mode retries, multipart transfers for large objects and a few parallel
+transfers for folders. Local writes are atomic (temp name, then rename) so an interrupted stage
+never leaves a half file that a re-run trusts. Failures raise `StorageError` naming the URI and
+the cause in words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
+
+from components.core.errors import StorageError
+
+MB = 1024 * 1024
+TRANSFER = TransferConfig(
+    multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=8
+)
+FOLDER_WORKERS = 8
+
+
+# ---------------------------------------------------------------- URIs
+
+
+def is_s3(uri: str | Path) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b")."""
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: an S3 URI needs a bucket, like s3://my-bucket/path")
+    return bucket, key
+
+
+def local_path(uri: str | Path) -> Path:
+    """A local URI (`file://...` or a plain path) as a Path."""
+    text = str(uri)
+    if is_s3(text):
+        raise StorageError(f"{text} is an S3 URI, not a local path")
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    return Path(text)
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI with '/'."""
+    out = str(base)
+    for part in parts:
+        part = str(part).strip("/")
+        if not part:
+            continue
+        out = out.rstrip("/") + "/" + part if out else part
+    return out
+
+
+def name(uri: str) -> str:
+    """The last path component of a URI."""
+    return str(uri).rstrip("/").rsplit("/", 1)[-1]
+
+
+# ---------------------------------------------------------------- S3 client and errors
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL") or None
+
+
+@lru_cache(maxsize=8)
+def _client(endpoint: str | None, key_id: str | None, region: str | None):
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=5,
+        read_timeout=120,
+        max_pool_connections=32,
+        s3={"addressing_style": "path"} if endpoint else None,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=config
+    )
+
+
+def s3_client():
+    """A boto3 S3 client for the current environment (cached per endpoint and key id)."""
+    return _client(
+        endpoint_url(),
+        os.environ.get("AWS_ACCESS_KEY_ID"),
+        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+    )
+
+
+def _explain(uri: str, exc: Exception, action: str) -> StorageError:
+    """Turn a boto3/botocore error into words that name the URI and what to do."""
+    where = endpoint_url() or "AWS S3"
+    if isinstance(exc, NoCredentialsError):
+        why = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run `segloop up` and `source .segloop/stack.env`)"
+    elif isinstance(exc, EndpointConnectionError):
+        why = f"endpoint {where} is unreachable: is the object store running (`segloop up`) and AWS_ENDPOINT_URL right?"
+    elif isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            why = f"no such bucket at {where}: create it or fix the URI"
+        elif code in ("NoSuchKey", "404", "NotFound"):
+            why = "no such object"
+        elif code in (
+            "AccessDenied",
+            "403",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "Forbidden",
+        ):
+            why = f"access denied by {where} ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+        else:
+            why = f"{code}: {exc.response.get('Error', {}).get('Message', exc)}"
+    else:
+        why = str(exc) or type(exc).__name__
+    return StorageError(f"cannot {action} {uri}: {why}")
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, action: str) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _explain(uri, exc, action) from exc
+
+
+@contextlib.contextmanager
+def _local_errors(uri: str | Path, action: str) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise StorageError(f"cannot {action} {uri}: no such file or folder") from exc
+    except PermissionError as exc:
+        raise StorageError(f"cannot {action} {uri}: permission denied") from exc
+    except IsADirectoryError as exc:
+        raise StorageError(f"cannot {action} {uri}: it is a folder, not a file") from exc
+
+
+# ---------------------------------------------------------------- atomic local writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------- bytes, text, json
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "read"):
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    with _local_errors(uri, "read"):
+        return local_path(uri).read_bytes()
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "write"):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    with _local_errors(uri, "write"), atomic_path(local_path(uri)) as tmp:
+        tmp.write_bytes(data)
+
+
+def read_text(uri: str | Path) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str | Path, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str | Path) -> Any:
+    try:
+        return json.loads(read_text(uri))
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{uri} is not valid JSON: {exc}") from exc
+
+
+def write_json(uri: str | Path, data: Any) -> None:
+    write_text(uri, json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- existence and listing
+
+
+def exists(uri: str | Path) -> bool:
+    uri = str(uri)
+    if not is_s3(uri):
+        return local_path(uri).exists()
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _explain(uri, exc, "check") from exc
+    except BotoCoreError as exc:
+        raise _explain(uri, exc, "check") from exc
+
+
+def list_files(prefix: str | Path) -> list[str]:
+    """Every file under a folder or S3 prefix (recursive), as URIs, sorted. Paginates."""
+    prefix = str(prefix)
+    if not is_s3(prefix):
+        root = local_path(prefix)
+        if not root.exists():
+            return []
+        if root.is_file():
+            return [str(root)]
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+    bucket, key = split_s3(prefix)
+    if key and not key.endswith("/"):
+        key += "/"
+    out: list[str] = []
+    with _s3_errors(prefix, "list"):
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
+            out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    return sorted(u for u in out if not u.endswith("/"))
+
+
+def is_dir(uri: str | Path) -> bool:
+    """A local folder, or an S3 prefix with at least one object under it."""
+    uri = str(uri)
+    if not is_s3(uri):
+        return local_path(uri).is_dir()
+    return bool(list_files(uri))
+
+
+# ---------------------------------------------------------------- transfers
+
+
+def upload_file(local: str | Path, uri: str) -> None:
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri, "upload to"), _local_errors(local, "upload"):
+        s3_client().upload_file(str(local), bucket, key, Config=TRANSFER)
+
+
+def download_file(uri: str, local: str | Path) -> Path:
+    """Download an object to a local path atomically."""
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri, "download"), atomic_path(local) as tmp:
+        s3_client().download_file(bucket, key, str(tmp), Config=TRANSFER)
+    return Path(local)
+
+
+def copy(src: str | Path, dst: str | Path) -> None:
+    """Copy one file between any two locations (local or S3)."""
+    src, dst = str(src), str(dst)
+    if is_s3(src) and is_s3(dst):
+        sb, sk = split_s3(src)
+        db, dk = split_s3(dst)
+        with _s3_errors(src, f"copy to {dst}"):
+            s3_client().copy({"Bucket": sb, "Key": sk}, db, dk, Config=TRANSFER)
+    elif is_s3(src):
+        download_file(src, local_path(dst))
+    elif is_s3(dst):
+        upload_file(local_path(src), dst)
+    else:
+        with _local_errors(src, "copy"), atomic_path(local_path(dst)) as tmp:
+            shutil.copyfile(local_path(src), tmp)
+
+
+def _parallel(jobs: list[tuple[str, str]], workers: int) -> None:
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        for future in [pool.submit(copy, s, d) for s, d in jobs]:
+            future.result()
+
+
+def upload_dir(local: str | Path, uri: str, workers: int = FOLDER_WORKERS) -> int:
+    """Copy a local folder tree to a folder or prefix; returns the number of files."""
+    root = local_path(local)
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".part")]
+    _parallel([(str(p), join(uri, p.relative_to(root).as_posix())) for p in files], workers)
+    return len(files)
+
+
+def download_dir(uri: str, local: str | Path, workers: int = FOLDER_WORKERS) -> int:
+    """Copy every file under a folder or prefix into a local folder; returns the count."""
+    root = Path(local)
+    base = str(uri).rstrip("/") + "/"
+    if not is_s3(uri):
+        base = str(local_path(uri)).rstrip("/") + "/"
+    files = list_files(uri)
+    _parallel([(f, str(root / f[len(base) :])) for f in files], workers)
+    return len(files)
+
+
+# ---------------------------------------------------------------- local views of any URI
+
+
+@contextlib.contextmanager
+def local_input(uri: str | Path) -> Iterator[Path]:
+    """A local path for reading `uri`: the path itself, or a temporary downloaded copy."""
+    uri = str(uri)
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.exists():
+            raise StorageError(f"{uri}: no such file or folder")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="segloop-in-") as tmp:
+        if exists(uri):
+            yield download_file(uri, Path(tmp) / name(uri))
+        elif download_dir(uri, tmp):
+            yield Path(tmp)
+        else:
+            raise StorageError(f"{uri}: no such object or prefix")
+
+
+@contextlib.contextmanager
+def output_dir(uri: str | Path, resume: bool = True) -> Iterator[Path]:
+    """A local folder to write a stage's outputs into, synced to `uri` when it is on S3.
+
+    With `resume`, what is already at an S3 `uri` is downloaded first so that a re-run can skip
+    finished work. The upload also happens when the block fails, so finished items are kept.
+    """
+    uri = str(uri)
+    if not is_s3(uri):
+        path = local_path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="segloop-out-") as tmp:
+        if resume:
+            download_dir(uri, tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            upload_dir(tmp, uri)

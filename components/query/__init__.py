@@ -1,0 +1,1 @@
+"""The query stage: select image records from the image database."""

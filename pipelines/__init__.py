@@ -1,0 +1,1 @@
+"""segloop pipelines: pipeline graphs, platform options, compile / local run / submit, the CLI."""

@@ -1,0 +1,5 @@
+"""`python -m pipelines` is the `segloop` command."""
+
+from pipelines.cli import main
+
+main()

@@ -1,0 +1,71 @@
+"""Options every command shares: `--config FILE` and repeatable `-o section.key=value`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from components.core.config import SegloopConfig, load_config
+
+
+def config_options(func: Callable) -> Callable:
+    """Add `--config/-c` and `-o/--override` to a command."""
+
+    @click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="SEGLOOP_CONFIG",
+        help="Config file (YAML or TOML). Default: $SEGLOOP_CONFIG.",
+    )
+    @click.option(
+        "-o",
+        "--override",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override a config value (repeatable), e.g. -o train.epochs=5.",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def set_if(section: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Copy the CLI values that were given (not None, not empty tuples) into a config section."""
+    for key, value in values.items():
+        if value is None or value == ():
+            continue
+        section[key] = list(value) if isinstance(value, tuple) else value
+    return section
+
+
+def load_cfg(
+    config_path: str | None, overrides: tuple[str, ...], extra: dict[str, Any] | None = None
+) -> SegloopConfig:
+    """The config for a command: file < CLI flags (`extra`) < `-o` overrides."""
+    extra = {k: v for k, v in (extra or {}).items() if v}
+    return load_config(config_path, overrides, extra=extra)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("SEGLOOP_LOG_LEVEL", "INFO").upper(), logging.INFO)
+    )
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "mlflow.store"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
