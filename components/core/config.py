@@ -20,6 +20,7 @@ from components.core import storage
 from components.core.errors import ConfigError
 from components.core.settings_base import Section
 from components.query.settings import QuerySettings
+from components.select.settings import SelectSettings
 
 SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
 
@@ -62,6 +63,7 @@ class SegloopConfig(Section):
     stack: StackSettings = StackSettings()
     mlflow: MLflowSettings = MLflowSettings()
     query: QuerySettings = QuerySettings()
+    select: SelectSettings = SelectSettings()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(mask_secrets(self.model_dump(mode="json")), sort_keys=False)

@@ -13,6 +13,7 @@ from pipelines.cli.common import setup_logging
 # One module per area; each exposes `register(group)`.
 COMMAND_MODULES = [
     "pipelines.cli.stack",
+    "pipelines.cli.select",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Reports people look at rather than read: the active-learning loop report."""

@@ -1,0 +1,1 @@
+"""The select stage: which pre-annotated images people should refine first."""
