@@ -7,7 +7,9 @@ the value and what is allowed. Credentials never live here: they come from the e
 
 from __future__ import annotations
 
+import re
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,19 @@ from pydantic import BaseModel, Field, ValidationError
 from components.core import storage
 from components.core.errors import ConfigError
 from components.core.settings_base import Section
+from components.download_cvat.settings import DownloadCvatSettings
+from components.evaluate.settings import EvaluateSettings
+from components.infer.settings import InferSettings
+from components.preprocess.settings import PreprocessSettings
 from components.query.settings import QuerySettings
+from components.register.settings import RegisterSettings
 from components.select.settings import SelectSettings
+from components.train.settings import TrainSettings
+from components.upload_cvat.settings import CvatSettings, UploadCvatSettings
+from pipelines.settings import KfpSettings
 
 SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 
 class ProjectSettings(Section):
@@ -56,6 +67,10 @@ class MLflowSettings(Section):
     registered_model: str | None = Field(None, description="default: the project name")
 
 
+# `register` (the stage) shadows ABCMeta.register on the class; instances read the field fine.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
 class SegloopConfig(Section):
     project: ProjectSettings = ProjectSettings()
     io: IOSettings = IOSettings()
@@ -63,7 +78,16 @@ class SegloopConfig(Section):
     stack: StackSettings = StackSettings()
     mlflow: MLflowSettings = MLflowSettings()
     query: QuerySettings = QuerySettings()
+    infer: InferSettings = InferSettings()
+    preprocess: PreprocessSettings = PreprocessSettings()
+    train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    register: RegisterSettings = RegisterSettings()
     select: SelectSettings = SelectSettings()
+    cvat: CvatSettings = CvatSettings()
+    upload_cvat: UploadCvatSettings = UploadCvatSettings()
+    download_cvat: DownloadCvatSettings = DownloadCvatSettings()
+    kfp: KfpSettings = KfpSettings()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(mask_secrets(self.model_dump(mode="json")), sort_keys=False)
@@ -165,6 +189,9 @@ def mask_secrets(data: Any) -> Any:
         }
     if isinstance(data, list):
         return [mask_secrets(v) for v in data]
+    if isinstance(data, str):
+        # A password inside a URL (e.g. db.url=postgresql://user:pw@host/db) is a secret too.
+        return URL_PASSWORD.sub(r"\1***@", data)
     return data
 
 

@@ -11,6 +11,7 @@ the cause in words.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
@@ -90,7 +92,8 @@ def endpoint_url() -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _client(endpoint: str | None, key_id: str | None, region: str | None):
+def _client(endpoint: str | None, credentials_key: str, region: str | None):
+    # `credentials_key` only makes the cache notice changed credentials; boto3 reads the env.
     config = Config(
         retries={"mode": "standard", "max_attempts": 4},
         connect_timeout=5,
@@ -104,10 +107,15 @@ def _client(endpoint: str | None, key_id: str | None, region: str | None):
 
 
 def s3_client():
-    """A boto3 S3 client for the current environment (cached per endpoint and key id)."""
+    """A boto3 S3 client for the current environment (cached per endpoint and credentials)."""
+    # Keyed on a digest of the whole credential set: a changed secret must not reuse an old client.
+    creds = "\0".join(
+        os.environ.get(k, "")
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    )
     return _client(
         endpoint_url(),
-        os.environ.get("AWS_ACCESS_KEY_ID"),
+        hashlib.sha256(creds.encode()).hexdigest(),
         os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
     )
 
@@ -115,6 +123,10 @@ def s3_client():
 def _explain(uri: str, exc: Exception, action: str) -> StorageError:
     """Turn a boto3/botocore error into words that name the URI and what to do."""
     where = endpoint_url() or "AWS S3"
+    inner = exc.__cause__ or exc.__context__
+    if isinstance(exc, Boto3Error) and isinstance(inner, ClientError | BotoCoreError):
+        # boto3's managed transfers wrap the real cause (S3UploadFailedError etc.).
+        exc = inner
     if isinstance(exc, NoCredentialsError):
         why = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run `segloop up` and `source .segloop/stack.env`)"
     elif isinstance(exc, EndpointConnectionError):
@@ -144,7 +156,7 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
 def _s3_errors(uri: str, action: str) -> Iterator[None]:
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
         raise _explain(uri, exc, action) from exc
 
 
@@ -230,7 +242,10 @@ def exists(uri: str | Path) -> bool:
         return local_path(uri).exists()
     bucket, key = split_s3(uri)
     try:
-        s3_client().head_object(Bucket=bucket, Key=key)
+        if not key:
+            s3_client().head_bucket(Bucket=bucket)
+        else:
+            s3_client().head_object(Bucket=bucket, Key=key)
         return True
     except ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
@@ -275,7 +290,13 @@ def is_dir(uri: str | Path) -> bool:
 def upload_file(local: str | Path, uri: str) -> None:
     bucket, key = split_s3(uri)
     with _s3_errors(uri, "upload to"), _local_errors(local, "upload"):
-        s3_client().upload_file(str(local), bucket, key, Config=TRANSFER)
+        path = Path(local)
+        if path.stat().st_size < TRANSFER.multipart_threshold:
+            # One PUT: a managed transfer would start its own thread pool for every small file.
+            with path.open("rb") as body:
+                s3_client().put_object(Bucket=bucket, Key=key, Body=body)
+        else:
+            s3_client().upload_file(str(path), bucket, key, Config=TRANSFER)
 
 
 def download_file(uri: str, local: str | Path) -> Path:

@@ -14,9 +14,15 @@ class QuerySettings(Section):
     sample: str | None = Field(
         None, description="random:n=N | seeded:n=N,seed=S | stratified:by=a|b,per_group=N[,seed=S]"
     )
-    projection: list[str] | None = Field(None, description="columns to keep (default: all)")
+    projection: list[str] | None = Field(
+        None, description="columns to keep (default: all; the id column is always kept)"
+    )
     sort: str | None = Field(None, description="e.g. 'datetime:desc,image_id'")
     limit: int | None = Field(None, ge=1)
     offset: int = Field(0, ge=0)
     out_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
     allow_empty: bool = False
+    id_column: str | None = Field(
+        None, description="the record id column (default: the table's primary key, or image_id)"
+    )
+    preview: int = Field(0, ge=0, description="print the first N rows")

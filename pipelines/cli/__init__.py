@@ -12,8 +12,14 @@ from pipelines.cli.common import setup_logging
 
 # One module per area; each exposes `register(group)`.
 COMMAND_MODULES = [
+    "pipelines.cli.data",
+    "pipelines.cli.query",
     "pipelines.cli.stack",
+    "pipelines.cli.train",
     "pipelines.cli.select",
+    "pipelines.cli.infer",
+    "pipelines.cli.cvat",
+    "pipelines.cli.kfp",
 ]
 
 

@@ -1,0 +1,160 @@
+"""The predictor interface: what `segloop infer` runs, whatever the model behind it.
+
+In the spirit of cvat-sdk's auto-annotation function spec, a predictor is small and typed:
+
+- `info: PredictorInfo` declares its labels (a `LabelSet`, class 0 = background, label id ==
+  output channel) and how it wants to be fed: preferred `tile_size`, `pad_divisor` (tile sides
+  are multiples of it) and per-channel `mean`/`std` on the 0..1 scale.
+- `predict(batch) -> probabilities`:
+  * input: float32 tensor N x 3 x H x W on the predictor's device, RGB, already normalized by
+    the runner as `(uint8 / 255 - mean) / std` (mean 0 and std 1 give plain 0..1 RGB), in
+    channels_last memory format; H and W are multiples of `pad_divisor`. The runner calls it
+    under `torch.inference_mode()` and, when AMP is on, `torch.autocast`.
+  * output: float tensor N x C x H x W of per-class probabilities (C = number of labels; each
+    pixel sums to 1 for multi-class models). The runner blends tiles, thresholds and writes.
+- `to(device)`: move to a device (default: nothing to move).
+
+A predictor needs no tiling, batching, decoding or output code: `components.infer` does all of
+that. Register a factory under a name with `register_predictor(name, factory)`; a factory is
+`factory(model: str | None, device: torch.device, params: dict) -> Predictor`.
+Built in: `smp` (`SmpPredictor`, a segloop checkpoint from any model URI).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from components.core.errors import SegloopError
+from components.core.labels import LabelSet
+from components.core.model import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+
+@dataclass(frozen=True)
+class PredictorInfo:
+    labels: LabelSet
+    tile_size: int = 512
+    pad_divisor: int = 32
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.labels.num_classes < 2:
+            raise SegloopError("a predictor needs at least two labels (background + one class)")
+        if self.tile_size % self.pad_divisor:
+            raise SegloopError(
+                f"predictor tile_size {self.tile_size} is not a multiple of its pad_divisor {self.pad_divisor}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise SegloopError("predictor mean/std need 3 values (RGB)")
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.num_classes
+
+
+class Predictor(ABC):
+    """Turns a normalized image batch into per-class probabilities. See the module docstring."""
+
+    name: str = "predictor"
+
+    @property
+    @abstractmethod
+    def info(self) -> PredictorInfo: ...
+
+    @abstractmethod
+    def predict(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Predictor:
+        return self
+
+
+class SmpPredictor(Predictor):
+    """A segloop checkpoint (smp model + model.json): softmax for multi-class, sigmoid for binary."""
+
+    name = "smp"
+
+    def __init__(self, model: torch.nn.Module, spec: ModelSpec, channels_last: bool = True):
+        if spec.in_channels != 3:
+            raise SegloopError(
+                f"model has in_channels={spec.in_channels}; segloop infer feeds RGB (3 channels)"
+            )
+        self.model = model.eval()
+        self.spec = spec
+        self.channels_last = channels_last
+        self._info = PredictorInfo(
+            labels=spec.label_set,
+            tile_size=spec.tile_size,
+            pad_divisor=spec.pad_divisor,
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+        )
+
+    @classmethod
+    def from_uri(cls, uri: str, device: torch.device | str = "cpu") -> SmpPredictor:
+        from components.core.checkpoint import load_checkpoint
+
+        model, spec = load_checkpoint(uri, device)
+        return cls(model, spec).to(torch.device(device))
+
+    @property
+    def info(self) -> PredictorInfo:
+        return self._info
+
+    def to(self, device: torch.device) -> SmpPredictor:
+        self.model.to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        return self
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.model(batch).float()
+        if self.spec.binary:
+            fg = torch.sigmoid(logits)
+            return torch.cat([1.0 - fg, fg], dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+PredictorFactory = Callable[[str | None, torch.device, dict[str, Any]], Predictor]
+_FACTORIES: dict[str, PredictorFactory] = {}
+
+
+def register_predictor(name: str, factory: PredictorFactory) -> None:
+    _FACTORIES[name] = factory
+
+
+def predictor_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def make_predictor(
+    name: str, model: str | None, device: torch.device, params: dict[str, Any] | None = None
+) -> Predictor:
+    """Build the named predictor on `device`; unknown names list the known ones."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise SegloopError(f"unknown predictor {name!r}; known: {', '.join(predictor_names())}")
+    predictor = factory(model, device, dict(params or {}))
+    if not isinstance(predictor, Predictor):
+        raise SegloopError(
+            f"predictor {name!r} returned {type(predictor).__name__}, not a components.core.predictor.Predictor"
+        )
+    return predictor
+
+
+def _smp_factory(model: str | None, device: torch.device, params: dict[str, Any]) -> Predictor:
+    if params:
+        raise SegloopError(f"predictor 'smp' takes no params, got {sorted(params)}")
+    if not model:
+        raise SegloopError(
+            "predictor 'smp' needs a model: --model PATH|s3://...|models:/<name>@<alias> "
+            "(or infer.model in the config)"
+        )
+    return SmpPredictor.from_uri(model, device)
+
+
+register_predictor("smp", _smp_factory)

@@ -1,0 +1,332 @@
+"""A small agricultural-like dataset for tests and the demo, deterministic by seed.
+
+Field images have a soil texture (low-frequency colour blotches, grain noise, pebbles) and plants
+of three species that differ in shape and colour:
+
+- `grass`: a tuft of long narrow yellow-green leaves,
+- `broadleaf`: a few wide, round dark-green leaves,
+- `rosette`: a small ring of short reddish leaves.
+
+Plant sizes range from a few pixels to a large share of the image; some images have no plant.
+Each image has a ground-truth class-id mask (uint8 PNG, 0 = soil/background), and the dataset
+has a labels file and a SemiF-like image table in a SQL database. Image `i` depends only on
+(`seed`, `i`), so the same seed gives the same images on every machine, whatever `n` is.
+
+Layout under `out`: `images/<image_id>.jpg`, `masks/<image_id>.png`, `labels.yaml`,
+`images.jsonl` (the table rows). `out` may be a local folder or an `s3://` prefix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from components.core import db, storage
+from components.core.artifacts import write_jsonl
+from components.core.errors import SegloopError
+from components.core.images import save_mask_png, save_rgb
+from components.core.labels import Label, LabelSet
+from components.core.progress import track
+
+SPECIES = ("grass", "broadleaf", "rosette")
+LABELS = LabelSet(
+    labels=[
+        Label(name="background", id=0, color="#000000"),
+        Label(name="grass", id=1, color="#c8dc32"),
+        Label(name="broadleaf", id=2, color="#1e8c1e"),
+        Label(name="rosette", id=3, color="#c83c78"),
+    ]
+)
+# Base leaf colours (RGB) as they look in the images; each plant jitters them.
+LEAF_RGB = {
+    "grass": (140, 178, 58),
+    "broadleaf": (44, 112, 40),
+    "rosette": (152, 52, 78),
+}
+STATES = ("NC", "MD", "TX")
+SEASONS = ("cool_season", "summer_weeds", "summer_cash")
+LARGE_SIZE = (2048, 1536)
+EMPTY_SHARE = 0.12
+# Foreground share of the image -> estimated_area_bin (SemiF-like).
+AREA_BINS = ((0.005, "tiny"), (0.03, "small"), (0.15, "medium"), (math.inf, "large"))
+
+Size = tuple[int, int] | tuple[tuple[int, int], tuple[int, int]]
+
+
+@dataclass
+class SynthResult:
+    out_uri: str
+    labels_uri: str
+    db_url: str
+    table: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r["image_id"] for r in self.records]
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _smooth_noise(rng: np.random.Generator, w: int, h: int, cell: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bilinearly."""
+    gw, gh = max(2, w // cell + 2), max(2, h // cell + 2)
+    coarse = rng.uniform(-1, 1, size=(gh, gw)).astype(np.float32)
+    img = Image.fromarray(coarse).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.float32)
+
+
+def soil(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """A brown soil texture, HxWx3 float32 in 0..255."""
+    base = np.array([118, 88, 62], dtype=np.float32) + rng.uniform(-18, 18, size=3)
+    blotch = _smooth_noise(rng, w, h, max(8, min(w, h) // 6))[..., None] * 22
+    fine = _smooth_noise(rng, w, h, 3)[..., None] * 10
+    grain = rng.normal(0, 7, size=(h, w, 1)).astype(np.float32)
+    img = base + blotch + fine + grain
+    # Pebbles: small light dots.
+    n_peb = int(w * h / 900 * rng.uniform(0.2, 1.0))
+    if n_peb:
+        ys, xs = rng.integers(0, h, n_peb), rng.integers(0, w, n_peb)
+        img[ys, xs] += np.float32(45)
+    return img
+
+
+def _leaf(
+    img: np.ndarray,
+    mask: np.ndarray,
+    cls: int,
+    cx: float,
+    cy: float,
+    a: float,
+    b: float,
+    theta: float,
+    rgb: np.ndarray,
+) -> None:
+    """Paint one elliptic leaf (semi-axes a along theta, b across) into image and mask."""
+    h, w = mask.shape
+    a, b = max(a, 1.0), max(b, 0.8)
+    r = a + 1
+    x0, x1 = max(0, int(cx - r)), min(w, int(cx + r) + 2)
+    y0, y1 = max(0, int(cy - r)), min(h, int(cy + r) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    c, s = math.cos(theta), math.sin(theta)
+    u, v = dx * c + dy * s, -dx * s + dy * c
+    d = (u / a) ** 2 + (v / b) ** 2
+    inside = d <= 1.0
+    if not inside.any():
+        return
+    # Darker towards the edge, a light midrib along the long axis.
+    shade = (1.05 - 0.3 * d)[..., None] * rgb
+    shade += (np.abs(v) < 0.12 * b)[..., None] * np.float32(18)
+    region = img[y0:y1, x0:x1]
+    region[inside] = shade[inside]
+    mask[y0:y1, x0:x1][inside] = cls
+
+
+def plant(
+    img: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    species: str,
+    cx: float,
+    cy: float,
+    size: float,
+) -> None:
+    """Draw a plant of `species` with radius about `size` pixels centred at (cx, cy)."""
+    cls = LABELS.by_name(species).id
+    rgb = np.array(LEAF_RGB[species], dtype=np.float32) + rng.uniform(-14, 14, size=3)
+    start = rng.uniform(0, 2 * math.pi)
+    if species == "grass":
+        for _ in range(int(rng.integers(3, 8))):
+            ang = rng.uniform(0, 2 * math.pi)
+            length = size * rng.uniform(0.6, 1.0)
+            width = length * rng.uniform(0.05, 0.09)
+            ox, oy = math.cos(ang) * length / 2, math.sin(ang) * length / 2
+            _leaf(img, mask, cls, cx + ox, cy + oy, length / 2, width, ang, rgb)
+    elif species == "broadleaf":
+        k = int(rng.integers(3, 6))
+        for j in range(k):
+            ang = start + 2 * math.pi * j / k + rng.uniform(-0.3, 0.3)
+            length = size * rng.uniform(0.45, 0.6)
+            ox, oy = math.cos(ang) * length * 0.9, math.sin(ang) * length * 0.9
+            _leaf(img, mask, cls, cx + ox, cy + oy, length, length * 0.8, ang, rgb)
+    elif species == "rosette":
+        k = int(rng.integers(8, 13))
+        for j in range(k):
+            ang = start + 2 * math.pi * j / k
+            length = size * rng.uniform(0.3, 0.42)
+            ox, oy = math.cos(ang) * length, math.sin(ang) * length
+            _leaf(img, mask, cls, cx + ox, cy + oy, length, length * 0.45, ang, rgb)
+        _leaf(img, mask, cls, cx, cy, size * 0.18, size * 0.18, 0.0, rgb * 0.7)
+    else:
+        raise SegloopError(f"unknown species {species!r}; known: {', '.join(SPECIES)}")
+
+
+def render(
+    seed: int, index: int, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Image `index` of the dataset with `seed`: (RGB uint8, class-id mask uint8, species drawn)."""
+    rng = np.random.default_rng([seed, index])
+    img = soil(rng, width, height)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    # The first images guarantee every species and one empty field; the rest are random.
+    if index < len(SPECIES):
+        first: list[str] = [SPECIES[index]]
+    elif index == len(SPECIES) or rng.random() < EMPTY_SHARE:
+        first = []
+    else:
+        first = [SPECIES[int(rng.integers(len(SPECIES)))]]
+    drawn: list[str] = []
+    if first:
+        extra = [SPECIES[int(k)] for k in rng.integers(0, len(SPECIES), int(rng.integers(0, 4)))]
+        short = min(width, height)
+        for k, species in enumerate(first + extra):
+            # Log-uniform radius up to ~40% of the short side; the first plant is clearly
+            # visible, the others go down to a few pixels.
+            low = 0.08 * short if k == 0 else 2.5
+            size = math.exp(rng.uniform(math.log(low), math.log(0.4 * short)))
+            if species == "rosette":
+                size *= 0.7
+            cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+            plant(img, mask, rng, species, cx, cy, size)
+            drawn.append(species)
+    return np.clip(img, 0, 255).astype(np.uint8), mask, drawn
+
+
+# ---------------------------------------------------------------- records
+
+
+def _sizes(size: Size, n: int, large: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    if len(size) != 2:
+        raise SegloopError(f"size must be (w, h) or ((wmin, wmax), (hmin, hmax)), got {size!r}")
+    if isinstance(size[0], int | np.integer):
+        fixed = (int(size[0]), int(size[1]))  # type: ignore[arg-type]
+        out = [fixed] * n
+    else:
+        (wmin, wmax), (hmin, hmax) = size  # type: ignore[misc]
+        out = [
+            (int(rng.integers(wmin, wmax + 1)), int(rng.integers(hmin, hmax + 1))) for _ in range(n)
+        ]
+    for w, h in out:
+        if w < 16 or h < 16:
+            raise SegloopError(f"image size {w}x{h} is too small; use at least 16x16")
+    # The last `large` images are large ones, to exercise tiling.
+    return out[: n - large] + [LARGE_SIZE] * large
+
+
+def area_bin(fraction: float) -> str | None:
+    if fraction <= 0:
+        return None
+    return next(name for top, name in AREA_BINS if fraction < top)
+
+
+def _record(
+    seed: int, index: int, image_uri: str, mask_uri: str, mask: np.ndarray
+) -> dict[str, Any]:
+    rng = np.random.default_rng([seed, index, 1])
+    state = STATES[int(rng.integers(len(STATES)))]
+    day = dt.date(2023, 3, 1) + dt.timedelta(days=int(rng.integers(0, 6)) * 30)
+    when = dt.datetime.combine(day, dt.time(8)) + dt.timedelta(seconds=int(rng.integers(0, 36000)))
+    counts = np.bincount(mask.ravel(), minlength=LABELS.num_classes)
+    fg = counts[1:].sum()
+    dominant = LABELS.names[int(np.argmax(counts[1:])) + 1] if fg else None
+    h, w = mask.shape
+    return {
+        "image_id": f"img_{index:05d}",
+        "image_uri": image_uri,
+        "mask_uri": mask_uri,
+        "state": state,
+        "season": SEASONS[int(rng.integers(len(SEASONS)))],
+        "datetime": when.isoformat(),
+        "batch_id": f"{state}_{day.isoformat()}",
+        "category_common_name": dominant,
+        "estimated_area_bin": area_bin(float(fg) / mask.size),
+        "width": w,
+        "height": h,
+        "has_masks": bool(fg),
+    }
+
+
+def _absolute(uri: str) -> str:
+    """Local outputs are recorded as absolute paths so the table works from any folder."""
+    return uri if storage.is_s3(uri) else str(storage.local_path(uri).expanduser().resolve())
+
+
+def make_dataset(
+    out_uri: str | Path,
+    n: int,
+    seed: int = 0,
+    db_url: str = "sqlite:///.segloop/images.db",
+    table: str = "images",
+    size: Size = (128, 128),
+    large: int = 0,
+    replace: bool = True,
+) -> SynthResult:
+    """Write `n` images, masks, labels and an image table; returns where everything is.
+
+    `size` is a fixed (w, h) or ((wmin, wmax), (hmin, hmax)) for random sizes; the last `large`
+    of the `n` images are 2048x1536. With `replace`, an existing table of that name is dropped.
+    """
+    if n < 1:
+        raise SegloopError(f"--n must be at least 1, got {n}")
+    if not 0 <= large <= n:
+        raise SegloopError(f"--large must be between 0 and n={n}, got {large}")
+    out = _absolute(str(out_uri))
+    sizes = _sizes(size, n, large, np.random.default_rng([seed, 2**31]))
+    records = []
+    with storage.output_dir(out, resume=False) as local:
+        for i in track(range(n), total=n, desc="synth", unit="img"):
+            w, h = sizes[i]
+            image, mask, _ = render(seed, i, w, h)
+            image_id = f"img_{i:05d}"
+            save_rgb(local / "images" / f"{image_id}.jpg", image, quality=92)
+            save_mask_png(local / "masks" / f"{image_id}.png", mask)
+            records.append(
+                _record(
+                    seed,
+                    i,
+                    storage.join(out, "images", f"{image_id}.jpg"),
+                    storage.join(out, "masks", f"{image_id}.png"),
+                    mask,
+                )
+            )
+        LABELS.save(local / "labels.yaml")
+        write_jsonl(local / "images.jsonl", records)
+    db.create_image_table(db_url, table, replace=replace)
+    db.insert_rows(db_url, table, records)
+    return SynthResult(
+        out_uri=out,
+        labels_uri=storage.join(out, "labels.yaml"),
+        db_url=db_url,
+        table=table,
+        records=records,
+    )
+
+
+def parse_size(text: str) -> Size:
+    """CLI sizes: `128x96` (fixed) or `64-256x64-192` (random in ranges)."""
+    try:
+        w_text, h_text = text.lower().split("x")
+
+        def side(part: str) -> tuple[int, int]:
+            lo, _, hi = part.partition("-")
+            return int(lo), int(hi or lo)
+
+        (w0, w1), (h0, h1) = side(w_text), side(h_text)
+    except ValueError:
+        raise SegloopError(
+            f"--size {text!r} should look like 128x96 or 64-256x64-192 (width x height)"
+        ) from None
+    if w0 > w1 or h0 > h1:
+        raise SegloopError(f"--size {text!r}: a range must go from small to large")
+    return (w0, h0) if (w0, h0) == (w1, h1) else ((w0, w1), (h0, h1))

@@ -1,0 +1,33 @@
+"""Config section `download_cvat`."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from components.core.settings_base import Section
+
+TaskStatus = Literal["annotation", "validation", "completed"]
+
+
+class DownloadCvatSettings(Section):
+    project: str | None = Field(None, description="take the tasks of this project (id or name)")
+    task_ids: list[int] = Field(default_factory=list, description="take these tasks")
+    name_pattern: str | None = Field(None, description="take tasks whose name matches this glob")
+    upload_dir: str | None = Field(
+        None,
+        description="an upload-cvat output (tasks.json): its tasks when nothing else is given, "
+        "its frame map, and its pre-annotations for the correction effort",
+    )
+    status: list[TaskStatus] | None = Field(
+        None, description="required task status; default: completed (any when a job filter is set)"
+    )
+    job_stage: Literal["annotation", "validation", "acceptance"] | None = Field(
+        None, description="every job must be in this stage"
+    )
+    job_state: Literal["new", "in progress", "rejected", "completed"] | None = Field(
+        None, description="every job must be in this state"
+    )
+    format: Literal["Segmentation mask 1.1", "COCO 1.0"] = "Segmentation mask 1.1"
+    include_images: bool = Field(True, description="take the images from the export")
+    resume: bool = Field(True, description="skip tasks whose updated_date did not change")
+    max_failures: int = Field(0, ge=0)

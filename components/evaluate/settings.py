@@ -1,0 +1,17 @@
+"""Config section `evaluate`."""
+
+from pydantic import Field
+
+from components.core.settings_base import Section
+
+
+class EvaluateSettings(Section):
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    overlap: float = Field(
+        0.25, ge=0, lt=1, description="tile overlap share, full-resolution inference"
+    )
+    amp: str = Field("auto", pattern="^(auto|bf16|fp16|off)$")
+    batch_size: int = Field(8, ge=1)
+    grid_images: int = Field(4, ge=1, description="best and worst images shown in the report")
+    log_to_mlflow: bool = Field(True, description="log metrics and report to the model's run")
+    max_failures: int = Field(0, ge=0)

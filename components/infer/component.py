@@ -1,0 +1,31 @@
+"""KFP component `infer`: pre-annotation masks and uncertainty (logic: components.infer)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from pipelines.images import cuda_image
+
+
+@dsl.component(base_image=cuda_image(), install_kfp_package=False)
+def infer(
+    config_json: str,
+    records: Input[Dataset],
+    model_uri: str,
+    predictions: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Segment the queried images with `model_uri` (a checkpoint URI or models:/name@alias;
+    empty: the config's `infer.model`, or none for predictors that need no checkpoint)."""
+    import os
+
+    from components.core.config import config_from_json
+    from components.infer.infer import run_infer
+    from pipelines.component_io import log_metrics
+
+    result = run_infer(
+        config_from_json(config_json),
+        records=os.path.join(records.path, "records.jsonl"),
+        model=model_uri or None,
+        out=predictions.path,
+    )
+    log_metrics(metrics, result)

@@ -1,0 +1,448 @@
+"""The `infer` stage: pre-annotate images with a predictor (plain Python, no KFP).
+
+`run_infer(cfg, records=..., images=..., out=..., model=None) -> metrics` reads query records
+(`records.jsonl`: `image_id`, `image_uri`) or a folder/prefix of images (record id = path
+relative to it without the suffix), decodes images in DataLoader workers, runs the tiled
+engine (`components.infer.engine`) and writes into `out` (a folder or s3:// prefix):
+
+  masks/<record_id>.png     class ids (uint8), same size as the EXIF-rotated image
+  overlays/<record_id>.jpg  optional, coloured classes over the image (downscaled)
+  coco/<record_id>.json     this image's COCO annotations (kept for resuming)
+  predictions.json          COCO: images (with record_id, image_uri), categories, annotations
+  manifest.jsonl            one line per image: record_id, image_uri, mask, overlay, width,
+                            height, pixels (per class name), uncertainty, ms, status, reason
+  metrics.json              counts, megapixels, MP/s, failures, device, settings
+  labels.json, model.json (smp), cfg.yaml
+
+Images already `ok` in the manifest are skipped unless `infer.overwrite`; failures are recorded
+and skipped; the stage fails when more than `infer.max_failures` images fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from components.core import artifacts, images, storage
+from components.core.config import SegloopConfig, save_resolved, stage_run_dir
+from components.core.errors import SegloopError
+from components.core.labels import LabelSet
+from components.core.postprocess import (
+    Decider,
+    ImageAccumulator,
+    coco_annotations,
+    remove_small_components,
+)
+from components.core.predictor import Predictor, SmpPredictor, make_predictor
+from components.core.progress import track
+from components.core.version import segloop_version
+from components.infer.engine import TileEngine, pick_amp, pick_device
+
+log = logging.getLogger("segloop.infer")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Record:
+    record_id: str
+    image_uri: str
+
+
+def records_from_jsonl(uri: str) -> list[Record]:
+    """Query records; relative image paths are taken relative to the records file's folder."""
+    base = str(uri).rsplit("/", 1)[0] if "/" in str(uri) else "."
+    out = []
+    for n, row in enumerate(artifacts.read_jsonl(uri), 1):
+        rid = row.get("image_id", row.get("record_id"))
+        image_uri = row.get("image_uri")
+        if rid is None or not image_uri:
+            raise SegloopError(
+                f"{uri}:{n}: a record needs 'image_id' and 'image_uri' (got keys {sorted(row)}); "
+                "pass the records.jsonl written by `segloop query`"
+            )
+        image_uri = str(image_uri)
+        relative = not (
+            storage.is_s3(image_uri)
+            or image_uri.startswith("file://")
+            or Path(image_uri).is_absolute()
+        )
+        if relative and not Path(image_uri).exists():
+            image_uri = storage.join(base, image_uri)
+        out.append(Record(str(rid), image_uri))
+    return out
+
+
+def records_from_images(uri: str) -> list[Record]:
+    root = str(uri).rstrip("/")
+    files = [f for f in storage.list_files(root) if f.lower().endswith(images.IMAGE_SUFFIXES)]
+    if not files:
+        raise SegloopError(
+            f"no images ({', '.join(images.IMAGE_SUFFIXES)}) under {uri}; check the folder or prefix"
+        )
+    base = root if storage.is_s3(root) else str(storage.local_path(root))
+    out = []
+    for f in files:
+        rel = f[len(base) :].lstrip("/") if f.startswith(base) else storage.name(f)
+        out.append(Record(str(PurePosixPath(rel).with_suffix("")), f))
+    return out
+
+
+def _check_ids(records: list[Record]) -> None:
+    seen: dict[str, str] = {}
+    for r in records:
+        if r.record_id in seen:
+            raise SegloopError(
+                f"record id {r.record_id!r} appears twice ({seen[r.record_id]} and {r.image_uri}); "
+                "record ids name the output files and must be unique"
+            )
+        seen[r.record_id] = r.image_uri
+
+
+def _unsafe_id(rid: str) -> str | None:
+    parts = PurePosixPath(rid).parts
+    if not rid or rid.startswith("/") or "\\" in rid or any(p in ("..", ".") for p in parts):
+        return f"record id {rid!r} cannot name an output file (empty, absolute or with '..')"
+    return None
+
+
+class _Decode(torch.utils.data.Dataset):
+    """Decodes one image per item in a DataLoader worker; failures come back as reasons."""
+
+    def __init__(self, records: list[Record]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        uri = self.records[i].image_uri
+        try:
+            if not storage.exists(uri):
+                return {"index": i, "image": None, "error": f"{uri}: no such file or object"}
+            array = images.load_rgb(uri)
+            with warnings.catch_warnings():
+                # PIL hands out read-only arrays; the engine only reads the image.
+                warnings.simplefilter("ignore", UserWarning)
+                tensor = torch.from_numpy(array)
+            return {"index": i, "image": tensor, "error": ""}
+        except SegloopError as exc:
+            return {"index": i, "image": None, "error": str(exc)}
+        except Exception as exc:  # a worker must never die on one bad image
+            return {"index": i, "image": None, "error": f"{uri}: {type(exc).__name__}: {exc}"}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(
+        1
+    )  # decoding is the worker's job; compute threads stay in the main process
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def decoded(records: list[Record], num_workers: int, prefetch: int):
+    """Yield decoded items in record order, decoding ahead in worker processes."""
+    loader = torch.utils.data.DataLoader(
+        _Decode(records),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        prefetch_factor=prefetch if num_workers else None,
+        collate_fn=_identity,
+        worker_init_fn=_worker_init if num_workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+# ---------------------------------------------------------------- settings resolved against the predictor
+
+
+def resolve_thresholds(threshold: Any, labels: LabelSet) -> list[float] | None:
+    if threshold is None:
+        return None
+    fg = labels.names[1:]
+    if isinstance(threshold, int | float):
+        values = [float(threshold)] * len(fg)
+    else:
+        unknown = sorted(set(threshold) - set(fg))
+        if unknown:
+            raise SegloopError(
+                f"infer.threshold names unknown classes {unknown}; the model's classes are {fg}"
+            )
+        values = [float(threshold.get(name, 0.5)) for name in fg]
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise SegloopError(f"infer.threshold values must lie in 0..1, got {bad}")
+    return values
+
+
+# ---------------------------------------------------------------- per-image outputs
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, labels: LabelSet, max_side: int) -> np.ndarray:
+    h, w = mask.shape
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    return images.overlay(image, mask, labels.palette())
+
+
+class _Writer:
+    """Writes one finished image's files and manifest line (in a background thread)."""
+
+    def __init__(self, folder: Path, settings, labels: LabelSet, manifest: artifacts.Manifest):
+        self.folder = folder
+        self.s = settings
+        self.labels = labels
+        self.manifest = manifest
+        self.pixels_ok = 0
+
+    def write(
+        self,
+        record: Record,
+        acc: ImageAccumulator,
+        image: np.ndarray | None,
+        started: float,
+    ) -> None:
+        try:
+            entry = self._outputs(record, acc, image)
+            entry["ms"] = round((time.perf_counter() - started) * 1000, 1)
+            self.pixels_ok += acc.mask.size
+        except Exception as exc:  # one image's output problem must not stop the others
+            log.exception("writing outputs for %s failed", record.record_id)
+            entry = _failed(record, f"cannot write outputs: {type(exc).__name__}: {exc}")
+        self.manifest.add(entry)
+
+    def _outputs(
+        self, record: Record, acc: ImageAccumulator, image: np.ndarray | None
+    ) -> dict[str, Any]:
+        mask = acc.mask
+        removed = remove_small_components(mask, self.s.min_area)
+        rel_mask = f"masks/{record.record_id}.png"
+        images.save_mask_png(self.folder / rel_mask, mask)
+        rel_overlay = None
+        if image is not None:
+            rel_overlay = f"overlays/{record.record_id}.jpg"
+            images.save_rgb(
+                self.folder / rel_overlay,
+                _overlay(image, mask, self.labels, self.s.overlay_max_side),
+            )
+        if self.s.coco:
+            anns = coco_annotations(mask, acc.conf, self.labels.num_classes)
+            storage.write_json(
+                self.folder / "coco" / f"{record.record_id}.json",
+                {"width": mask.shape[1], "height": mask.shape[0], "annotations": anns},
+            )
+        counts = np.bincount(mask.ravel(), minlength=self.labels.num_classes)
+        return {
+            "record_id": record.record_id,
+            "image_uri": record.image_uri,
+            "status": artifacts.OK,
+            "reason": None,
+            "mask": rel_mask,
+            "overlay": rel_overlay,
+            "width": int(mask.shape[1]),
+            "height": int(mask.shape[0]),
+            "pixels": {name: int(counts[i]) for i, name in enumerate(self.labels.names)},
+            "removed_pixels": removed,
+            "uncertainty": acc.uncertainty(),
+        }
+
+
+def _failed(record: Record, reason: str) -> dict[str, Any]:
+    return {
+        "record_id": record.record_id,
+        "image_uri": record.image_uri,
+        "status": artifacts.FAILED,
+        "reason": reason,
+    }
+
+
+def write_coco(
+    folder: Path,
+    records: list[Record],
+    manifest: artifacts.Manifest,
+    labels: LabelSet,
+    model: str | None,
+) -> int:
+    """Assemble predictions.json from the per-image files of every `ok` record; returns #annotations."""
+    coco_images, annotations = [], []
+    for image_id, record in enumerate(records, start=1):
+        entry = manifest.entries.get(record.record_id)
+        part = folder / "coco" / f"{record.record_id}.json"
+        if not entry or entry.get("status") != artifacts.OK or not part.exists():
+            continue
+        data = storage.read_json(part)
+        coco_images.append(
+            {
+                "id": image_id,
+                "file_name": storage.name(record.image_uri),
+                "width": data["width"],
+                "height": data["height"],
+                "record_id": record.record_id,
+                "image_uri": record.image_uri,
+            }
+        )
+        for ann in data["annotations"]:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+    categories = [
+        {"id": label.id, "name": label.name, "supercategory": "", "color": label.color}
+        for label in labels.labels[1:]
+    ]
+    storage.write_json(
+        folder / "predictions.json",
+        {
+            "info": {"description": "segloop infer", "version": segloop_version(), "model": model},
+            "images": coco_images,
+            "annotations": annotations,
+            "categories": categories,
+        },
+    )
+    return len(annotations)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run_infer(
+    cfg: SegloopConfig,
+    *,
+    records: str | None = None,
+    images: str | None = None,
+    out: str | None = None,
+    model: str | None = None,
+    predictor: Predictor | None = None,
+) -> dict[str, Any]:
+    """Pre-annotate `records` (a records.jsonl) or `images` (a folder/prefix) into `out`.
+
+    `predictor` (an instance) overrides `infer.predictor`/`infer.model` (for library use).
+    """
+    s = cfg.infer
+    if (records is None) == (images is None):
+        raise SegloopError(
+            "give exactly one input: --records records.jsonl or --images DIR|s3://prefix"
+        )
+    inputs = records_from_jsonl(records) if records else records_from_images(images)
+    _check_ids(inputs)
+    out = out or stage_run_dir(cfg, "infer")
+    device = pick_device(s.device)
+    amp_dtype = pick_amp(s.amp, device)
+    model_uri = model or s.model
+    if predictor is None:
+        predictor = make_predictor(s.predictor, model_uri, device, s.predictor_params)
+    predictor = predictor.to(device)
+    info = predictor.info
+    decider = Decider(info.num_classes, resolve_thresholds(s.threshold, info.labels))
+    engine = TileEngine(
+        predictor,
+        device,
+        tile_size=s.tile_size,
+        overlap=s.overlap,
+        window=s.window,
+        batch_size=s.batch_size,
+        amp_dtype=amp_dtype,
+        channels_last=s.channels_last,
+    )
+
+    with storage.output_dir(out) as folder:
+        save_resolved(cfg, folder)
+        info.labels.save(folder / "labels.json")
+        if isinstance(predictor, SmpPredictor):
+            storage.write_text(
+                folder / "model.json", predictor.spec.model_dump_json(indent=2) + "\n"
+            )
+        if s.overwrite:
+            (folder / "manifest.jsonl").unlink(missing_ok=True)
+        manifest = artifacts.Manifest(folder)
+        todo = [r for r in inputs if not manifest.done(r.record_id)]
+        skipped = len(inputs) - len(todo)
+        if skipped:
+            log.info("skipping %d image(s) already done (use --overwrite to redo them)", skipped)
+        writer = _Writer(folder, s, info.labels, manifest)
+        start = time.perf_counter()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segloop-write")
+        in_flight: list[Future] = []
+
+        def finish_later(record: Record, acc: ImageAccumulator, image, started: float) -> None:
+            in_flight.append(pool.submit(writer.write, record, acc, image, started))
+            while len(in_flight) > 2:  # bound the finished images held in memory
+                in_flight.pop(0).result()
+
+        try:
+            for item in track(
+                decoded(todo, s.num_workers, s.prefetch), total=len(todo), desc="infer", unit="img"
+            ):
+                record = todo[item["index"]]
+                reason = _unsafe_id(record.record_id) or item["error"]
+                if reason:
+                    manifest.add(_failed(record, reason))
+                    continue
+                image = item["image"].numpy()
+                started = time.perf_counter()
+                acc = ImageAccumulator(image.shape[0], image.shape[1], decider, s.uncertain_margin)
+                keep = image if s.overlays else None
+                engine.submit(
+                    image,
+                    acc,
+                    lambda r=record, a=acc, k=keep, t=started: finish_later(r, a, k, t),
+                )
+                del image, keep
+            engine.flush()
+            for future in in_flight:
+                future.result()
+        finally:
+            pool.shutdown(wait=True)
+        seconds = time.perf_counter() - start
+
+        entries = [manifest.entries[r.record_id] for r in inputs if r.record_id in manifest.entries]
+        failed = [e for e in entries if e.get("status") == artifacts.FAILED]
+        n_ann = write_coco(folder, inputs, manifest, info.labels, model_uri) if s.coco else 0
+        megapixels = writer.pixels_ok / 1e6
+        metrics = {
+            "images": len(inputs),
+            "processed": len(todo),
+            "skipped_done": skipped,
+            "ok": sum(1 for e in entries if e.get("status") == artifacts.OK),
+            "failed": len(failed),
+            "annotations": n_ann,
+            "megapixels": round(megapixels, 3),
+            "seconds": round(seconds, 3),
+            "mp_per_s": round(megapixels / seconds, 4) if seconds > 0 and megapixels else 0.0,
+            "tiles": engine.tiles_run,
+            "device": str(device),
+            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
+            "batch_size": s.batch_size,
+            "tile_size": engine.tile,
+            "predictor": getattr(predictor, "name", type(predictor).__name__),
+            "model": model_uri,
+            "failures": [
+                {"record_id": e["record_id"], "reason": e.get("reason")} for e in failed[:50]
+            ],
+        }
+        artifacts.write_metrics(folder, metrics)
+        manifest.compact()
+    log.info(
+        "infer: %d ok, %d failed, %d skipped, %.2f MP/s -> %s",
+        metrics["ok"],
+        metrics["failed"],
+        skipped,
+        metrics["mp_per_s"],
+        out,
+    )
+    artifacts.check_failures("infer", failed, s.max_failures)
+    return metrics

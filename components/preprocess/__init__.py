@@ -1,0 +1,1 @@
+"""Preprocess: merge annotation datasets, tile, split by image, compute stats."""

@@ -1,0 +1,27 @@
+"""KFP component `preprocess`: merge, split and tile datasets (logic: components.preprocess)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from pipelines.images import cpu_image
+
+
+@dsl.component(base_image=cpu_image(), install_kfp_package=False)
+def preprocess(
+    config_json: str,
+    dataset: Input[Dataset],
+    splits: Output[Dataset],
+    metrics: Output[Metrics],
+    earlier_datasets: list = [],  # noqa: B006 - KFP reads the default from the signature
+):
+    """Merge `dataset` with earlier rounds' datasets, split by image and tile."""
+    from components.core.config import config_from_json
+    from components.preprocess.stage import run_preprocess
+    from pipelines.component_io import log_metrics
+
+    result = run_preprocess(
+        config_from_json(config_json),
+        inputs=[*earlier_datasets, dataset.path],
+        out=splits.path,
+    )
+    log_metrics(metrics, result)

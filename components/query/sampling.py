@@ -1,0 +1,184 @@
+"""`--sample` specs and deterministic sampling.
+
+    random:n=N                              N rows; the seed is drawn now and saved in the spec
+    seeded:n=N,seed=S                       N rows, the same ones for the same S everywhere
+    stratified:by=c1|c2,per_group=N[,seed=S]   up to N rows per distinct (c1, c2)
+
+Rows are ranked by a hash of (id, seed) computed here, not by the database's RANDOM(), so a
+seed picks the same rows on SQLite and PostgreSQL, on any machine, and a row's rank does not
+depend on which other rows matched.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from components.core.errors import SegloopError
+
+MODES = ("random", "seeded", "stratified")
+FORMS = "random:n=N | seeded:n=N,seed=S | stratified:by=c1|c2,per_group=N[,seed=S]"
+U64 = np.uint64
+FNV_OFFSET = U64(0xCBF29CE484222325)
+FNV_PRIME = U64(0x100000001B3)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    raw: str
+    mode: str
+    seed: int
+    n: int | None = None
+    by: tuple[str, ...] = ()
+    per_group: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["by"] = list(self.by)
+        data["resolved"] = self.resolved()
+        return data
+
+    def resolved(self) -> str:
+        """The spec with its seed made explicit: replaying it gives the same rows."""
+        if self.mode == "stratified":
+            return f"stratified:by={'|'.join(self.by)},per_group={self.per_group},seed={self.seed}"
+        return f"seeded:n={self.n},seed={self.seed}"
+
+
+def _int(text: str, key: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise SegloopError(f"sample {raw!r}: {key}={text!r} is not an integer") from None
+    if value < minimum:
+        raise SegloopError(f"sample {raw!r}: {key} must be >= {minimum}, got {value}")
+    return value
+
+
+def parse_sample(raw: str) -> Sampling:
+    mode, sep, rest = raw.strip().partition(":")
+    mode = mode.strip().lower()
+    if mode not in MODES or not sep:
+        raise SegloopError(f"cannot parse sample {raw!r}; forms: {FORMS}")
+    params: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SegloopError(f"sample {raw!r}: {item!r} is not key=value; forms: {FORMS}")
+        params[key.strip()] = value.strip()
+    allowed = {"random": {"n"}, "seeded": {"n", "seed"}, "stratified": {"by", "per_group", "seed"}}
+    required = {"random": {"n"}, "seeded": {"n", "seed"}, "stratified": {"by", "per_group"}}
+    if unknown := set(params) - allowed[mode]:
+        raise SegloopError(
+            f"sample {raw!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"{mode} takes {', '.join(sorted(allowed[mode]))}"
+        )
+    if missing := required[mode] - set(params):
+        raise SegloopError(f"sample {raw!r}: missing {', '.join(sorted(missing))}; forms: {FORMS}")
+    # A random sample still gets a seed, drawn now and written to query_spec.json.
+    seed = _int(params["seed"], "seed", raw, 0) if "seed" in params else secrets.randbelow(2**31)
+    if mode == "stratified":
+        by = tuple(c.strip() for c in params["by"].split("|") if c.strip())
+        if not by:
+            raise SegloopError(f"sample {raw!r}: by= needs at least one column, like by=state")
+        per_group = _int(params["per_group"], "per_group", raw, 1)
+        return Sampling(raw, mode, seed, by=by, per_group=per_group)
+    return Sampling(raw, mode, seed, n=_int(params["n"], "n", raw, 1))
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads FNV's weak low bits over the whole word."""
+    h = h ^ (h >> U64(30))
+    h = h * U64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> U64(27))
+    h = h * U64(0x94D049BB133111EB)
+    return h ^ (h >> U64(31))
+
+
+def stable_hash(ids: Sequence[Any], seed: int) -> np.ndarray:
+    """A uint64 per id: FNV-1a over the id's code points, seeded, then mixed. Vectorised.
+
+    Depends only on (id text, seed): the same on every machine, numpy version and database.
+    """
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, dtype=U64)
+    text = np.asarray(ids, dtype=str)
+    width = text.dtype.itemsize // 4
+    points = text.view(np.uint32).reshape(n, width)
+    lengths = np.char.str_len(text)
+    h = np.full(n, FNV_OFFSET ^ _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=U64))[0])
+    step = np.empty_like(h)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            # Only characters inside the id count: its hash must not depend on other ids' lengths.
+            np.bitwise_xor(h, points[:, j], out=step, dtype=U64, casting="unsafe")
+            step *= FNV_PRIME
+            np.copyto(h, step, where=lengths > j)
+        return _mix64(h)
+
+
+def _sort_key(value: Any) -> tuple[bool, str]:
+    return (value is not None, "" if value is None else str(value))
+
+
+def group_codes(groups: Sequence[Any]) -> tuple[np.ndarray, int]:
+    """A code per row, numbered in sorted group order (None first); and the number of groups."""
+    first_seen: dict[Any, int] = {}
+    codes = np.fromiter(
+        (first_seen.setdefault(g, len(first_seen)) for g in groups),
+        dtype=np.int64,
+        count=len(groups),
+    )
+    keys = list(first_seen)
+    if keys and isinstance(keys[0], tuple):
+        ordered = sorted(range(len(keys)), key=lambda i: tuple(map(_sort_key, keys[i])))
+    else:
+        ordered = sorted(range(len(keys)), key=lambda i: _sort_key(keys[i]))
+    remap = np.empty(len(keys), dtype=np.int64)
+    remap[ordered] = np.arange(len(keys))
+    return remap[codes], len(keys)
+
+
+def pick(ids: Sequence[Any], sampling: Sampling, groups: Any = None) -> list[int]:
+    """Indexes into `ids` of the sampled rows, in sample order (group, then hash rank).
+
+    `groups` is one group value (or tuple) per row, or an int array of group codes. `ids`
+    should come ordered by id so that equal hashes (practically never) still give one order.
+    """
+    ranks = stable_hash(ids, sampling.seed)
+    if sampling.mode != "stratified":
+        return _lowest(ranks, sampling.n).tolist()
+    if groups is None:
+        raise ValueError("stratified sampling needs the group of every row")
+    if isinstance(groups, np.ndarray) and groups.dtype.kind in "iu":
+        codes, n_groups = groups.astype(np.int64), int(groups.max(initial=-1)) + 1
+    else:
+        codes, n_groups = group_codes(groups)
+    if len(codes) > 1 and np.any(codes[1:] < codes[:-1]):
+        order = np.argsort(codes, kind="stable")
+        codes, ranks, back = codes[order], ranks[order], order
+    else:
+        back = None  # rows already come grouped (the database sorted them by group)
+    bounds = np.searchsorted(codes, np.arange(n_groups + 1))
+    picked = [
+        lo + _lowest(ranks[lo:hi], sampling.per_group)
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    chosen = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    return (back[chosen] if back is not None else chosen).tolist()
+
+
+def _lowest(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of the k lowest ranks in rank order (ties by position), without a full sort."""
+    if k < len(ranks):
+        part = np.argpartition(ranks, k - 1)[:k]
+        # A rank equal to the k-th may sit outside the partition: take every tie, then cut.
+        part = np.flatnonzero(ranks <= ranks[part].max())
+    else:
+        part = np.arange(len(ranks))
+    return part[np.lexsort((part, ranks[part]))][:k]

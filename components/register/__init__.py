@@ -1,0 +1,1 @@
+"""Register and compare: MLflow model versions, aliases champion/challenger."""

@@ -1,0 +1,147 @@
+"""`run_compare`: registered model versions side by side (Markdown, CSV, HTML, and printed).
+
+Columns: version, aliases, run, split hash, mean IoU, Dice, per-class IoU, and the mean IoU
+delta against the first version listed (the baseline). Versions evaluated on different test
+splits are flagged: their scores are not comparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+from typing import Any
+
+from components.core import storage, tracking
+from components.core.config import SegloopConfig
+from components.core.errors import SegloopError
+from components.register.stage import TAG
+
+log = logging.getLogger(__name__)
+
+
+def _versions(client, name: str, versions, aliases, last) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if versions:
+            return [client.get_model_version(name, str(v)) for v in versions]
+        if aliases:
+            return [client.get_model_version_by_alias(name, a) for a in aliases]
+        found = client.search_model_versions(f"name = '{name}'")
+        found = sorted(found, key=lambda mv: int(mv.version), reverse=True)[: last or 5]
+        return sorted(found, key=lambda mv: int(mv.version))
+    except MlflowException as exc:
+        raise SegloopError(
+            f"cannot read versions of registered model {name!r}: {exc.message}; list them with "
+            f"`segloop compare --model {name} --last 5`"
+        ) from exc
+
+
+def _num(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def compare_rows(mvs: list) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    classes: list[str] = []
+    for mv in mvs:
+        for key in mv.tags:
+            if key.startswith(f"{TAG}iou.") and key[len(TAG) + 4 :] not in classes:
+                classes.append(key[len(TAG) + 4 :])
+    base = _num(mvs[0].tags.get(f"{TAG}mean_iou")) if mvs else None
+    rows = []
+    for mv in mvs:
+        miou = _num(mv.tags.get(f"{TAG}mean_iou"))
+        row: dict[str, Any] = {
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(getattr(mv, "aliases", []) or [])),
+            "run": (mv.run_id or "")[:12],
+            "split_hash": mv.tags.get(f"{TAG}split_hash", "")[:12],
+            "mean_iou": miou,
+            "delta_mean_iou": None if miou is None or base is None else miou - base,
+            "mean_dice": _num(mv.tags.get(f"{TAG}mean_dice")),
+        }
+        for cls in classes:
+            row[f"iou_{cls}"] = _num(mv.tags.get(f"{TAG}iou.{cls}"))
+        rows.append(row)
+    columns = list(rows[0]) if rows else []
+    splits = {mv.tags.get(f"{TAG}split_hash", "") for mv in mvs}
+    warnings = []
+    if len(splits) > 1:
+        warnings.append(
+            "versions were evaluated on different test splits "
+            f"({', '.join(sorted(h[:12] or '?' for h in splits))}): their scores are not "
+            "comparable; re-evaluate them on one split"
+        )
+    return columns, rows, warnings
+
+
+def _fmt(value: Any, column: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:+.4f}" if column.startswith("delta") else f"{value:.4f}"
+    return str(value)
+
+
+def to_markdown(columns, rows, warnings) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r[c], c) for c in columns) + " |" for r in rows]
+    lines += [f"\n> warning: {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(columns, rows) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_html(name, columns, rows, warnings) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(_fmt(r[c], c))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    warn = "".join(f"<p class='warn'>warning: {e(w)}</p>" for w in warnings)
+    style = (
+        "body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px}.warn{color:#b00}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>compare {e(name)}</title>"
+        f"<style>{style}</style></head><body><h1>Model versions of {e(name)}</h1>"
+        f"{warn}<table><tr>{head}</tr>{body}</table></body></html>\n"
+    )
+
+
+def run_compare(
+    cfg: SegloopConfig,
+    *,
+    out: str,
+    model: str | None = None,
+    versions: list[int] | None = None,
+    aliases: list[str] | None = None,
+    last: int | None = None,
+) -> dict[str, Any]:
+    if sum(bool(x) for x in (versions, aliases, last)) > 1:
+        raise SegloopError("choose one of --versions, --aliases or --last")
+    name = model or tracking.registered_model_name(cfg)
+    tracking.setup(cfg, experiment=False)
+    mvs = _versions(tracking.client(cfg), name, versions, aliases, last)
+    if not mvs:
+        raise SegloopError(f"registered model {name!r} has no versions yet; run `segloop register`")
+    columns, rows, warnings = compare_rows(mvs)
+    for w in warnings:
+        log.warning("compare: %s", w)
+    md = to_markdown(columns, rows, warnings)
+    storage.write_text(storage.join(out, "compare.md"), f"# {name}\n\n{md}")
+    storage.write_text(storage.join(out, "compare.csv"), to_csv(columns, rows))
+    storage.write_text(storage.join(out, "compare.html"), to_html(name, columns, rows, warnings))
+    return {"name": name, "columns": columns, "rows": rows, "warnings": warnings, "markdown": md}

@@ -1,0 +1,122 @@
+"""`run_register`: an evaluated model becomes an MLflow model version; champion/challenger.
+
+The new version is tagged with the split hash, data hash and test metrics and gets the alias
+`challenger`. It takes `champion` only when there is no champion yet, or when both were
+evaluated on the same split (same hash) and its mean IoU beats the champion's by at least
+`register.min_improvement`. Otherwise the champion stays and the decision says why.
+
+Output: `register.json` (name, version, aliases, decision, reason), metrics.json, cfg.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from components.core import storage, tracking
+from components.core.artifacts import write_metrics
+from components.core.config import SegloopConfig, save_resolved
+from components.core.errors import SegloopError
+
+log = logging.getLogger(__name__)
+TAG = "segloop."
+
+
+def version_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    tags = {
+        f"{TAG}split_hash": str(metrics["split_hash"]),
+        f"{TAG}data_hash": str(metrics.get("data_hash") or ""),
+        f"{TAG}mean_iou": f"{metrics['mean_iou']:.6f}",
+        f"{TAG}mean_dice": f"{metrics['mean_dice']:.6f}",
+        f"{TAG}test_images": str(metrics.get("images", "")),
+        f"{TAG}eval_run_id": str(metrics.get("run_id") or ""),
+    }
+    for name, value in metrics.get("iou", {}).items():
+        if value is not None:
+            tags[f"{TAG}iou.{name}"] = f"{value:.6f}"
+    return tags
+
+
+def decide(
+    new: dict[str, str], champion: dict[str, str] | None, min_improvement: float
+) -> tuple[bool, str]:
+    """(promote?, reason) from the tags of the new version and of the current champion."""
+    if champion is None:
+        return True, "no champion yet"
+    if champion.get(f"{TAG}split_hash") != new[f"{TAG}split_hash"]:
+        return False, (
+            f"evaluated on a different test split (champion {champion.get(f'{TAG}split_hash', '?')[:12]}, "
+            f"new {new[f'{TAG}split_hash'][:12]}); re-evaluate the champion on this split "
+            "(`segloop evaluate --model models:/<name>@champion`) before promoting"
+        )
+    old = float(champion.get(f"{TAG}mean_iou", "nan"))
+    gain = float(new[f"{TAG}mean_iou"]) - old
+    if gain >= min_improvement:
+        return (
+            True,
+            f"mean IoU {float(new[f'{TAG}mean_iou']):.4f} beats champion {old:.4f} by {gain:+.4f}",
+        )
+    return False, (
+        f"mean IoU {float(new[f'{TAG}mean_iou']):.4f} vs champion {old:.4f} ({gain:+.4f}) "
+        f"is below min_improvement {min_improvement}"
+    )
+
+
+def run_register(
+    cfg: SegloopConfig, *, evaluation: str, out: str, model: str | None = None
+) -> dict[str, Any]:
+    """Register the evaluated model (its MLflow model URI) and apply the promotion rule."""
+    from mlflow.exceptions import MlflowException
+
+    s = cfg.register
+    metrics = storage.read_json(storage.join(evaluation, "metrics.json"))
+    for key in ("split_hash", "mean_iou", "mean_dice"):
+        if key not in metrics:
+            raise SegloopError(
+                f"{evaluation}/metrics.json has no {key!r}: is it an evaluate output?"
+            )
+    source = model or metrics.get("model_uri")
+    if not source or not str(source).startswith(("models:/", "runs:/")):
+        raise SegloopError(
+            f"register needs the model as logged in MLflow (models:/m-<id> or runs:/<run>/model); "
+            f"the evaluation used {metrics.get('model')!r}. Evaluate a train output folder or an "
+            "MLflow URI, or pass --model"
+        )
+    mlflow = tracking.setup(cfg)
+    client = tracking.client(cfg)
+    name = tracking.registered_model_name(cfg)
+    tags = version_tags(metrics)
+    try:
+        mv = mlflow.register_model(str(source), name, tags=tags)
+        client.set_registered_model_alias(name, s.challenger_alias, mv.version)
+        try:
+            champ = client.get_model_version_by_alias(name, s.champion_alias)
+        except MlflowException:
+            champ = None
+        promote, reason = decide(tags, champ.tags if champ else None, s.min_improvement)
+        if promote:
+            client.set_registered_model_alias(name, s.champion_alias, mv.version)
+        client.set_model_version_tag(name, mv.version, f"{TAG}promotion", reason)
+    except MlflowException as exc:
+        raise SegloopError(
+            f"MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
+        ) from exc
+    decision = {
+        "name": name,
+        "version": int(mv.version),
+        "source": str(source),
+        "run_id": mv.run_id,
+        "aliases": [s.challenger_alias] + ([s.champion_alias] if promote else []),
+        "promoted": promote,
+        "reason": reason,
+        "previous_champion": int(champ.version) if champ else None,
+        "mean_iou": metrics["mean_iou"],
+        "split_hash": metrics["split_hash"],
+    }
+    verb = "promoted to" if promote else "not promoted to"
+    log.info("register: %s version %s %s %s: %s", name, mv.version, verb, s.champion_alias, reason)
+    with storage.output_dir(out, resume=False) as root:
+        storage.write_json(root / "register.json", decision)
+        write_metrics(root, {k: decision[k] for k in ("version", "promoted", "mean_iou")})
+        save_resolved(cfg, root)
+    return decision

@@ -1,0 +1,1 @@
+"""Train: a segmentation model on preprocessed tiles, tracked in MLflow."""

@@ -1,0 +1,50 @@
+"""Config section `train`."""
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from components.core.settings_base import Section
+
+
+class AugmentSettings(Section):
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float = Field(0.5, ge=0, le=1)
+    rot90: bool = Field(True, description="random multiples of 90 degrees")
+    scale: tuple[float, float] | None = Field(
+        (0.5, 1.0), description="random resized crop area range; null = off"
+    )
+    color_jitter: float = Field(0.2, ge=0, le=1, description="brightness/contrast/saturation")
+    hue: float = Field(0.02, ge=0, le=0.5)
+
+
+class TrainSettings(Section):
+    arch: str = "Unet"
+    encoder_name: str = "resnet18"
+    encoder_weights: str | None = None
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra smp options")
+    binary: bool = Field(False, description="one sigmoid channel (needs exactly 2 labels)")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+    accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    loss: Literal["dice_ce", "dice_focal", "ce"] = "dice_ce"
+    dice_weight: float = Field(1.0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    patience: int = Field(10, ge=0, description="early stopping on val mean IoU; 0 = off")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="auto: bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU"
+    )
+    channels_last: bool | None = Field(None, description="default: on (CUDA and CPU)")
+    workers: int = Field(2, ge=0, description="DataLoader workers")
+    cache_images: bool = Field(True, description="decode tiles once and keep them in memory")
+    augment: AugmentSettings = AugmentSettings()
+    resume: str | None = Field(None, description="a previous train output to continue from")
+    pad_divisor: int = Field(32, ge=1)
+    log_model: bool = Field(True, description="log the best model to MLflow")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap (smoke runs, benches)")

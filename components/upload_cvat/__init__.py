@@ -1,0 +1,1 @@
+"""Stage `upload-cvat`: images and pre-annotations to CVAT tasks (or the folder backend)."""

@@ -1,0 +1,175 @@
+"""The `folder` backend of `upload-cvat`: the task layout on disk instead of on a CVAT server.
+
+One folder per task under `cvat.folder`, in the layout of CVAT's own exports so that any
+tool (or CVAT's importer) can open it:
+
+    <task>/task.json                         name, status, frames (frame -> record), labels
+    <task>/JPEGImages/<frame name>           the original images
+    <task>/labelmap.txt                      "Segmentation mask 1.1": label:r,g,b::
+    <task>/SegmentationClass/<frame>.png     masks painted with the labels' colours
+    <task>/ImageSets/Segmentation/default.txt
+    <task>/annotations/instances_default.json  "COCO 1.0": masks as RLE (or polygons)
+
+People edit the PNGs (or the COCO file) and set "status": "completed" in task.json when done;
+`download-cvat --backend folder` reads it back. An existing task folder with the same frames
+is left alone (it may hold people's edits).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from components.core import storage
+from components.core.config import SegloopConfig
+from components.core.errors import SegloopError
+from components.core.images import colorize, encode_png, load_mask
+from components.core.labels import LabelSet
+from components.core.masks import coco_rle_encode, cvat_mask_to_bitmap, polygon_to_bitmap
+from components.upload_cvat.upload import UNSAFE_NAME, Part
+
+log = logging.getLogger("segloop.upload_cvat")
+
+
+def task_dir_name(name: str) -> str:
+    return UNSAFE_NAME.sub("_", name).strip(".") or "task"
+
+
+def labelmap_text(labels: LabelSet) -> str:
+    lines = ["# label:color_rgb:parts:actions"]
+    lines += [f"{lab.name}:{','.join(map(str, lab.rgb))}::" for lab in labels.labels]
+    return "\n".join(lines) + "\n"
+
+
+class FolderUploader:
+    def __init__(self, cfg: SegloopConfig, labels: LabelSet):
+        self.cfg = cfg
+        self.settings = cfg.upload_cvat
+        self.labels = labels
+        self.location = cfg.cvat.folder
+        self.project_info = None
+        colors = [lab.color for lab in labels.labels]
+        if len(set(colors)) != len(colors):
+            raise SegloopError(
+                "the folder backend stores masks as coloured PNGs, so every label needs its own colour; "
+                f"the labels file repeats colours: {colors}"
+            )
+
+    def __enter__(self) -> FolderUploader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def _choose_dir(self, part: Part) -> tuple[str, str]:
+        expected = [p.item.frame_name for p in part.prepared]
+        base = task_dir_name(part.name)
+        suffix = 1
+        while True:
+            name = base if suffix == 1 else f"{base}-{suffix}"
+            meta_uri = storage.join(self.location, name, "task.json")
+            if not storage.exists(meta_uri):
+                return name, "created"
+            meta = storage.read_json(meta_uri)
+            same = [f["name"] for f in meta.get("frames", [])] == expected
+            if self.settings.if_exists == "fail":
+                raise SegloopError(f"task folder {meta_uri} exists and upload_cvat.if_exists=fail")
+            if self.settings.if_exists == "skip":
+                if same:
+                    return name, "skipped"
+                raise SegloopError(
+                    f"task folder {storage.join(self.location, name)} exists with other images; use another "
+                    "upload_cvat.task_name, --if-exists new, or remove that folder"
+                )
+            suffix += 1
+
+    def upload_part(self, part: Part) -> dict[str, Any]:
+        name, outcome = self._choose_dir(part)
+        root = storage.join(self.location, name)
+        frames = [
+            {
+                "frame": i,
+                "name": p.item.frame_name,
+                "record_id": p.item.record_id,
+                "image_uri": p.item.image_uri,
+                "width": p.width,
+                "height": p.height,
+                "shapes": len(p.shapes),
+            }
+            for i, p in enumerate(part.prepared)
+        ]
+        if outcome == "created":
+            self._write(root, part, frames)
+        return {
+            "id": name,
+            "name": part.name,
+            "url": root,
+            "project_id": None,
+            "outcome": outcome,
+            "size": len(frames),
+            "shapes": sum(f["shapes"] for f in frames),
+            "bytes": sum(p.nbytes for p in part.prepared) if outcome == "created" else 0,
+            "jobs": [],
+            "frames": frames,
+        }
+
+    def _write(self, root: str, part: Part, frames: list[dict[str, Any]]) -> None:
+        palette = self.labels.palette()
+        images, annotations = [], []
+        for frame, p in zip(frames, part.prepared, strict=True):
+            stem = frame["name"].rsplit(".", 1)[0]
+            storage.copy(p.path, storage.join(root, "JPEGImages", frame["name"]))
+            mask = load_mask(p.item.mask_path)
+            storage.write_bytes(storage.join(root, "SegmentationClass", f"{stem}.png"), encode_png(colorize(mask, palette)))
+            image_id = frame["frame"] + 1
+            images.append({"id": image_id, "file_name": frame["name"], "width": p.width, "height": p.height})
+            for shape in p.shapes:
+                if shape.type == "mask":
+                    area = cvat_mask_to_bitmap(shape.points, p.height, p.width)
+                    segmentation: Any = coco_rle_encode(area)
+                else:
+                    area = polygon_to_bitmap(shape.points, p.height, p.width)
+                    segmentation = [shape.points]
+                ys, xs = np.nonzero(area)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": shape.class_id + 1,
+                        "segmentation": segmentation,
+                        "area": float(area.sum()),
+                        "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                        "iscrowd": 0,
+                        "attributes": {"z_order": shape.z_order},
+                    }
+                )
+        storage.write_text(storage.join(root, "labelmap.txt"), labelmap_text(self.labels))
+        storage.write_text(
+            storage.join(root, "ImageSets", "Segmentation", "default.txt"),
+            "".join(f"{f['name'].rsplit('.', 1)[0]}\n" for f in frames),
+        )
+        storage.write_json(
+            storage.join(root, "annotations", "instances_default.json"),
+            {
+                "info": {"description": f"segloop task {part.name}"},
+                "categories": [{"id": lab.id + 1, "name": lab.name, "supercategory": ""} for lab in self.labels.labels],
+                "images": images,
+                "annotations": annotations,
+            },
+        )
+        # task.json last: its presence marks a complete task folder.
+        storage.write_json(
+            storage.join(root, "task.json"),
+            {
+                "name": part.name,
+                "status": "annotation",
+                "shape": self.settings.shape,
+                "created_at": datetime.now(UTC).isoformat(),
+                "labels": self.labels.model_dump()["labels"],
+                "frames": frames,
+            },
+        )
+        log.info("wrote task folder %s with %d images", root, len(frames))

@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1.7
+# MLflow tracking server for manifests/base/mlflow.yaml: PostgreSQL driver and boto3 (for
+# artifacts in the object store) included, non-root. Same MLflow version as segloop's tests.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY images/constraints.txt /tmp/constraints.txt
+RUN pip install --no-cache-dir --constraint /tmp/constraints.txt \
+        mlflow==3.17.2 boto3==1.44.8 psycopg2-binary==2.9.13
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="segloop-mlflow" \
+      org.opencontainers.image.description="MLflow tracking server for segloop" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --gid 10001 mlflow \
+    && useradd --uid 10001 --gid mlflow --create-home --shell /usr/sbin/nologin mlflow
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/home/mlflow
+WORKDIR /home/mlflow
+USER 10001:10001
+EXPOSE 5000
+CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]

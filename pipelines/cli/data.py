@@ -1,0 +1,58 @@
+"""`segloop data synth`: a small synthetic agricultural dataset and its image table."""
+
+from __future__ import annotations
+
+import click
+
+from components.core.db import safe_url
+from components.core.synthetic import make_dataset, parse_size
+from pipelines.cli.common import config_options, load_cfg, set_if
+
+
+@click.group()
+def data() -> None:
+    """Datasets and the image database."""
+
+
+@data.command()
+@click.option("--n", "n", type=int, required=True, help="Number of images.")
+@click.option("--out", "out", required=True, help="Folder or s3:// prefix for images and masks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same dataset.")
+@click.option("--db-url", default=None, help="SQLAlchemy URL of the image DB (default: db.url).")
+@click.option("--table", default=None, help="Table to (re)create (default: db.table).")
+@click.option(
+    "--size",
+    default="128x128",
+    show_default=True,
+    help="Image size WxH, or ranges like 64-256x64-192.",
+)
+@click.option(
+    "--large",
+    type=int,
+    default=0,
+    show_default=True,
+    help="How many of the N images are 2048x1536 (to exercise tiling).",
+)
+@config_options
+def synth(n, out, seed, db_url, table, size, large, config_path, overrides):
+    """Write N field images with ground-truth masks, labels.yaml and an image table."""
+    cfg = load_cfg(config_path, overrides, {"db": set_if({}, url=db_url, table=table)})
+    result = make_dataset(
+        out,
+        n,
+        seed=seed,
+        db_url=cfg.db.url,
+        table=cfg.db.table,
+        size=parse_size(size),
+        large=large,
+    )
+    empty = sum(1 for r in result.records if not r["has_masks"])
+    click.echo(
+        f"wrote {len(result.records)} images ({empty} without plants) and masks to {result.out_uri}"
+    )
+    click.echo(f"labels: {result.labels_uri}")
+    click.echo(f"table '{result.table}' in {safe_url(result.db_url)}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(data)

@@ -1,0 +1,60 @@
+"""`segloop infer`: pre-annotate images with a segmentation model (see docs/infer.md)."""
+
+from __future__ import annotations
+
+import click
+
+from components.core.config import stage_run_dir
+from components.infer.infer import run_infer
+from pipelines.cli.common import config_options, load_cfg, set_if
+
+
+@click.command("infer")
+@config_options
+@click.option("--records", default=None, help="records.jsonl from `segloop query`.")
+@click.option("--images", default=None, help="A folder or s3:// prefix of images (id = file stem).")
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Checkpoint folder, s3:// prefix, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH.",
+)
+@click.option("--predictor", default=None, help="Predictor name (default: smp).")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    help="Output folder or s3:// prefix (default: <out_root>/<project>/<subname>/infer).",
+)
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
+@click.option(
+    "--tile-size", type=int, default=None, help="Tile side in pixels (default: the model's)."
+)
+@click.option(
+    "--overlap", type=float, default=None, help="Share of a tile shared with neighbours (0..0.9)."
+)
+@click.option("--window", type=click.Choice(["hann", "gaussian"]), default=None)
+@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
+@click.option("--num-workers", type=int, default=None, help="Decoding worker processes.")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None)
+@click.option(
+    "--threshold", type=float, default=None, help="One threshold for every class (default: argmax)."
+)
+@click.option("--min-area", type=int, default=None, help="Drop regions smaller than this (pixels).")
+@click.option("--overlays/--no-overlays", default=None, help="Write overlays/<id>.jpg.")
+@click.option("--max-failures", type=int, default=None)
+@click.option("--overwrite", is_flag=True, default=None, help="Redo images already done.")
+def infer_command(config_path, overrides, records, images, model, predictor, out_dir, **options):
+    """Segment images into masks/, predictions.json (COCO) and per-image uncertainty."""
+    extra = {"infer": set_if({}, model=model, predictor=predictor, **options)}
+    cfg = load_cfg(config_path, overrides, extra)
+    out = out_dir or stage_run_dir(cfg, "infer")
+    m = run_infer(cfg, records=records, images=images, out=out)
+    click.echo(
+        f"infer: {m['ok']} ok, {m['failed']} failed, {m['skipped_done']} already done, "
+        f"{m['annotations']} regions, {m['mp_per_s']} MP/s on {m['device']} -> {out}"
+    )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(infer_command)

@@ -1,0 +1,147 @@
+"""The pipeline graphs: `pre_annotation`, `training` and `active_learning` (one full round).
+
+Each graph is built from a resolved config: the config itself is the pipeline parameter
+`config_json` (its default is the config the pipeline was compiled or run with), a few other
+parameters mirror config keys users change per run, and every task gets its platform options
+(image, resources, GPU placement, Secrets, caching, retries) from the config's `kfp` section.
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline signature types at runtime.
+
+from collections.abc import Callable
+
+from kfp import dsl
+
+from components.core.config import SegloopConfig
+from components.core.errors import SegloopError
+from components.download_cvat.component import download_cvat
+from components.evaluate.component import evaluate
+from components.infer.component import infer
+from components.preprocess.component import preprocess
+from components.query.component import query
+from components.register.component import register
+from components.select.component import select
+from components.train.component import train
+from components.upload_cvat.component import upload_cvat
+from pipelines import platform
+from pipelines.settings import PIPELINE_NAMES
+
+DESCRIPTIONS = {
+    "pre_annotation": "query -> infer -> select -> upload-cvat",
+    "training": "download-cvat -> preprocess -> train -> evaluate -> register",
+    "active_learning": "one round: training, then pre-annotation with the new champion",
+}
+
+
+def default_model_uri(cfg: SegloopConfig) -> str:
+    """What pre-annotation uses unless told otherwise: `infer.model`, else the champion (the
+    `smp` predictor needs a checkpoint; other predictors may need none)."""
+    if cfg.infer.model:
+        return cfg.infer.model
+    return champion_uri(cfg) if cfg.infer.predictor == "smp" else ""
+
+
+def champion_uri(cfg: SegloopConfig) -> str:
+    """The registered champion as an MLflow model URI (what pre-annotation uses by default)."""
+    name = cfg.mlflow.registered_model or cfg.project.name
+    return f"models:/{name}@champion"
+
+
+def kfp_name(cfg: SegloopConfig, pipeline: str) -> str:
+    """The pipeline's name on the cluster: `<project>-<pipeline>` in KFP's allowed characters."""
+    return f"{cfg.project.name}-{pipeline}".lower().replace("_", "-").replace(".", "-")
+
+
+def _pre_annotation_tasks(
+    cfg: SegloopConfig, config_json, model_uri, from_spec, after=None
+) -> dsl.PipelineTask:
+    q = platform.apply(query(config_json=config_json, from_spec=from_spec), "query", cfg)
+    if after is not None:
+        q.after(after)
+    records = q.outputs["records"]
+    inf = platform.apply(
+        infer(config_json=config_json, records=records, model_uri=model_uri), "infer", cfg
+    )
+    sel = platform.apply(
+        select(config_json=config_json, predictions=inf.outputs["predictions"], records=records),
+        "select",
+        cfg,
+    )
+    return platform.apply(
+        upload_cvat(config_json=config_json, predictions=sel.outputs["selected"]),
+        "upload_cvat",
+        cfg,
+    )
+
+
+def _training_tasks(cfg: SegloopConfig, config_json, earlier_datasets) -> dsl.PipelineTask:
+    down = platform.apply(download_cvat(config_json=config_json), "download_cvat", cfg)
+    prep = platform.apply(
+        preprocess(
+            config_json=config_json,
+            dataset=down.outputs["dataset"],
+            earlier_datasets=earlier_datasets,
+        ),
+        "preprocess",
+        cfg,
+    )
+    splits = prep.outputs["splits"]
+    tr = platform.apply(train(config_json=config_json, splits=splits), "train", cfg)
+    model = tr.outputs["model"]
+    ev = platform.apply(
+        evaluate(config_json=config_json, model=model, splits=splits), "evaluate", cfg
+    )
+    return platform.apply(
+        register(config_json=config_json, model=model, evaluation=ev.outputs["evaluation"]),
+        "register",
+        cfg,
+    )
+
+
+def build(name: str, cfg: SegloopConfig) -> Callable:
+    """The `@dsl.pipeline` function for `name`, with the config's values as parameter defaults."""
+    if name not in PIPELINE_NAMES:
+        raise SegloopError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINE_NAMES)}")
+    # No secrets in here: the config holds none (credentials come from env / Secrets).
+    config_default = cfg.model_dump_json()
+    model_default = default_model_uri(cfg)
+    earlier_default = list(cfg.preprocess.inputs)
+    decorate = dsl.pipeline(
+        name=kfp_name(cfg, name),
+        description=f"segloop {name}: {DESCRIPTIONS[name]}",
+        pipeline_root=cfg.kfp.pipeline_root or None,
+    )
+
+    if name == "pre_annotation":
+
+        def pre_annotation(
+            config_json: str = config_default,
+            model_uri: str = model_default,
+            query_from_spec: str = "",
+        ):
+            _pre_annotation_tasks(cfg, config_json, model_uri, query_from_spec)
+
+        return decorate(pre_annotation)
+
+    if name == "training":
+
+        def training(
+            config_json: str = config_default,
+            earlier_datasets: list = earlier_default,
+        ):
+            _training_tasks(cfg, config_json, earlier_datasets)
+
+        return decorate(training)
+
+    def active_learning(
+        config_json: str = config_default,
+        earlier_datasets: list = earlier_default,
+        query_from_spec: str = "",
+    ):
+        registered = _training_tasks(cfg, config_json, earlier_datasets)
+        # The champion after this round's register (the new model if it won, else the old one).
+        _pre_annotation_tasks(
+            cfg, config_json, champion_uri(cfg), query_from_spec, after=registered
+        )
+
+    return decorate(active_learning)

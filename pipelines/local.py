@@ -1,0 +1,197 @@
+"""Whole pipelines on KFP's local runners: `segloop run` (subprocesses in this environment)
+and `segloop smoke-test` (the component images, through Docker).
+
+The local run uses the same graph that is compiled for the cluster; KFP's local runner ignores
+the Kubernetes-only options (GPU placement, Secrets), and the stages find the embedded stack
+(S3 endpoint, credentials, MLflow) in the environment, as they find the Secrets on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+
+from components.core.config import SegloopConfig
+from components.core.errors import SegloopError
+from pipelines.graphs import build, kfp_name
+from pipelines.stack import apply_stack_env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskResult:
+    name: str
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> local path
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LocalRunResult:
+    pipeline: str
+    run_dir: Path
+    seconds: float
+    tasks: list[TaskResult]
+    environment: str
+
+    def task(self, name: str) -> TaskResult:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"no task {name!r} in this run; tasks: {[t.name for t in self.tasks]}")
+
+    def summary(self) -> str:
+        lines = [
+            f"pipeline {self.pipeline} succeeded in {self.seconds:.1f} s ({self.environment})",
+            f"run folder: {self.run_dir}",
+        ]
+        for t in self.tasks:
+            lines.append(f"  {t.name}")
+            for name, path in sorted(t.outputs.items()):
+                lines.append(f"    {name:12s} {path}")
+            if t.metrics:
+                shown = ", ".join(f"{k}={v:g}" for k, v in list(t.metrics.items())[:8])
+                lines.append(f"    {'metrics':12s} {shown}")
+        return "\n".join(lines)
+
+
+def _environment(cfg: SegloopConfig) -> str:
+    """Point the stages at the embedded stack if it runs; say what they will use."""
+    if apply_stack_env(cfg.stack.dir):
+        return f"embedded stack from {cfg.stack.dir}"
+    s3 = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    mlflow = os.environ.get("MLFLOW_TRACKING_URI")
+    if s3 or mlflow:
+        return f"environment: S3 {s3 or 'AWS default'}, MLflow {mlflow or 'local default'}"
+    log.warning(
+        "the embedded stack is not running and no S3 endpoint or MLflow server is set in the "
+        "environment; stages use local files only (start the stack with `segloop up`)"
+    )
+    return "no stack: local files only"
+
+
+def _collect(run_dir: Path) -> list[TaskResult]:
+    """Each task's outputs (folder per output) and the metrics KFP recorded for it."""
+    tasks = []
+    for task_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        result = TaskResult(task_dir.name)
+        executor_output = task_dir / "executor_output.json"
+        recorded: dict[str, Any] = {}
+        if executor_output.exists():
+            recorded = json.loads(executor_output.read_text()).get("artifacts", {})
+        for out in sorted(task_dir.iterdir()):
+            if out.name == "executor_output.json":
+                continue
+            result.outputs[out.name] = str(out)
+        for art in recorded.get("metrics", {}).get("artifacts", []):
+            result.metrics.update(
+                {k: v for k, v in art.get("metadata", {}).items() if isinstance(v, int | float)}
+            )
+        tasks.append(result)
+    return tasks
+
+
+def _init_runner(runner: Any, root: Path) -> None:
+    local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
+
+
+def run_pipeline_locally(
+    name: str,
+    cfg: SegloopConfig,
+    runner: Any,
+    pipeline_root: str | Path | None = None,
+    params: dict[str, Any] | None = None,
+) -> LocalRunResult:
+    root = Path(pipeline_root or cfg.kfp.local_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    environment = _environment(cfg)
+    pipeline = build(name, cfg)
+    before = {p.name for p in root.iterdir()}
+    _init_runner(runner, root)
+    start = time.monotonic()
+    try:
+        with warnings.catch_warnings():
+            # The SubprocessRunner warns that the segloop image is not a "python" image: locally
+            # the components run in this environment, which has segloop installed.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            # Requests, limits and accelerators are cluster settings; locally they do nothing.
+            warnings.filterwarnings(
+                "ignore", message=".*have no effect in the current local runner.*"
+            )
+            pipeline(config_json=cfg.model_dump_json(), **(params or {}))
+    except RuntimeError as exc:
+        raise SegloopError(
+            f"pipeline {name} failed on the local runner: {exc}\n"
+            f"the failing task's log is printed above; its files are under {root}"
+        ) from None
+    seconds = time.monotonic() - start
+    prefix = kfp_name(cfg, name) + "-"
+    new = sorted(p for p in root.iterdir() if p.name not in before and p.name.startswith(prefix))
+    if not new:
+        raise SegloopError(f"pipeline {name} ran but wrote no run folder under {root}")
+    run_dir = new[-1]
+    return LocalRunResult(name, run_dir, seconds, _collect(run_dir), environment)
+
+
+def run_local(
+    name: str,
+    cfg: SegloopConfig,
+    pipeline_root: str | Path | None = None,
+    params: dict[str, Any] | None = None,
+) -> LocalRunResult:
+    """`segloop run`: the pipeline in subprocesses of this Python environment."""
+    return run_pipeline_locally(
+        name, cfg, local.SubprocessRunner(use_venv=False), pipeline_root, params
+    )
+
+
+def docker_engine_error() -> str | None:
+    """Why no Docker engine can run containers here, or None when one answers."""
+    try:
+        import docker
+    except ImportError:
+        return "the `docker` Python package is not installed (pip install docker)"
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no usable engine
+        return f"no Docker engine answers ({type(exc).__name__}: {exc})"
+    return None
+
+
+def smoke_test(
+    name: str, cfg: SegloopConfig, pipeline_root: str | Path | None = None
+) -> LocalRunResult:
+    """`segloop smoke-test`: the pipeline in the component images (built by `make images`),
+    each task a container on this machine's Docker engine, against the embedded stack."""
+    problem = docker_engine_error()
+    if problem:
+        raise SegloopError(
+            f"smoke-test runs the pipeline in its container images and needs a Docker engine: "
+            f"{problem}. Start Docker (or point DOCKER_HOST at an engine), build the images with "
+            f"`make images`, then retry; without Docker, `segloop run {name}` runs the same "
+            "pipeline in this Python environment."
+        )
+    _environment(cfg)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("AWS_", "S3_", "MLFLOW_", "CVAT_", "SEGLOOP_"))
+    }
+    runner = local.DockerRunner(
+        # The stack listens on 127.0.0.1: share the host's network; write files as this user.
+        network_mode="host",
+        environment=env,
+        user=f"{os.getuid()}:{os.getgid()}",
+    )
+    root = Path(pipeline_root or Path(cfg.kfp.local_root) / "smoke").resolve()
+    return run_pipeline_locally(name, cfg, runner, root)

@@ -1,0 +1,98 @@
+"""Compile-time platform options for pipeline tasks, all from the config's `kfp` section.
+
+Every task gets its image, CPU/memory requests and limits, caching, plain env vars and the
+Kubernetes Secrets it needs as env vars (only references: a Secret's values never enter the
+YAML). The GPU stages (infer and train by default) also get the accelerator type and count,
+node selector labels and tolerations; network stages get retries with exponential backoff.
+"""
+
+from __future__ import annotations
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+from components.core.config import SegloopConfig
+from pipelines.images import images_from_config
+from pipelines.settings import DEFAULT_CACHING, Resources
+
+# Defaults sized for 256-1024 px field images; override per stage with
+# `-o kfp.resources.<stage>.memory_limit=16Gi`.
+CPU_DEFAULT = Resources(cpu_request="500m", cpu_limit="2", memory_request="1Gi", memory_limit="4Gi")
+STAGE_DEFAULTS = {
+    "infer": Resources(cpu_request="2", cpu_limit="4", memory_request="8Gi", memory_limit="16Gi"),
+    "train": Resources(cpu_request="4", cpu_limit="8", memory_request="16Gi", memory_limit="32Gi"),
+    "preprocess": Resources(
+        cpu_request="1", cpu_limit="4", memory_request="2Gi", memory_limit="8Gi"
+    ),
+    "evaluate": Resources(cpu_request="1", cpu_limit="4", memory_request="4Gi", memory_limit="8Gi"),
+}
+
+
+def resources_for(cfg: SegloopConfig, stage: str) -> Resources:
+    """The stage's defaults with the config's per-stage settings on top."""
+    base = STAGE_DEFAULTS.get(stage, CPU_DEFAULT).model_dump()
+    given = cfg.kfp.resources.get(stage)
+    if given:
+        base.update(given.model_dump(exclude_none=True))
+    return Resources(**base)
+
+
+def is_gpu_stage(cfg: SegloopConfig, stage: str) -> bool:
+    gpu = cfg.kfp.gpu
+    return stage in gpu.stages and bool(gpu.accelerator_type) and gpu.accelerator_count > 0
+
+
+def image_for(cfg: SegloopConfig, stage: str) -> str:
+    cpu, cuda = images_from_config(cfg.kfp.images)
+    return cuda if stage in cfg.kfp.gpu.stages else cpu
+
+
+def apply(task: PipelineTask, stage: str, cfg: SegloopConfig) -> PipelineTask:
+    """Set every platform option of `stage` on `task` (returns the task)."""
+    k = cfg.kfp
+    task.set_display_name(stage.replace("_", "-"))
+    task.set_container_image(image_for(cfg, stage))
+    if k.images.pull_policy:
+        kubernetes.set_image_pull_policy(task, k.images.pull_policy)
+    if k.images.pull_with:
+        kubernetes.set_image_pull_secrets(task, list(k.images.pull_with))
+
+    res = resources_for(cfg, stage)
+    task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
+    task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
+
+    if is_gpu_stage(cfg, stage):
+        task.set_accelerator_type(k.gpu.accelerator_type)
+        task.set_accelerator_limit(k.gpu.accelerator_count)
+        for label, value in k.gpu.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=label, label_value=value)
+        for tol in k.gpu.tolerations:
+            kubernetes.add_toleration(
+                task,
+                key=tol.key,
+                operator=tol.operator,
+                value=tol.value,
+                effect=tol.effect,
+                toleration_seconds=tol.toleration_seconds,
+            )
+
+    task.set_caching_options(enable_caching=k.caching.get(stage, DEFAULT_CACHING[stage]))
+    if stage in k.retry.stages and k.retry.num_retries > 0:
+        task.set_retry(
+            num_retries=k.retry.num_retries,
+            backoff_duration=k.retry.backoff_duration,
+            backoff_factor=k.retry.backoff_factor,
+            backoff_max_duration=k.retry.backoff_max_duration,
+        )
+
+    for name, value in sorted(k.env.items()):
+        task.set_env_variable(name, value)
+    for secret in k.env_from.all():
+        if stage in secret.stages:
+            kubernetes.use_secret_as_env(
+                task,
+                secret_name=secret.name,
+                secret_key_to_env={key: key for key in secret.keys},
+                optional=secret.optional,
+            )
+    return task

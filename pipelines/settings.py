@@ -1,0 +1,202 @@
+"""Config section `kfp`: how pipelines are compiled, run and submitted.
+
+One config file drives the CLI, the local run and the cluster run; this section holds what only
+the cluster cares about (images, GPU placement, resources, Secrets, caching, retries) and where
+`segloop submit` sends runs. Credentials never live here: a Secret is named, never its values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from components.core.settings_base import Section
+from components.core.version import segloop_version
+
+StageName = Literal[
+    "query",
+    "infer",
+    "select",
+    "upload_cvat",
+    "download_cvat",
+    "preprocess",
+    "train",
+    "evaluate",
+    "register",
+]
+STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
+PIPELINE_NAMES = ("pre_annotation", "training", "active_learning")
+
+# Kubernetes quantities: "500m", "2", "1.5"; "512Mi", "8Gi", "1G".
+CPU_PATTERN = r"^[0-9]+(\.[0-9]+)?m?$"
+MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$"
+
+
+class ImageSettings(Section):
+    registry: str = Field("ghcr.io/segloop", description="registry and namespace of the images")
+    tag: str = Field(default_factory=segloop_version, description="default: segloop's version")
+    cpu: str | None = Field(
+        None, description="full CPU image name (default: <registry>/segloop:<tag>)"
+    )
+    cuda: str | None = Field(
+        None, description="full CUDA image name (default: <registry>/segloop-cuda:<tag>)"
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    # Named `pull_with`: config masking hides keys that contain "secret".
+    pull_with: list[str] = Field(default_factory=list, description="imagePullSecrets (names)")
+
+
+class Toleration(Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class GpuSettings(Section):
+    """Placement of the GPU stages (infer and train by default)."""
+
+    stages: list[StageName] = Field(default_factory=lambda: ["infer", "train"])
+    accelerator_type: str | None = Field(
+        "nvidia.com/gpu", description="resource name; None or '' puts the stages on CPU"
+    )
+    accelerator_count: int = Field(1, ge=0)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="e.g. {'nvidia.com/gpu.present': 'true'}"
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", effect="NoSchedule")]
+    )
+
+
+class Resources(Section):
+    """Requests and limits of one task; unset fields keep the stage's default."""
+
+    cpu_request: str | None = Field(None, pattern=CPU_PATTERN)
+    cpu_limit: str | None = Field(None, pattern=CPU_PATTERN)
+    memory_request: str | None = Field(None, pattern=MEMORY_PATTERN)
+    memory_limit: str | None = Field(None, pattern=MEMORY_PATTERN)
+
+
+class SecretRef(Section):
+    """A Kubernetes Secret whose keys become environment variables of some stages."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    # A list, not a mapping: each Secret key becomes the env var of the same name (and the
+    # config's secret masking, which looks at mapping keys, leaves the names readable).
+    keys: list[str] = Field(description="Secret keys, each exposed as the env var of that name")
+    stages: list[StageName]
+    optional: bool = False
+
+
+# One class per Secret so that `-o kfp.env_from.s3.name=x` keeps the other defaults.
+class S3Secret(SecretRef):
+    name: str = Field("segloop-s3", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    keys: list[str] = Field(
+        default_factory=lambda: [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL",
+        ]
+    )
+    stages: list[StageName] = Field(default_factory=lambda: list(STAGES))
+
+
+class MLflowSecret(SecretRef):
+    name: str = Field("segloop-mlflow", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    keys: list[str] = Field(
+        default_factory=lambda: [
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        ]
+    )
+    stages: list[StageName] = Field(
+        default_factory=lambda: ["infer", "train", "evaluate", "register"]
+    )
+    # Username/password are absent on an open tracking server.
+    optional: bool = True
+
+
+class CvatSecret(SecretRef):
+    name: str = Field("segloop-cvat", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    keys: list[str] = Field(
+        default_factory=lambda: [
+            "CVAT_HOST",
+            "CVAT_USERNAME",
+            "CVAT_PASSWORD",
+        ]
+    )
+    stages: list[StageName] = Field(default_factory=lambda: ["upload_cvat", "download_cvat"])
+    # The `folder` annotation backend runs without CVAT.
+    optional: bool = True
+
+
+class SecretsSettings(Section):
+    s3: S3Secret = S3Secret()
+    mlflow: MLflowSecret = MLflowSecret()
+    cvat: CvatSecret = CvatSecret()
+    extra: list[SecretRef] = Field(default_factory=list, description="more Secrets to mount")
+
+    def all(self) -> list[SecretRef]:
+        return [self.s3, self.mlflow, self.cvat, *self.extra]
+
+
+class RetrySettings(Section):
+    """Retries with exponential backoff for the stages that talk to other services."""
+
+    stages: list[StageName] = Field(
+        default_factory=lambda: ["query", "upload_cvat", "download_cvat", "register"]
+    )
+    num_retries: int = Field(3, ge=0)
+    backoff_duration: str = Field("30s", pattern=r"^[0-9]+(s|m|h)$")
+    backoff_factor: float = Field(2.0, ge=1)
+    backoff_max_duration: str = Field("10m", pattern=r"^[0-9]+(s|m|h)$")
+
+
+# Stages whose result depends on the world outside their inputs (the DB, CVAT, the registry)
+# are not cached by default: a re-run must see new rows, new annotations and the champion.
+DEFAULT_CACHING = {
+    stage: stage not in ("query", "upload_cvat", "download_cvat", "register") for stage in STAGES
+}
+
+
+class KfpSettings(Section):
+    pipeline_root: str | None = Field(
+        None, description="s3://bucket/prefix for artifacts; default: the cluster's kfp-launcher"
+    )
+    local_root: str = Field(
+        ".segloop/kfp", description="pipeline root of `segloop run` (local folder)"
+    )
+    images: ImageSettings = ImageSettings()
+    gpu: GpuSettings = GpuSettings()
+    resources: dict[StageName, Resources] = Field(
+        default_factory=dict, description="per stage; unset fields keep the defaults"
+    )
+    env_from: SecretsSettings = SecretsSettings()
+    env: dict[str, str] = Field(
+        default_factory=dict, description="plain (non-secret) env vars for every task"
+    )
+    caching: dict[StageName, bool] = Field(
+        default_factory=dict, description="per stage; unlisted stages keep DEFAULT_CACHING"
+    )
+    retry: RetrySettings = RetrySettings()
+    # Where `segloop submit` goes (flags override these).
+    host: str | None = Field(None, description="KFP API endpoint, e.g. https://kfp.example.com")
+    namespace: str | None = None
+    experiment: str | None = Field(None, description="default: the project name")
+
+    @field_validator("env")
+    @classmethod
+    def _no_credentials_in_env(cls, env: dict[str, str]) -> dict[str, str]:
+        # Plain env vars are compiled into the YAML in clear text: credentials belong in Secrets.
+        words = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")
+        bad = [k for k in env if any(w in k.upper() for w in words)]
+        if bad:
+            raise ValueError(
+                f"{bad} look like credentials; put them in a Kubernetes Secret and list it "
+                "under kfp.env_from instead of kfp.env"
+            )
+        return env

@@ -1,0 +1,203 @@
+"""Submit compiled pipelines to Kubeflow Pipelines (KFP 2.x API, v2beta1) with `kfp.Client`.
+
+`submit` compiles the pipeline from the config, uploads it (a new pipeline the first time, a new
+version of it after that), finds or creates the experiment and starts a run whose `config_json`
+parameter is the resolved config, so the cluster run uses the same config as a local run.
+Credentials: a bearer token (`--token`, `$KFP_TOKEN`) or a projected service-account token file
+(`--sa-token-path`); they are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from components.core.config import SegloopConfig
+from components.core.errors import SegloopError
+from components.core.version import segloop_version
+from pipelines.compile import compile_pipeline
+from pipelines.graphs import kfp_name
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"}
+
+
+@dataclass
+class Submission:
+    pipeline_id: str
+    version_id: str
+    version_name: str
+    experiment_id: str
+    run_id: str
+    run_url: str
+    state: str | None = None
+
+
+def make_client(
+    host: str,
+    namespace: str | None = None,
+    token: str | None = None,
+    sa_token_path: str | None = None,
+):
+    """A `kfp.Client` for `host`, authenticated by a token or a service-account token file."""
+    import kfp
+    from kfp.client import ServiceAccountTokenVolumeCredentials
+
+    if token and sa_token_path:
+        raise SegloopError("give either --token or --sa-token-path, not both")
+    credentials = None
+    if sa_token_path:
+        if not Path(sa_token_path).is_file():
+            raise SegloopError(
+                f"service-account token file {sa_token_path} does not exist; in a pod it is "
+                "usually a projected volume (see docs/kubeflow.md, 'Submitting')"
+            )
+        credentials = ServiceAccountTokenVolumeCredentials(path=sa_token_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP v2 beta" banner
+        try:
+            return kfp.Client(
+                host=host,
+                namespace=namespace or "kubeflow",
+                existing_token=token or None,
+                credentials=credentials,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the API, in words
+            raise SegloopError(f"cannot reach the Kubeflow Pipelines API at {host}: {exc}") from exc
+
+
+def _api_call(what: str, host: str, func, *args, **kwargs):
+    """Run a kfp.Client call; an API error becomes a SegloopError naming the call and host."""
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        return func(*args, **kwargs)
+    except ApiException as exc:
+        hint = {
+            401: "the token is missing or expired (--token / --sa-token-path)",
+            403: "this identity may not do that in this namespace (check --namespace and RBAC)",
+            404: "not found: is --host the KFP API endpoint (e.g. https://HOST/pipeline)?",
+        }.get(exc.status, exc.reason)
+        raise SegloopError(f"{what} failed at {host}: HTTP {exc.status}: {hint}") from None
+    except TimeoutError as exc:  # before OSError, of which it is a subclass
+        raise SegloopError(f"{what}: timed out ({exc}); the run goes on in the cluster") from None
+    except OSError as exc:  # connection refused, DNS, TLS
+        raise SegloopError(f"{what} failed: cannot reach {host}: {exc}") from None
+
+
+def _find_pipeline(client, name: str, namespace: str | None) -> str | None:
+    flt = json.dumps(
+        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+    )
+    found = client.list_pipelines(filter=flt, namespace=namespace).pipelines or []
+    return found[0].pipeline_id if found else None
+
+
+def _latest_version(client, pipeline_id: str):
+    versions = client.list_pipeline_versions(
+        pipeline_id, page_size=1, sort_by="created_at desc"
+    ).pipeline_versions
+    if not versions:
+        raise SegloopError(f"pipeline {pipeline_id} was uploaded but has no version")
+    return versions[0]
+
+
+def upload(client, name: str, cfg: SegloopConfig, namespace: str | None, host: str):
+    """Upload pipeline `name` (new pipeline, or new version of it); returns (pid, vid, vname)."""
+    pipeline_name = kfp_name(cfg, name)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version_name = f"{pipeline_name}-{segloop_version()}-{stamp}"
+    with tempfile.TemporaryDirectory(prefix="segloop-submit-") as tmp:
+        package = compile_pipeline(name, cfg, Path(tmp) / f"{name}.yaml")
+        pipeline_id = _api_call(
+            "finding the pipeline", host, _find_pipeline, client, pipeline_name, namespace
+        )
+        if pipeline_id is None:
+            pipeline = _api_call(
+                "uploading the pipeline",
+                host,
+                client.upload_pipeline,
+                str(package),
+                pipeline_name=pipeline_name,
+                description=f"segloop {name}",
+                namespace=namespace,
+            )
+            version = _api_call(
+                "reading its version", host, _latest_version, client, pipeline.pipeline_id
+            )
+            return pipeline.pipeline_id, version.pipeline_version_id, version.display_name
+        version = _api_call(
+            "uploading a new pipeline version",
+            host,
+            client.upload_pipeline_version,
+            str(package),
+            pipeline_version_name=version_name,
+            pipeline_id=pipeline_id,
+        )
+        return pipeline_id, version.pipeline_version_id, version_name
+
+
+def submit(
+    name: str,
+    cfg: SegloopConfig,
+    client,
+    *,
+    host: str,
+    namespace: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    params: dict[str, Any] | None = None,
+    service_account: str | None = None,
+    wait: bool = False,
+    timeout_s: int = 6 * 3600,
+    poll_s: float = 10,
+) -> Submission:
+    """Upload `name` and start a run; with `wait`, block until the run ends."""
+    pipeline_id, version_id, version_name = upload(client, name, cfg, namespace, host)
+    experiment_name = experiment or cfg.kfp.experiment or cfg.project.name
+    exp = _api_call(
+        "creating the experiment",
+        host,
+        client.create_experiment,
+        name=experiment_name,
+        namespace=namespace,
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run = _api_call(
+        "creating the run",
+        host,
+        client.run_pipeline,
+        experiment_id=exp.experiment_id,
+        job_name=run_name or f"{kfp_name(cfg, name)}-{stamp}",
+        params={"config_json": cfg.model_dump_json(), **(params or {})},
+        pipeline_id=pipeline_id,
+        version_id=version_id,
+        service_account=service_account,
+    )
+    result = Submission(
+        pipeline_id,
+        version_id,
+        version_name,
+        exp.experiment_id,
+        run.run_id,
+        f"{host.rstrip('/')}/#/runs/details/{run.run_id}",
+        str(run.state) if run.state else None,
+    )
+    if wait:
+        done = _api_call(
+            "waiting for the run",
+            host,
+            client.wait_for_run_completion,
+            run.run_id,
+            timeout=timeout_s,
+            sleep_duration=poll_s,
+        )
+        result.state = str(done.state)
+    return result

@@ -1,0 +1,212 @@
+"""Compiled pipeline YAML: loads back with KFP, parses into PipelineSpec, carries the platform
+options from the config (GPU placement only on infer and train) and no secret values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from google.protobuf import json_format
+from kfp import components
+from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from components.core.config import config_from_json, load_config
+from components.core.errors import ConfigError
+from pipelines.cli import cli
+from pipelines.compile import compile_pipeline
+from pipelines.settings import PIPELINE_NAMES
+
+GPU_TASKS = {"infer", "train"}
+STAGES_OF = {
+    "pre_annotation": {"query", "infer", "select", "upload-cvat"},
+    "training": {"download-cvat", "preprocess", "train", "evaluate", "register"},
+}
+STAGES_OF["active_learning"] = STAGES_OF["pre_annotation"] | STAGES_OF["training"]
+
+OVERRIDES = [
+    "project.name=weeds",
+    "kfp.pipeline_root=s3://ml-artifacts/segloop",
+    "kfp.images.registry=registry.example.com/agri",
+    "kfp.images.tag=1.2.3",
+    "kfp.gpu.accelerator_type=nvidia.com/gpu",
+    "kfp.gpu.accelerator_count=2",
+    "kfp.gpu.node_selector={cloud.google.com/gke-accelerator: nvidia-l4, pool: gpu}",
+    "kfp.gpu.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule},"
+    " {key: dedicated, operator: Equal, value: ml, effect: NoExecute}]",
+    "kfp.resources.train.memory_limit=64Gi",
+    "kfp.env={AWS_REGION: eu-west-1}",
+]
+# Fake credentials in the environment of the compiling process: none may reach the YAML.
+FAKE_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "FAKEKEYID0123456789",
+    "AWS_SECRET_ACCESS_KEY": "fake-aws-secret-value-0123456789",
+    "CVAT_PASSWORD": "fake-cvat-password-0123456789",
+    "CVAT_ACCESS_TOKEN": "fake-cvat-token-0123456789",
+    "MLFLOW_TRACKING_PASSWORD": "fake-mlflow-password-0123456789",
+}
+
+
+def parse(path: Path):
+    """The IR YAML as (PipelineSpec, deployment config, {executor: KubernetesExecutorConfig})."""
+    pipeline_doc, *rest = list(yaml.safe_load_all(path.read_text()))
+    spec = json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec())
+    deployment = json_format.ParseDict(
+        json_format.MessageToDict(spec.deployment_spec),
+        pipeline_spec_pb2.PipelineDeploymentConfig(),
+    )
+    k8s: dict[str, k8s_pb2.KubernetesExecutorConfig] = {}
+    if rest:
+        platform = json_format.ParseDict(rest[0], pipeline_spec_pb2.PlatformSpec())
+        executors = json_format.MessageToDict(
+            platform.platforms["kubernetes"].deployment_spec
+        ).get("executors", {})
+        k8s = {
+            name: json_format.ParseDict(cfg, k8s_pb2.KubernetesExecutorConfig())
+            for name, cfg in executors.items()
+        }
+    return spec, deployment, k8s
+
+
+def executor_of(spec, task: str) -> str:
+    comp = spec.root.dag.tasks[task].component_ref.name
+    return spec.components[comp].executor_label
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Every pipeline compiled once, with fake credentials in the environment."""
+    out = tmp_path_factory.mktemp("compiled")
+    mp = pytest.MonkeyPatch()
+    for key, value in FAKE_SECRETS.items():
+        mp.setenv(key, value)
+    try:
+        cfg = load_config(None, OVERRIDES)
+        paths = {name: compile_pipeline(name, cfg, out / f"{name}.yaml") for name in PIPELINE_NAMES}
+    finally:
+        mp.undo()
+    return cfg, paths
+
+
+@pytest.mark.parametrize("name", PIPELINE_NAMES)
+def test_compiled_yaml_loads_back_and_parses(compiled, name):
+    cfg, paths = compiled
+    loaded = components.load_component_from_file(str(paths[name]))
+    assert loaded.name == f"weeds-{name.replace('_', '-')}"
+    spec, _, _ = parse(paths[name])
+    assert set(spec.root.dag.tasks) == STAGES_OF[name]
+    assert spec.default_pipeline_root == "s3://ml-artifacts/segloop"
+    # The config travels as one parameter whose default is the compiled config.
+    params = spec.root.input_definitions.parameters
+    default = params["config_json"].default_value.string_value
+    assert config_from_json(default) == cfg
+
+
+@pytest.mark.parametrize("name", PIPELINE_NAMES)
+def test_gpu_placement_only_on_infer_and_train(compiled, name):
+    _, paths = compiled
+    spec, deployment, k8s = parse(paths[name])
+    for task in spec.root.dag.tasks:
+        label = executor_of(spec, task)
+        container = deployment.executors[label].container
+        res = container.resources
+        platform = k8s.get(label, k8s_pb2.KubernetesExecutorConfig())
+        # Every task has requests and limits.
+        assert res.resource_cpu_request and res.resource_cpu_limit, task
+        assert res.resource_memory_request and res.resource_memory_limit, task
+        if task in GPU_TASKS:
+            assert res.accelerator.resource_type == "nvidia.com/gpu"
+            assert res.accelerator.resource_count == "2"
+            assert dict(platform.node_selector.labels) == {
+                "cloud.google.com/gke-accelerator": "nvidia-l4",
+                "pool": "gpu",
+            }
+            tolerations = {(t.key, t.operator, t.value, t.effect) for t in platform.tolerations}
+            assert tolerations == {
+                ("nvidia.com/gpu", "Exists", "", "NoSchedule"),
+                ("dedicated", "Equal", "ml", "NoExecute"),
+            }
+            assert container.image == "registry.example.com/agri/segloop-cuda:1.2.3"
+        else:
+            assert not res.accelerator.resource_type and not res.accelerator.resource_count, task
+            assert not platform.node_selector.labels, task
+            assert not platform.tolerations, task
+            assert container.image == "registry.example.com/agri/segloop:1.2.3"
+        if task == "train":
+            assert res.resource_memory_limit == "64Gi"
+        assert {e.name: e.value for e in container.env} == {"AWS_REGION": "eu-west-1"}
+
+
+def test_secrets_are_references_never_values(compiled):
+    _, paths = compiled
+    for name, path in paths.items():
+        text = path.read_text()
+        for value in FAKE_SECRETS.values():
+            assert value not in text, f"{name}: a secret value leaked into the YAML"
+        spec, _, k8s = parse(path)
+        for task in spec.root.dag.tasks:
+            refs = {
+                s.secret_name: {m.env_var for m in s.key_to_env}
+                for s in k8s[executor_of(spec, task)].secret_as_env
+            }
+            assert refs["segloop-s3"] == {
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_ENDPOINT_URL",
+            }
+            assert ("segloop-cvat" in refs) == (task in {"upload-cvat", "download-cvat"}), task
+            assert ("segloop-mlflow" in refs) == (
+                task in {"infer", "train", "evaluate", "register"}
+            ), task
+
+
+def test_caching_and_retries_per_stage(compiled):
+    _, paths = compiled
+    spec, _, _ = parse(paths["active_learning"])
+    tasks = spec.root.dag.tasks
+    uncached = {"query", "upload-cvat", "download-cvat", "register"}
+    for name, task in tasks.items():
+        assert task.caching_options.enable_cache == (name not in uncached), name
+        if name in uncached:  # the stages that talk to the DB, CVAT and MLflow
+            assert task.retry_policy.max_retry_count == 3
+            assert task.retry_policy.backoff_factor == 2.0
+        else:
+            assert task.retry_policy.max_retry_count == 0, name
+    # Pre-annotation starts after register, with the champion.
+    assert "register" in tasks["query"].dependent_tasks
+    model = tasks["infer"].inputs.parameters["model_uri"].runtime_value.constant.string_value
+    assert model == "models:/weeds@champion"
+
+
+def test_credentials_in_plain_env_are_refused():
+    with pytest.raises(ConfigError, match="Kubernetes Secret"):
+        load_config(None, ["kfp.env={CVAT_PASSWORD: x}"])
+
+
+def test_cli_compile_with_overrides(tmp_path):
+    out = tmp_path / "build" / "training.yaml"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compile",
+            "training",
+            "--output",
+            str(out),
+            "-o",
+            "kfp.gpu.accelerator_count=4",
+            "-o",
+            "kfp.caching.train=false",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    spec, deployment, _ = parse(out)
+    res = deployment.executors[executor_of(spec, "train")].container.resources
+    assert res.accelerator.resource_count == "4"
+    assert not spec.root.dag.tasks["train"].caching_options.enable_cache
+    config = json.loads(
+        spec.root.input_definitions.parameters["config_json"].default_value.string_value
+    )
+    assert config["kfp"]["gpu"]["accelerator_count"] == 4

@@ -1,0 +1,134 @@
+"""`segloop run`: whole pipelines on KFP's local SubprocessRunner, each task a real subprocess
+running the component body, against real SeaweedFS (S3) and MLflow servers, with the `folder`
+annotation backend in place of CVAT. Small on purpose: 64 px images, a tiny Unet, one epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from components.core.checkpoint import save_checkpoint
+from components.core.config import load_config
+from components.core.errors import SegloopError
+from components.core.labels import LabelSet
+from components.core.model import ModelSpec, build_from_spec
+from components.core.synthetic import make_dataset
+from pipelines.cli import cli
+from pipelines.local import docker_engine_error, run_local
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def project(tmp_path, s3, mlflow_env):
+    """A synthetic image DB + images in S3, a tiny untrained checkpoint, and the run config."""
+    data = make_dataset(
+        f"s3://{s3.bucket}/kfp-local/data",
+        8,
+        seed=3,
+        db_url=f"sqlite:///{tmp_path / 'images.db'}",
+        table="images",
+        size=(64, 64),
+    )
+    labels = LabelSet.load(data.labels_uri)
+    spec = ModelSpec(
+        arch="Unet",
+        encoder_name="resnet18",
+        classes=len(labels.labels),
+        labels=labels.labels,
+        model_kwargs={"decoder_channels": [8, 8, 8, 8, 8]},
+        tile_size=64,
+    )
+    model_dir = tmp_path / "seed-model"
+    save_checkpoint(build_from_spec(spec).eval(), spec, model_dir)
+    overrides = [
+        "project.name=kfplocal",
+        f"project.labels={data.labels_uri}",
+        f"db.url=sqlite:///{tmp_path / 'images.db'}",
+        f"io.out_root={tmp_path / 'runs'}",
+        f"stack.dir={tmp_path / 'no-stack'}",
+        f"kfp.local_root={tmp_path / 'kfp'}",
+        "cvat.backend=folder",
+        f"cvat.folder={tmp_path / 'annotation'}",
+        "infer.device=cpu",
+        "infer.num_workers=0",
+        "select.budget=6",
+        "preprocess.tile_size=64",
+        "preprocess.workers=1",
+        "preprocess.val_fraction=0.2",
+        "preprocess.test_fraction=0.2",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.workers=0",
+        "train.device=cpu",
+        "train.model_kwargs={decoder_channels: [8, 8, 8, 8, 8]}",
+        "evaluate.device=cpu",
+    ]
+    return {"overrides": overrides, "model": str(model_dir), "tmp": tmp_path}
+
+
+def _people_complete_the_tasks(folder: Path) -> int:
+    """Stand-in for people: they accept the pre-annotations and mark each task completed."""
+    done = 0
+    for task_json in folder.glob("*/task.json"):
+        task = json.loads(task_json.read_text())
+        task["status"] = "completed"
+        task_json.write_text(json.dumps(task))
+        done += 1
+    return done
+
+
+def test_pre_annotation_then_training_on_the_local_runner(project, capfd):
+    args = [f"-o{o}" for o in project["overrides"]]
+    result = CliRunner().invoke(
+        cli, ["run", "pre_annotation", "--model-uri", project["model"], *args]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "pipeline pre_annotation succeeded" in result.output
+    run_dir = Path(result.output.split("run folder: ")[1].splitlines()[0])
+    # Each task's outputs are where the summary says, in the documented layouts.
+    records = run_dir / "query" / "records"
+    assert (records / "records.jsonl").read_text().count("\n") == 8
+    predictions = run_dir / "infer" / "predictions"
+    assert len(list((predictions / "masks").glob("*.png"))) == 8
+    selected = run_dir / "select" / "selected"
+    assert (selected / "selected.jsonl").read_text().count("\n") == 6
+    tasks_dir = run_dir / "upload-cvat" / "tasks"
+    assert (tasks_dir / "tasks.json").exists()
+    assert str(tasks_dir) in result.output
+
+    assert _people_complete_the_tasks(project["tmp"] / "annotation") >= 1
+
+    cfg = load_config(None, [*project["overrides"], f"download_cvat.upload_dir={tasks_dir}"])
+    training = run_local("training", cfg)
+    names = [t.name for t in training.tasks]
+    assert names == sorted(["download-cvat", "preprocess", "train", "evaluate", "register"])
+    model_dir = Path(training.task("train").outputs["model"])
+    assert (model_dir / "best" / "model.json").exists()
+    assert training.task("download-cvat").metrics, "KFP recorded the stage's metrics"
+    report = Path(training.task("evaluate").outputs["report"])
+    assert report.stat().st_size > 0
+    summary = training.summary()
+    assert "train" in summary and str(model_dir) in summary
+
+
+def test_failure_names_the_task(project):
+    """A stage that fails (no model to pre-annotate with) fails the run with a clear error."""
+    cfg = load_config(None, project["overrides"])
+    with pytest.raises(SegloopError, match="failed on the local runner"):
+        run_local("pre_annotation", cfg, params={"model_uri": str(project["tmp"] / "missing")})
+
+
+def test_smoke_test_without_docker_engine_says_so(tmp_path):
+    if docker_engine_error() is None:
+        pytest.skip("a Docker engine answers here: the smoke test would really run")
+    result = CliRunner().invoke(
+        cli, ["smoke-test", "training", "-o", f"kfp.local_root={tmp_path}"]
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SegloopError)
+    message = str(result.exception)
+    assert "needs a Docker engine" in message and "segloop run training" in message

@@ -1,0 +1,184 @@
+"""`segloop submit` and `segloop runs` through the real kfp.Client.
+
+No Kubeflow Pipelines API server can run here (it needs Kubernetes, Argo and a database), so
+these tests talk to a small HTTP stub of the v2beta1 endpoints the client calls (tests/kfp_stub.py)
+and assert the requests it received: the uploaded pipeline spec, the run's parameters, the
+experiment and the namespace, and the auth header. Everything on the client side is real.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+from kfp_stub import StubServer  # tests/ is on sys.path (rootdir-relative imports)
+
+from components.core.config import config_from_json
+from components.core.errors import SegloopError
+from pipelines.cli import cli
+
+TOKEN = "stub-bearer-token-0123456789"
+
+
+@pytest.fixture
+def kfp_api(tmp_path, monkeypatch):
+    # kfp.Client reads ~/.config/kfp/context.json: keep the user's out of the test.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    with StubServer() as stub:
+        yield stub
+
+
+def segloop(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
+
+
+def submit(stub, *extra: str):
+    return segloop(
+        "submit",
+        "pre_annotation",
+        "--host",
+        stub.host,
+        "--namespace",
+        "team-weeds",
+        "--experiment",
+        "weeds-rounds",
+        "--token",
+        TOKEN,
+        "-o",
+        "project.name=weeds",
+        "-o",
+        "select.budget=7",
+        *extra,
+    )
+
+
+def test_first_submit_uploads_pipeline_and_starts_run(kfp_api):
+    stub = kfp_api
+    result = submit(
+        stub,
+        "--run-name",
+        "round-1",
+        "--model-uri",
+        "models:/weeds@challenger",
+        "--wait",
+        "--poll",
+        "0.05",
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "run finished: SUCCEEDED" in result.output
+    assert TOKEN not in result.output
+
+    # Upload: a new pipeline named after the project, in the namespace, with the compiled spec.
+    (upload,) = stub.calls("POST", "/pipelines/upload")
+    assert upload.query["name"] == "weeds-pre-annotation"
+    assert upload.query["namespace"] == "team-weeds"
+    docs = list(yaml.safe_load_all(upload.body["uploadfile"]))
+    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    assert set(spec.root.dag.tasks) == {"query", "infer", "select", "upload-cvat"}
+    assert "secretAsEnv" in json.dumps(docs[1])
+
+    # Experiment: looked up by name, then created in the namespace.
+    (exp_post,) = stub.calls("POST", "/experiments")
+    assert exp_post.body == {"display_name": "weeds-rounds", "namespace": "team-weeds"}
+
+    # Run: in that experiment, on the uploaded version, with the config and the model.
+    (run_post,) = stub.calls("POST", "/runs")
+    body = run_post.body
+    (version,) = stub.versions[upload_pid(stub)]
+    assert body["display_name"] == "round-1"
+    assert body["experiment_id"] == next(iter(stub.experiments))
+    assert body["pipeline_version_reference"] == {
+        "pipeline_id": version["pipeline_id"],
+        "pipeline_version_id": version["pipeline_version_id"],
+    }
+    params = body["runtime_config"]["parameters"]
+    cfg = config_from_json(params["config_json"])
+    assert cfg.project.name == "weeds" and cfg.select.budget == 7
+    assert params["model_uri"] == "models:/weeds@challenger"
+    assert "pipeline_spec" not in body  # runs reference the uploaded version
+
+    # Every call carried the bearer token; --wait polled the run until it ended.
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in stub.requests)
+    assert len(stub.calls("GET", f"/runs/{body_run_id(stub)}")) >= 2
+
+
+def upload_pid(stub) -> str:
+    return next(iter(stub.pipelines))
+
+
+def body_run_id(stub) -> str:
+    return next(iter(stub.runs))
+
+
+def test_second_submit_adds_a_version(kfp_api):
+    stub = kfp_api
+    assert submit(stub).exit_code == 0
+    result = submit(stub)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert len(stub.calls("POST", "/pipelines/upload")) == 1
+    (upload_version,) = stub.calls("POST", "/pipelines/upload_version")
+    pid = upload_pid(stub)
+    assert upload_version.query["pipelineid"] == pid
+    assert upload_version.query["name"].startswith("weeds-pre-annotation-")
+    newest = stub.versions[pid][0]
+    second_run = list(stub.runs.values())[1]
+    assert (
+        second_run["pipeline_version_reference"]["pipeline_version_id"]
+        == (newest["pipeline_version_id"])
+    )
+    # The experiment exists now: found by name, not created twice.
+    assert len(stub.calls("POST", "/experiments")) == 1
+
+
+def test_wait_exits_nonzero_when_the_run_fails(kfp_api):
+    kfp_api.final_state = "FAILED"
+    result = submit(kfp_api, "--wait", "--poll", "0.05")
+    assert result.exit_code == 1
+    assert "run finished: FAILED" in result.output
+
+
+def test_service_account_token_file(kfp_api, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("projected-sa-token-42")
+    result = segloop(
+        "submit", "training", "--host", kfp_api.host, "--sa-token-path", str(token_file)
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (run_post,) = kfp_api.calls("POST", "/runs")
+    assert run_post.headers["authorization"] == "Bearer projected-sa-token-42"
+    # No namespace given on a single-user deployment: the client asks healthz, sends none.
+    assert kfp_api.calls("GET", "/healthz")
+    assert "namespace" not in kfp_api.calls("POST", "/pipelines/upload")[0].query
+    assert run_post.body["display_name"].startswith("demo-training-")
+
+
+def test_runs_list_and_get(kfp_api):
+    assert submit(kfp_api).exit_code == 0
+    run_id = body_run_id(kfp_api)
+    listed = segloop("runs", "list", "--host", kfp_api.host, "--namespace", "team-weeds")
+    assert listed.exit_code == 0, listed.output
+    assert run_id in listed.output
+    assert kfp_api.calls("GET", "/runs")[0].query["namespace"] == "team-weeds"
+    got = segloop("runs", "get", run_id, "--host", kfp_api.host)
+    assert got.exit_code == 0, got.output
+    assert f"run {run_id}" in got.output and "state" in got.output
+
+
+def test_errors_are_clear(kfp_api, tmp_path):
+    no_host = segloop("submit", "training")
+    assert isinstance(no_host.exception, SegloopError)
+    assert "--host" in str(no_host.exception)
+    missing = segloop(
+        "runs", "get", "run-404", "--host", kfp_api.host, "--sa-token-path", str(tmp_path / "no")
+    )
+    assert isinstance(missing.exception, SegloopError)
+    assert "token file" in str(missing.exception)
+    unknown = segloop("runs", "get", "run-404", "--host", kfp_api.host)
+    assert isinstance(unknown.exception, SegloopError)
+    assert "HTTP 404" in str(unknown.exception)
