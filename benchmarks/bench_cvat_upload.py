@@ -64,7 +64,12 @@ def make_dataset(root: Path, n: int, size: tuple[int, int]) -> Path:
             path = root / "images" / f"{record_id}.jpg"
             Image.fromarray(image).save(path, quality=90)
             save_mask_png(pred / "masks" / f"{record_id}.png", synthetic_mask(height, width, rng))
-            row = {"record_id": record_id, "image_uri": str(path), "mask": f"masks/{record_id}.png", "status": "ok"}
+            row = {
+                "record_id": record_id,
+                "image_uri": str(path),
+                "mask": f"masks/{record_id}.png",
+                "status": "ok",
+            }
             manifest.write(json.dumps(row) + "\n")
     (pred / "labels.json").write_text(json.dumps(LABELS))
     return pred
@@ -94,7 +99,9 @@ def bench_sdk_baseline(server: CvatServer, images: list[Path], per_task: int) ->
     """The same images with the bare SDK, no annotations: seconds."""
     client = make_client(server.host, credentials=(server.username, server.password))
     client.config = Config(status_check_period=0.2)
-    labels = [models.PatchedLabelRequest(name=lab["name"], color=lab["color"]) for lab in LABELS["labels"]]
+    labels = [
+        models.PatchedLabelRequest(name=lab["name"], color=lab["color"]) for lab in LABELS["labels"]
+    ]
     started = time.perf_counter()
     for part, i in enumerate(range(0, len(images), per_task)):
         client.tasks.create_from_data(
@@ -106,7 +113,9 @@ def bench_sdk_baseline(server: CvatServer, images: list[Path], per_task: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--per-task", type=int, default=20)
     parser.add_argument("--shape", choices=["mask", "polygon"], default="mask")
@@ -128,11 +137,15 @@ def main() -> None:
     rate = args.images / metrics["wall_s"]
     sdk_rate = args.images / sdk_s
     mb = metrics["bytes"] / 2**20
-    print(f"segloop upload-cvat ({args.shape} shapes): {rate:.1f} images/s "
-          f"({args.images} images, {metrics['shapes']} shapes, {mb:.0f} MiB, {metrics['wall_s']:.2f} s)")
+    print(
+        f"segloop upload-cvat ({args.shape} shapes): {rate:.1f} images/s "
+        f"({args.images} images, {metrics['shapes']} shapes, {mb:.0f} MiB, {metrics['wall_s']:.2f} s)"
+    )
     print(f"bare cvat-sdk, images only:              {sdk_rate:.1f} images/s ({sdk_s:.2f} s)")
     print(f"ratio segloop / bare sdk:                {rate / sdk_rate:.2f}")
-    print(f"goal >= {GOAL_IMAGES_PER_S:.0f} images/s:                    {'met' if rate >= GOAL_IMAGES_PER_S else 'NOT met'}")
+    print(
+        f"goal >= {GOAL_IMAGES_PER_S:.0f} images/s:                    {'met' if rate >= GOAL_IMAGES_PER_S else 'NOT met'}"
+    )
     print(f"vs the reference toolkit (5 s/image):    {rate / 0.2:.0f}x")
 
 

@@ -72,12 +72,13 @@ def main() -> None:
             ):
                 base_s, ours_s = [], []
                 for rep in range(args.repeat):
+                    slug = f"{size_mb}mb-{rep}"
                     runs = [
-                        (base_s, lambda r=rep: baseline(client, folder, f"base/{label}/{r}")),
+                        (base_s, lambda f=folder, k=slug: baseline(client, f, f"base/{k}")),
                         (
                             ours_s,
-                            lambda r=rep: storage.upload_dir(
-                                folder, f"s3://{BUCKET}/segloop/{label}/{r}"
+                            lambda f=folder, k=slug: storage.upload_dir(
+                                f, f"s3://{BUCKET}/segloop/{k}"
                             ),
                         ),
                     ]

@@ -92,7 +92,7 @@ def _training_tasks(cfg: SegloopConfig, config_json, earlier_datasets) -> dsl.Pi
         evaluate(config_json=config_json, model=model, splits=splits), "evaluate", cfg
     )
     return platform.apply(
-        register(config_json=config_json, model=model, evaluation=ev.outputs["evaluation"]),
+        register(config_json=config_json, evaluation=ev.outputs["evaluation"]),
         "register",
         cfg,
     )

@@ -7,6 +7,7 @@ answer with 5xx or 413, or exit in the middle of a request, as a crashed CVAT wo
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import zipfile
 from collections import Counter
@@ -55,13 +56,20 @@ def finish_all(server) -> None:
             job.update(models.PatchedJobWriteRequest(stage="acceptance", state="completed"))
 
 
-def test_wrong_or_missing_credentials_are_named_without_the_secret(cvat_env, tmp_path, monkeypatch):
+def test_wrong_or_missing_credentials_are_named_without_the_secret(
+    cvat_env, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.DEBUG)
     pred = make_predictions(tmp_path / "data", 1)
     monkeypatch.setenv("CVAT_PASSWORD", "wrong-password-123")
     with pytest.raises(SegloopError) as wrong:
         run_upload_cvat(config(pred), str(pred), str(tmp_path / "out"))
     message = str(wrong.value)
-    assert cvat_env.host in message and repr(cvat_env.username) in message and "CVAT_PASSWORD" in message
+    assert (
+        cvat_env.host in message
+        and repr(cvat_env.username) in message
+        and "CVAT_PASSWORD" in message
+    )
     assert "wrong-password-123" not in message
 
     monkeypatch.delenv("CVAT_USERNAME")
@@ -69,11 +77,15 @@ def test_wrong_or_missing_credentials_are_named_without_the_secret(cvat_env, tmp
     monkeypatch.setenv("CVAT_ACCESS_TOKEN", "expired-token")
     with pytest.raises(SegloopError, match="HTTP 401") as bad_token:
         run_upload_cvat(config(pred), str(pred), str(tmp_path / "out"))
-    assert "expired-token" not in str(bad_token.value) and "CVAT_ACCESS_TOKEN" in str(bad_token.value)
+    assert "expired-token" not in str(bad_token.value) and "CVAT_ACCESS_TOKEN" in str(
+        bad_token.value
+    )
 
     monkeypatch.delenv("CVAT_ACCESS_TOKEN")
     with pytest.raises(SegloopError, match="no CVAT credentials"):
         run_upload_cvat(config(pred), str(pred), str(tmp_path / "out"))
+    for secret in ("wrong-password-123", "expired-token", cvat_env.password):
+        assert secret not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -123,17 +135,23 @@ def test_5xx_answers_are_retried_with_backoff_then_reported(cvat_env, tmp_path):
     assert len(task.get_annotations().shapes) == metrics["shapes"]
 
     cvat_env.set_faults(fail=[{"path": "/api/", "status": 502, "times": 100}])
-    with pytest.raises(SegloopError, match=r"unreachable or failing: could not reach the server after 2 attempts"):
+    with pytest.raises(
+        SegloopError, match=r"unreachable or failing: could not reach the server after 2 attempts"
+    ):
         run_upload_cvat(config(pred), str(pred), str(tmp_path / "out2"))
 
 
 def test_413_makes_requests_smaller(cvat_env, tmp_path):
     pred = make_predictions(tmp_path / "data", 20)  # ~21 KB of noise per image, ~30 KB of shapes
     cvat_env.set_faults(max_body_bytes=25_000)
-    metrics = run_upload_cvat(config(pred, "upload_cvat.max_request_mb=1"), str(pred), str(tmp_path / "out"))
+    metrics = run_upload_cvat(
+        config(pred, "upload_cvat.max_request_mb=1"), str(pred), str(tmp_path / "out")
+    )
     log = cvat_env.request_log()
     too_large = [e for e in log if e.get("status") == 413]
-    assert any("/data" in e["path"] for e in too_large) and any("/annotations" in e["path"] for e in too_large)
+    assert any("/data" in e["path"] for e in too_large) and any(
+        "/annotations" in e["path"] for e in too_large
+    )
     (task,) = client_of(cvat_env).tasks.list()
     assert task.size == 20 and len(task.get_annotations().shapes) == metrics["shapes"]
     assert max(e["bytes"] for e in log if e.get("status") != 413) <= 25_000
@@ -142,11 +160,15 @@ def test_413_makes_requests_smaller(cvat_env, tmp_path):
 def test_unknown_label_lists_the_task_labels(cvat_env, tmp_path):
     pred = make_predictions(tmp_path / "data", 3)
     client_of(cvat_env).projects.create(
-        models.ProjectWriteRequest(name="field", labels=[models.PatchedLabelRequest(name="crop", color="#00c800")])
+        models.ProjectWriteRequest(
+            name="field", labels=[models.PatchedLabelRequest(name="crop", color="#00c800")]
+        )
     )
     with pytest.raises(SegloopError) as unknown:
         run_upload_cvat(config(pred, "upload_cvat.project=field"), str(pred), str(tmp_path / "out"))
-    assert "['residue', 'weed']" in str(unknown.value) and "its labels: ['crop']" in str(unknown.value)
+    assert "['residue', 'weed']" in str(unknown.value) and "its labels: ['crop']" in str(
+        unknown.value
+    )
     assert "--create-missing-labels" in str(unknown.value)
     assert client_of(cvat_env).tasks.list() == []  # nothing was created
 
@@ -158,7 +180,9 @@ def test_unknown_label_lists_the_task_labels(cvat_env, tmp_path):
     # Coming back, a label the labels file does not know is an error too.
     finish_all(cvat_env)
     short = tmp_path / "short.json"
-    short.write_text(json.dumps({"labels": [{"name": "background", "id": 0}, {"name": "crop", "id": 1}]}))
+    short.write_text(
+        json.dumps({"labels": [{"name": "background", "id": 0}, {"name": "crop", "id": 1}]})
+    )
     cfg = config(pred, "download_cvat.project=field", f"project.labels={short}")
     with pytest.raises(SegloopError, match="which the labels file does not have"):
         run_download_cvat(cfg, str(tmp_path / "down"))
@@ -185,7 +209,7 @@ def test_safe_extract_refuses_escaping_entries(tmp_path, entry):
         zf.writestr("ok.txt", "fine")
         info = zipfile.ZipInfo(entry)
         if entry == "link":
-            info.external_attr = (0o120777 << 16)  # a symbolic link
+            info.external_attr = 0o120777 << 16  # a symbolic link
         zf.writestr(info, "/etc/passwd" if entry == "link" else "bad")
     with pytest.raises(SegloopError, match="unsafe entry"):
         safe_extract(archive, tmp_path / "out")
@@ -196,7 +220,9 @@ def test_tasks_that_are_not_finished_are_not_downloaded(cvat_env, tmp_path):
     pred = make_predictions(tmp_path / "data", 2)
     run_upload_cvat(config(pred), str(pred), str(tmp_path / "up"))
     cfg = config(pred, f"download_cvat.upload_dir={tmp_path / 'up'}")
-    with pytest.raises(SegloopError, match=r"no task to download .*status is annotation, required completed"):
+    with pytest.raises(
+        SegloopError, match=r"no task to download .*status is annotation, required completed"
+    ):
         run_download_cvat(cfg, str(tmp_path / "down"))
     (task,) = client_of(cvat_env).tasks.list()
     (job,) = task.get_jobs()
@@ -208,3 +234,31 @@ def test_tasks_that_are_not_finished_are_not_downloaded(cvat_env, tmp_path):
         "download_cvat.job_state=completed",
     )
     assert run_download_cvat(by_job, str(tmp_path / "down"))["images"] == 2
+
+
+def test_if_exists_policies_and_name_pattern_selection(cvat_env, tmp_path):
+    pred = make_predictions(tmp_path / "data", 2)
+    named = "upload_cvat.task_name=batch-{part}"
+    run_upload_cvat(config(pred, named), str(pred), str(tmp_path / "a"))
+    with pytest.raises(SegloopError, match=r"'batch-1' already exists \(id 1\)"):
+        run_upload_cvat(
+            config(pred, named, "upload_cvat.if_exists=fail"), str(pred), str(tmp_path / "b")
+        )
+    assert (
+        run_upload_cvat(
+            config(pred, named, "upload_cvat.if_exists=new"), str(pred), str(tmp_path / "c")
+        )["tasks_created"]
+        == 1
+    )
+    other = make_predictions(tmp_path / "other", 2, seed=9, ids=["x1", "x2"])
+    with pytest.raises(SegloopError, match="exists with other images"):
+        run_upload_cvat(config(other, named), str(other), str(tmp_path / "d"))
+    run_upload_cvat(
+        config(other, "upload_cvat.task_name=other-{part}"), str(other), str(tmp_path / "e")
+    )
+
+    finish_all(cvat_env)
+    cfg = config(pred, "download_cvat.name_pattern=batch-*")
+    metrics = run_download_cvat(cfg, str(tmp_path / "down"))
+    assert metrics["tasks"] == 2 and metrics["images"] == 2  # two copies of the same records merge
+    assert metrics["correction"]["images"] == 0  # no upload_dir: nothing to compare with

@@ -51,8 +51,13 @@ def person(server, org: str | None = None):
 def edit_like_a_person(task, frames: list[dict], pred: Path) -> dict[str, np.ndarray]:
     """Delete a shape, relabel one, draw a new mask over others; returns the expected masks."""
     labels = {lab.name: lab.id for lab in task.get_labels()}
-    class_of = {lab.id: LabelSet.load(pred / "labels.json").by_name(lab.name).id for lab in task.get_labels()}
-    expected = {f["record_id"]: load_mask(pred / "masks" / f"{f['record_id']}.png").copy() for f in frames}
+    class_of = {
+        lab.id: LabelSet.load(pred / "labels.json").by_name(lab.name).id
+        for lab in task.get_labels()
+    }
+    expected = {
+        f["record_id"]: load_mask(pred / "masks" / f"{f['record_id']}.png").copy() for f in frames
+    }
     shapes = task.get_annotations().shapes
     height, width = frames[0]["height"], frames[0]["width"]
 
@@ -65,15 +70,26 @@ def edit_like_a_person(task, frames: list[dict], pred: Path) -> dict[str, np.nda
 
     relabel = next(s for s in shapes if s.frame == 1 and class_of[s.label_id] != 3)
     changed = models.LabeledShapeRequest(
-        id=relabel.id, type="mask", frame=1, label_id=labels["residue"], points=relabel.points, z_order=relabel.z_order
+        id=relabel.id,
+        type="mask",
+        frame=1,
+        label_id=labels["residue"],
+        points=relabel.points,
+        z_order=relabel.z_order,
     )
-    task.update_annotations(models.PatchedLabeledDataRequest(shapes=[changed]), action=AnnotationUpdateAction.UPDATE)
+    task.update_annotations(
+        models.PatchedLabeledDataRequest(shapes=[changed]), action=AnnotationUpdateAction.UPDATE
+    )
     expected[frames[1]["record_id"]][bitmap(relabel)] = 3
 
     drawn = np.zeros((height, width), dtype=bool)
     drawn[5:30, 20:width] = True  # to the last column, over other shapes
-    new = models.LabeledShapeRequest(type="mask", frame=1, label_id=labels["weed"], points=encode_mask(drawn), z_order=9)
-    task.update_annotations(models.PatchedLabeledDataRequest(shapes=[new]), action=AnnotationUpdateAction.CREATE)
+    new = models.LabeledShapeRequest(
+        type="mask", frame=1, label_id=labels["weed"], points=encode_mask(drawn), z_order=9
+    )
+    task.update_annotations(
+        models.PatchedLabeledDataRequest(shapes=[new]), action=AnnotationUpdateAction.CREATE
+    )
     expected[frames[1]["record_id"]][drawn] = 2
     return expected
 
@@ -94,18 +110,36 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
     )  # fmt: skip
     assert "7 images in 2 tasks (2 created" in out.output
     tasks = json.loads((up / "tasks.json").read_text())["tasks"]
-    manifest_order = [json.loads(line)["record_id"] for line in (pred / "manifest.jsonl").read_text().splitlines()]
-    assert [f["record_id"] for t in tasks for f in t["frames"]] == manifest_order  # not sorted by name
+    manifest_order = [
+        json.loads(line)["record_id"] for line in (pred / "manifest.jsonl").read_text().splitlines()
+    ]
+    # Frames keep the input order (which is not the order of the file names).
+    assert [f["record_id"] for t in tasks for f in t["frames"]] == manifest_order
 
     client = person(cvat_env, "lab")
     first, second = (client.tasks.retrieve(t["id"]) for t in tasks)
     assert [f.name for f in first.get_frames_info()] == [f["name"] for f in tasks[0]["frames"]]
     assert [j.stop_frame - j.start_frame + 1 for j in first.get_jobs()] == [2, 2]
     expected = edit_like_a_person(first, tasks[0]["frames"], pred)
-    expected.update({f["record_id"]: load_mask(pred / "masks" / f"{f['record_id']}.png") for f in tasks[1]["frames"]})
+    expected.update(
+        {
+            f["record_id"]: load_mask(pred / "masks" / f"{f['record_id']}.png")
+            for f in tasks[1]["frames"]
+        }
+    )
     finish(first)
 
-    args = ["download-cvat", "--project", "field", "--org", "lab", "--upload-dir", str(up), "--out-dir", str(down)]
+    args = [
+        "download-cvat",
+        "--project",
+        "field",
+        "--org",
+        "lab",
+        "--upload-dir",
+        str(up),
+        "--out-dir",
+        str(down),
+    ]
     out = segloop(*args)  # only the finished task qualifies
     assert "from 1 tasks (1 exported, 0 unchanged, 1 not ready)" in out.output
     finish(second)
@@ -120,8 +154,8 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
         record_id = entry["record_id"]
         refined = load_mask(down / entry["mask"])
         assert (refined == expected[record_id]).all(), record_id
-        original = Path(entry["image_uri"])
-        assert (down / entry["image"]).read_bytes() == original.read_bytes()  # the record's own image
+        # Each record gets its own image back, byte for byte.
+        assert (down / entry["image"]).read_bytes() == Path(entry["image_uri"]).read_bytes()
         pre = load_mask(pred / "masks" / f"{record_id}.png")
         changed = int((pre != refined).sum())
         assert entry["correction"]["changed_pixels"] == changed
@@ -130,12 +164,18 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
         per_task[entry["task_id"]] = per_task.get(entry["task_id"], 0) + changed
 
     metrics = json.loads((down / "metrics.json").read_text())
-    assert {int(k): v["changed_pixels"] for k, v in metrics["correction"]["per_task"].items()} == per_task
+    assert {
+        int(k): v["changed_pixels"] for k, v in metrics["correction"]["per_task"].items()
+    } == per_task
     assert per_task[tasks[0]["id"]] > 0 and per_task[tasks[1]["id"]] == 0
     assert metrics["correction"]["per_task"][str(tasks[1]["id"])]["mean_iou"] == 1.0
     provenance = json.loads((down / "provenance.json").read_text())
     assert {t["id"] for t in provenance["tasks"]} == {t["id"] for t in tasks}
-    assert all(j["stage"] == "acceptance" and j["state"] == "completed" for t in provenance["tasks"] for j in t["jobs"])
+    assert all(
+        j["stage"] == "acceptance" and j["state"] == "completed"
+        for t in provenance["tasks"]
+        for j in t["jobs"]
+    )
     assert LabelSet.load(down / "labels.json").names == ["background", "crop", "weed", "residue"]
     for folder in (up, down):
         for path in folder.rglob("*"):
@@ -162,7 +202,10 @@ def test_polygons_up_and_coco_down_are_exact(cvat_env, tmp_path):
     for line in (down / "manifest.jsonl").read_text().splitlines():
         entry = json.loads(line)
         assert entry["image"] is None and entry["image_uri"].endswith(".png")
-        assert (load_mask(down / entry["mask"]) == load_mask(pred / "masks" / f"{entry['record_id']}.png")).all()
+        assert (
+            load_mask(down / entry["mask"])
+            == load_mask(pred / "masks" / f"{entry['record_id']}.png")
+        ).all()
         assert entry["correction"]["changed_pixels"] == 0 and entry["correction"]["iou"] == 1.0
     assert not (down / "images").exists()
 
@@ -189,7 +232,17 @@ def test_folder_backend_round_trip(tmp_path):
     meta["status"] = "completed"
     (task_dir / "task.json").write_text(json.dumps(meta))
 
-    segloop("download-cvat", "--backend", "folder", "--dir", str(folder), "--upload-dir", str(up), "--out-dir", str(down))
+    segloop(
+        "download-cvat",
+        "--backend",
+        "folder",
+        "--dir",
+        str(folder),
+        "--upload-dir",
+        str(up),
+        "--out-dir",
+        str(down),
+    )
     for f in task_entry["frames"]:
         expected = load_mask(pred / "masks" / f"{f['record_id']}.png").copy()
         if f is frame:
@@ -203,3 +256,41 @@ def test_folder_backend_round_trip(tmp_path):
         "--task-name", "field-{part}", "--out-dir", str(up), "-o", f"project.labels={labels_file}",
     )  # fmt: skip
     assert (np.asarray(Image.open(png).convert("RGB"))[10:20, 10:40] == (255, 0, 0)).all()
+
+
+def test_images_and_outputs_on_s3(cvat_env, s3, tmp_path):
+    """Images in a bucket are streamed to CVAT; every stage input and output is an s3:// URI."""
+    from components.core import storage
+    from components.core.config import load_config
+    from components.download_cvat.download import run_download_cvat
+    from components.upload_cvat.upload import run_upload_cvat
+
+    pred = make_predictions(tmp_path / "data", 3, seed=7)
+    base = f"s3://{s3.bucket}/cvat-round-trip"
+    rows = [json.loads(line) for line in (pred / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        uri = f"{base}/images/{Path(row['image_uri']).name}"
+        storage.copy(row["image_uri"], uri)
+        row["image_uri"] = uri
+    (pred / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    storage.upload_dir(pred, f"{base}/pred")
+    cfg = load_config(
+        None,
+        [
+            f"project.labels={base}/pred/labels.json",
+            "cvat.status_check_period_s=0.05",
+            f"download_cvat.upload_dir={base}/up",
+        ],
+    )
+    run_upload_cvat(cfg, f"{base}/pred", f"{base}/up")
+    for task in person(cvat_env).tasks.list():
+        finish(task)
+    metrics = run_download_cvat(cfg, f"{base}/down")
+    assert metrics["images"] == 3 and metrics["correction"]["changed_pixels"] == 0
+    for row in rows:
+        record_id = row["record_id"]
+        assert storage.read_bytes(f"{base}/down/images/{record_id}.png") == storage.read_bytes(
+            row["image_uri"]
+        )
+        refined = load_mask(f"{base}/down/masks/{record_id}.png")
+        assert (refined == load_mask(pred / "masks" / f"{record_id}.png")).all()

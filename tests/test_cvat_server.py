@@ -42,11 +42,14 @@ def images(folder: Path, names: list[str], size=(20, 30)) -> list[Path]:
 
 def test_logins_tokens_and_wrong_credentials(cvat_server):
     assert client_for(cvat_server).users.retrieve_current_user().username == cvat_server.username
-    by_pat = make_client(cvat_server.host, access_token=cvat_server.access_token)  # Authorization: Bearer
+    # A personal access token goes as `Authorization: Bearer`.
+    by_pat = make_client(cvat_server.host, access_token=cvat_server.access_token)
     assert by_pat.users.retrieve_current_user().username == cvat_server.username
     # The API key that login returns works as `Authorization: Token <key>` too.
     _, response = make_client(cvat_server.host).api_client.auth_api.create_login(
-        models.LoginSerializerExRequest(username=cvat_server.username, password=cvat_server.password)
+        models.LoginSerializerExRequest(
+            username=cvat_server.username, password=cvat_server.password
+        )
     )
     key = json.loads(response.data)["key"]
     by_key = make_client(cvat_server.host)
@@ -64,7 +67,9 @@ def test_logins_tokens_and_wrong_credentials(cvat_server):
 def test_frame_order_follows_the_sorting_method(cvat_server, tmp_path):
     client = client_for(cvat_server)
     paths = images(tmp_path, ["b.png", "c.png", "a.png"])
-    default = client.tasks.create_from_data(models.TaskWriteRequest(name="lexicographic", labels=LABELS), paths)
+    default = client.tasks.create_from_data(
+        models.TaskWriteRequest(name="lexicographic", labels=LABELS), paths
+    )
     predefined = client.tasks.create_from_data(
         models.TaskWriteRequest(name="predefined", labels=LABELS),
         paths,
@@ -90,7 +95,9 @@ def test_jobs_stage_and_state_and_job_scoped_annotations(cvat_server, tmp_path):
     weed = next(lab.id for lab in task.get_labels() if lab.name == "weed")
     bitmap = np.zeros((20, 30), dtype=bool)
     bitmap[5:20, 10:30] = True
-    mask = models.LabeledShapeRequest(type="mask", frame=0, label_id=weed, points=encode_mask(bitmap))
+    mask = models.LabeledShapeRequest(
+        type="mask", frame=0, label_id=weed, points=encode_mask(bitmap)
+    )
     jobs[0].set_annotations(models.LabeledDataRequest(shapes=[mask]))
     with pytest.raises(ApiException) as outside:  # frame 2 belongs to the second job
         jobs[0].update_annotations(
@@ -98,12 +105,18 @@ def test_jobs_stage_and_state_and_job_scoped_annotations(cvat_server, tmp_path):
             action=AnnotationUpdateAction.CREATE,
         )
     assert outside.value.status == 400
-    polygon = models.LabeledShapeRequest(type="polygon", frame=2, label_id=weed, points=[1, 1, 9, 1, 9, 9])
-    jobs[1].update_annotations(models.PatchedLabeledDataRequest(shapes=[polygon]), action=AnnotationUpdateAction.CREATE)
+    polygon = models.LabeledShapeRequest(
+        type="polygon", frame=2, label_id=weed, points=[1, 1, 9, 1, 9, 9]
+    )
+    jobs[1].update_annotations(
+        models.PatchedLabeledDataRequest(shapes=[polygon]), action=AnnotationUpdateAction.CREATE
+    )
     shapes = task.get_annotations().shapes
     assert sorted((s.frame, s.type.value) for s in shapes) == [(0, "mask"), (2, "polygon")]
-    assert list(shapes[0].points[-4:]) == [10, 5, 29, 19]  # inclusive bbox to the last row and column
-    jobs[1].set_annotations(models.LabeledDataRequest(shapes=[]))  # PUT on a job clears only its frames
+    # The bbox is inclusive and reaches the last row and column.
+    assert list(shapes[0].points[-4:]) == [10, 5, 29, 19]
+    # PUT on a job replaces the annotations of its own frames only.
+    jobs[1].set_annotations(models.LabeledDataRequest(shapes=[]))
     assert [s.frame for s in task.get_annotations().shapes] == [0]
 
     jobs[0].update(models.PatchedJobWriteRequest(state="in progress"))
@@ -127,7 +140,11 @@ def test_exports_follow_cvat_layouts(cvat_server, tmp_path):
     bitmap[2:6, 3:9] = True
     task.update_annotations(
         models.PatchedLabeledDataRequest(
-            shapes=[models.LabeledShapeRequest(type="mask", frame=1, label_id=crop, points=encode_mask(bitmap))]
+            shapes=[
+                models.LabeledShapeRequest(
+                    type="mask", frame=1, label_id=crop, points=encode_mask(bitmap)
+                )
+            ]
         ),
         action=AnnotationUpdateAction.CREATE,
     )

@@ -377,3 +377,52 @@ def test_cli_with_s3_images_model_and_output(s3, tmp_path, ckpt):
         "labels.json",
     ):
         assert f"{out}/{name}" in listed, name
+
+    # a record whose S3 object is missing is recorded as failed, within max_failures
+    from components.infer.infer import run_infer
+
+    records = tmp_path / "records.jsonl"
+    rows = [
+        {"image_id": "ok", "image_uri": f"s3://{s3.bucket}/infer-in/im0.png"},
+        {"image_id": "gone", "image_uri": f"s3://{s3.bucket}/infer-in/gone.png"},
+    ]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = run_infer(
+        cfg_with(model=f"s3://{s3.bucket}/models/tiny", max_failures=1),
+        records=str(records),
+        out=str(tmp_path / "o"),
+    )
+    assert (m["ok"], m["failed"]) == (1, 1)
+    assert (
+        m["failures"][0]["reason"] == f"s3://{s3.bucket}/infer-in/gone.png: no such file or object"
+    )
+
+
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [
+        ("Unet", {"decoder_channels": [8, 8, 8, 8, 8]}),
+        ("DeepLabV3Plus", {"decoder_channels": 16}),
+        ("Segformer", {"decoder_segmentation_channels": 16}),
+    ],
+)
+def test_smp_predictor_folded_network_matches_the_checkpoint_model(arch, kwargs):
+    labels = LABELS[:2]
+    spec = ModelSpec(
+        arch=arch,
+        encoder_name="resnet18",
+        classes=1,
+        labels=labels,
+        model_kwargs=kwargs,
+        tile_size=64,
+    )
+    torch.manual_seed(0)
+    model = build_from_spec(spec).eval()
+    predictor = SmpPredictor(model, spec).to(torch.device("cpu"))
+    x = torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        probs = predictor.predict(x)
+        fg = torch.sigmoid(model(x.contiguous()))
+    assert probs.shape == (2, 2, 64, 64)  # binary model: background + foreground
+    assert torch.allclose(probs[:, 1:], fg, atol=1e-4)
+    assert torch.allclose(probs.sum(1), torch.ones(2, 64, 64))

@@ -54,7 +54,10 @@ class _TimedRestClient(rest.RESTClientObject):
         self._default_timeout = timeout
 
     def request(self, method, url, *args, _request_timeout=None, **kwargs):
-        timeout = _request_timeout or (self._default_timeout.connect_timeout, self._default_timeout.read_timeout)
+        timeout = _request_timeout or (
+            self._default_timeout.connect_timeout,
+            self._default_timeout.read_timeout,
+        )
         return super().request(method, url, *args, _request_timeout=timeout, **kwargs)
 
 
@@ -82,7 +85,9 @@ def explain(exc: BaseException, host: str, what: str) -> BaseException:
         if status >= 500:
             return TransientCvatError(f"HTTP {status}: {detail}")
         if status == 413:
-            return RequestTooLarge(f"CVAT at {host} refused a request as too large while trying to {what}")
+            return RequestTooLarge(
+                f"CVAT at {host} refused a request as too large while trying to {what}"
+            )
         if status == 401:
             return SegloopError(
                 f"CVAT at {host} rejected the credentials while trying to {what} (HTTP 401: {detail}); "
@@ -94,7 +99,9 @@ def explain(exc: BaseException, host: str, what: str) -> BaseException:
                 "check the organization (cvat.organization) and the user's rights"
             )
         if status == 404:
-            return SegloopError(f"CVAT at {host}: not found while trying to {what} (HTTP 404: {detail})")
+            return SegloopError(
+                f"CVAT at {host}: not found while trying to {what} (HTTP 404: {detail})"
+            )
         return SegloopError(f"CVAT at {host} refused to {what} (HTTP {status}: {detail})")
     if isinstance(exc, CvatSdkException | api_exceptions.OpenApiException):
         return SegloopError(f"CVAT at {host}: unexpected answer while trying to {what}: {exc}")
@@ -147,7 +154,12 @@ class CvatConnection:
         api_client.rest_client.PATCH(url, headers=headers, body=body)
 
     def upload_images(
-        self, task_id: int, paths: list[Path], params: dict[str, Any], max_request_bytes: int, pbar=None
+        self,
+        task_id: int,
+        paths: list[Path],
+        params: dict[str, Any],
+        max_request_bytes: int,
+        pbar=None,
     ) -> None:
         """`Task.upload_data` for local files with a given request size limit, then wait."""
         url = self.client.api_map.make_endpoint_url(
@@ -155,11 +167,18 @@ class CvatConnection:
         )
         uploader = DataUploader(self.client, max_request_size=max_request_bytes)
         response = self.call(
-            f"upload images to task {task_id}", uploader.upload_files, url, paths, pbar=pbar, **params
+            f"upload images to task {task_id}",
+            uploader.upload_files,
+            url,
+            paths,
+            pbar=pbar,
+            **params,
         )
         rq_id = json.loads(response.data).get("rq_id")
         if not rq_id:
-            raise SegloopError(f"CVAT at {self.host} did not start processing the images of task {task_id}")
+            raise SegloopError(
+                f"CVAT at {self.host} did not start processing the images of task {task_id}"
+            )
         self.wait(rq_id, f"process the images of task {task_id}")
 
 
@@ -175,7 +194,15 @@ def retrying(host: str, settings: CvatSettings, what: str, fn: Callable[[], T]) 
                     f"attempts (last: {exc}); check that the server is up and CVAT_HOST is right"
                 ) from None
             delay = min(settings.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-            log.warning("CVAT at %s: %s failed (%s); retry %d/%d in %.1f s", host, what, exc, attempt, attempts - 1, delay)
+            log.warning(
+                "CVAT at %s: %s failed (%s); retry %d/%d in %.1f s",
+                host,
+                what,
+                exc,
+                attempt,
+                attempts - 1,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -183,7 +210,9 @@ def retrying(host: str, settings: CvatSettings, what: str, fn: Callable[[], T]) 
 def cvat_host(settings: CvatSettings) -> str:
     host = settings.host or os.environ.get("CVAT_HOST")
     if not host:
-        raise SegloopError("no CVAT server given: set CVAT_HOST (or cvat.host), e.g. http://localhost:8080")
+        raise SegloopError(
+            "no CVAT server given: set CVAT_HOST (or cvat.host), e.g. http://localhost:8080"
+        )
     return host.rstrip("/")
 
 
@@ -200,7 +229,9 @@ def connect(settings: CvatSettings) -> Iterator[CvatConnection]:
     try:
         client = Client(
             host,
-            config=Config(status_check_period=settings.status_check_period_s, verify_ssl=settings.verify_ssl),
+            config=Config(
+                status_check_period=settings.status_check_period_s, verify_ssl=settings.verify_ssl
+            ),
             check_server_version=False,
         )
     except CvatSdkException as exc:
@@ -208,7 +239,10 @@ def connect(settings: CvatSettings) -> Iterator[CvatConnection]:
     configuration = client.api_client.configuration
     configuration.retries = False  # retries are ours (see `retrying`), not urllib3's
     client.api_client.rest_client = _TimedRestClient(
-        configuration, urllib3.Timeout(connect=min(30.0, settings.request_timeout_s), read=settings.request_timeout_s)
+        configuration,
+        urllib3.Timeout(
+            connect=min(30.0, settings.request_timeout_s), read=settings.request_timeout_s
+        ),
     )
     conn = CvatConnection(client, host, settings, user=username or "<token>")
     try:
@@ -223,7 +257,9 @@ def connect(settings: CvatSettings) -> Iterator[CvatConnection]:
             client.organization_slug = settings.organization
             found = conn.retrying(
                 "look up the organization",
-                lambda: client.api_client.organizations_api.list(slug=settings.organization)[0].results,
+                lambda: (
+                    client.api_client.organizations_api.list(slug=settings.organization)[0].results
+                ),
             )
             if not found:
                 raise SegloopError(

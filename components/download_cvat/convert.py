@@ -54,7 +54,9 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 )
             target = dest.joinpath(*parts) if parts else dest
             if not target.resolve().is_relative_to(dest):
-                raise SegloopError(f"export archive {archive.name}: entry {info.filename!r} leaves the folder")
+                raise SegloopError(
+                    f"export archive {archive.name}: entry {info.filename!r} leaves the folder"
+                )
         for info in members:
             parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
             if not parts:
@@ -95,11 +97,15 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def segmentation_mask_frames(root: Path, frames: list[dict[str, Any]], labels: LabelSet, where: str) -> dict[str, np.ndarray]:
+def segmentation_mask_frames(
+    root: Path, frames: list[dict[str, Any]], labels: LabelSet, where: str
+) -> dict[str, np.ndarray]:
     """Frame name -> class-id mask from a "Segmentation mask 1.1" export."""
     labelmap_path = root / "labelmap.txt"
     if not labelmap_path.exists():
-        raise SegloopError(f"{where}: the export has no labelmap.txt; is it a 'Segmentation mask 1.1' export?")
+        raise SegloopError(
+            f"{where}: the export has no labelmap.txt; is it a 'Segmentation mask 1.1' export?"
+        )
     name_to_class = class_of_name(labels)
     color_names: dict[int, list[str]] = {}
     for name, rgb in read_labelmap(labelmap_path):
@@ -124,7 +130,9 @@ def segmentation_mask_frames(root: Path, frames: list[dict[str, Any]], labels: L
             names = color_names.get(color)
             rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
             if not names:
-                raise SegloopError(f"{where}: frame {frame['name']} has colour {rgb} that labelmap.txt does not name")
+                raise SegloopError(
+                    f"{where}: frame {frame['name']} has colour {rgb} that labelmap.txt does not name"
+                )
             known = sorted({name_to_class[n] for n in names if n in name_to_class})
             if not known:
                 raise SegloopError(
@@ -141,13 +149,21 @@ def segmentation_mask_frames(root: Path, frames: list[dict[str, Any]], labels: L
     return out
 
 
-def coco_frames(root: Path, frames: list[dict[str, Any]], labels: LabelSet, where: str) -> dict[str, np.ndarray]:
+def coco_frames(
+    root: Path, frames: list[dict[str, Any]], labels: LabelSet, where: str
+) -> dict[str, np.ndarray]:
     """Frame name -> class-id mask from a "COCO 1.0" export."""
     path = root / "annotations" / "instances_default.json"
     if not path.exists():
-        found = sorted((root / "annotations").glob("instances_*.json")) if (root / "annotations").exists() else []
+        found = (
+            sorted((root / "annotations").glob("instances_*.json"))
+            if (root / "annotations").exists()
+            else []
+        )
         if not found:
-            raise SegloopError(f"{where}: the export has no annotations/instances_*.json; is it a 'COCO 1.0' export?")
+            raise SegloopError(
+                f"{where}: the export has no annotations/instances_*.json; is it a 'COCO 1.0' export?"
+            )
         path = found[0]
     doc = json.loads(path.read_text())
     name_to_class = class_of_name(labels)
@@ -159,13 +175,18 @@ def coco_frames(root: Path, frames: list[dict[str, Any]], labels: LabelSet, wher
     image_of = {img["id"]: img for img in doc.get("images", [])}
     by_name = {f["name"]: f for f in frames}
     out = {f["name"]: np.zeros((f["height"], f["width"]), dtype=np.uint8) for f in frames}
-    anns = sorted(doc.get("annotations", []), key=lambda a: (a.get("attributes") or {}).get("z_order", 0))
+    anns = sorted(
+        doc.get("annotations", []), key=lambda a: (a.get("attributes") or {}).get("z_order", 0)
+    )
     for ann in anns:
         image = image_of.get(ann["image_id"])
         if image is None or image["file_name"] not in by_name:
             continue
         if ann["category_id"] not in category_class:
-            name = next((c["name"] for c in doc["categories"] if c["id"] == ann["category_id"]), ann["category_id"])
+            name = next(
+                (c["name"] for c in doc["categories"] if c["id"] == ann["category_id"]),
+                ann["category_id"],
+            )
             raise SegloopError(
                 f"{where}: an annotation on {image['file_name']} uses label {name!r}, which the labels file "
                 f"does not have (labels: {', '.join(labels.names)}); add it to the labels file"
@@ -174,7 +195,9 @@ def coco_frames(root: Path, frames: list[dict[str, Any]], labels: LabelSet, wher
         try:
             area = coco_segmentation_to_bitmap(ann["segmentation"], frame["height"], frame["width"])
         except ValueError as exc:
-            raise SegloopError(f"{where}: annotation {ann.get('id')} on {image['file_name']}: {exc}") from exc
+            raise SegloopError(
+                f"{where}: annotation {ann.get('id')} on {image['file_name']}: {exc}"
+            ) from exc
         out[frame["name"]][area] = category_class[ann["category_id"]]
     return out
 
@@ -187,7 +210,9 @@ def find_image(root: Path, name: str) -> Path | None:
     return None
 
 
-def convert(root: Path, fmt: str, frames: list[dict[str, Any]], labels: LabelSet, where: str) -> dict[str, np.ndarray]:
+def convert(
+    root: Path, fmt: str, frames: list[dict[str, Any]], labels: LabelSet, where: str
+) -> dict[str, np.ndarray]:
     if fmt == SEGMENTATION_MASK:
         return segmentation_mask_frames(root, frames, labels, where)
     if fmt == COCO:

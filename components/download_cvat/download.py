@@ -44,7 +44,9 @@ def load_upload(upload_dir: str | None) -> dict[str, Any] | None:
         return None
     uri = storage.join(upload_dir, "tasks.json")
     if not storage.exists(uri):
-        raise SegloopError(f"download_cvat.upload_dir={upload_dir} has no tasks.json; give an upload-cvat output")
+        raise SegloopError(
+            f"download_cvat.upload_dir={upload_dir} has no tasks.json; give an upload-cvat output"
+        )
     return storage.read_json(uri)
 
 
@@ -53,7 +55,9 @@ def load_labels(cfg: SegloopConfig, upload: dict[str, Any] | None) -> LabelSet:
         return LabelSet.load(cfg.project.labels)
     if upload and upload.get("labels"):
         return LabelSet.model_validate({"labels": upload["labels"]})
-    raise SegloopError("no labels file: set project.labels (or give --upload-dir, whose tasks.json has the labels)")
+    raise SegloopError(
+        "no labels file: set project.labels (or give --upload-dir, whose tasks.json has the labels)"
+    )
 
 
 def rejection(task: TaskInfo, cfg: SegloopConfig) -> str | None:
@@ -101,7 +105,9 @@ def _summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Downloader:
-    def __init__(self, cfg: SegloopConfig, out_dir: Path, upload: dict[str, Any] | None, labels: LabelSet):
+    def __init__(
+        self, cfg: SegloopConfig, out_dir: Path, upload: dict[str, Any] | None, labels: LabelSet
+    ):
         self.cfg = cfg
         self.settings = cfg.download_cvat
         self.out_dir = out_dir
@@ -121,12 +127,18 @@ class Downloader:
     def task(self, source, task: TaskInfo, manifest: artifacts.Manifest) -> None:
         where = f"task {task.id} ({task.name})"
         with tempfile.TemporaryDirectory(prefix="segloop-download-") as tmp:
-            root = source.materialize(task, self.settings.format, self.settings.include_images, Path(tmp))
+            root = source.materialize(
+                task, self.settings.format, self.settings.include_images, Path(tmp)
+            )
             masks = convert(root, self.settings.format, task.frames, self.labels, where)
-            for frame in track(task.frames, total=len(task.frames), desc=f"convert {where}", unit="img"):
+            for frame in track(
+                task.frames, total=len(task.frames), desc=f"convert {where}", unit="img"
+            ):
                 manifest.add(self._frame(task, frame, masks[frame["name"]], root))
 
-    def _frame(self, task: TaskInfo, frame: dict[str, Any], mask: np.ndarray, root: Path) -> dict[str, Any]:
+    def _frame(
+        self, task: TaskInfo, frame: dict[str, Any], mask: np.ndarray, root: Path
+    ) -> dict[str, Any]:
         known = self.record_of(task, frame)
         record_id = str(known["record_id"])
         safe = UNSAFE_NAME.sub("_", record_id)
@@ -147,7 +159,11 @@ class Downloader:
         if self.settings.include_images:
             src = find_image(root, frame["name"])
             if src is None:
-                return {**entry, "status": artifacts.FAILED, "reason": f"task {task.id}: image {frame['name']} is not in the export"}
+                return {
+                    **entry,
+                    "status": artifacts.FAILED,
+                    "reason": f"task {task.id}: image {frame['name']} is not in the export",
+                }
             rel = f"images/{safe}{Path(frame['name']).suffix.lower()}"
             storage.copy(src, self.out_dir / rel)
             entry["image"] = rel
@@ -172,7 +188,10 @@ def run_download_cvat(cfg: SegloopConfig, out: str) -> dict[str, Any]:
     with storage.output_dir(out, resume=settings.resume) as out_dir, source:
         previous = {}
         if settings.resume and (out_dir / "provenance.json").exists():
-            previous = {str(t["id"]): t for t in storage.read_json(out_dir / "provenance.json").get("tasks", [])}
+            previous = {
+                str(t["id"]): t
+                for t in storage.read_json(out_dir / "provenance.json").get("tasks", [])
+            }
         if not settings.resume:
             (out_dir / "manifest.jsonl").unlink(missing_ok=True)
         manifest = artifacts.Manifest(out_dir)
@@ -180,9 +199,18 @@ def run_download_cvat(cfg: SegloopConfig, out: str) -> dict[str, Any]:
         chosen, rejected = [], []
         for task in candidates:
             why = rejection(task, cfg)
-            (rejected.append({"id": task.id, "name": task.name, "status": task.status, "why": why}) if why else chosen.append(task))
+            (
+                rejected.append(
+                    {"id": task.id, "name": task.name, "status": task.status, "why": why}
+                )
+                if why
+                else chosen.append(task)
+            )
         if not chosen:
-            listing = "; ".join(f"task {r['id']} ({r['name']}): {r['why']}" for r in rejected) or "none found"
+            listing = (
+                "; ".join(f"task {r['id']} ({r['name']}): {r['why']}" for r in rejected)
+                or "none found"
+            )
             raise SegloopError(f"no task to download from {source.location}: {listing}")
         downloader = Downloader(cfg, out_dir, upload, labels)
         exported, reused = [], []
@@ -194,7 +222,9 @@ def run_download_cvat(cfg: SegloopConfig, out: str) -> dict[str, Any]:
                 before
                 and before.get("updated_date") == task.updated_date
                 and len(done) == len(task.frames)
-                and all(e["status"] == artifacts.OK and (out_dir / e["mask"]).exists() for e in done)
+                and all(
+                    e["status"] == artifacts.OK and (out_dir / e["mask"]).exists() for e in done
+                )
             ):
                 reused.append(task.id)
                 log.info("task %s unchanged since the last download; keeping its files", task.id)
@@ -203,7 +233,10 @@ def run_download_cvat(cfg: SegloopConfig, out: str) -> dict[str, Any]:
             exported.append(task.id)
         _drop_stale(manifest, out_dir, {str(t.id) for t in chosen})
         entries = list(manifest.entries.values())
-        per_task = {str(t.id): _summary([e for e in entries if str(e.get("task_id")) == str(t.id)]) for t in chosen}
+        per_task = {
+            str(t.id): _summary([e for e in entries if str(e.get("task_id")) == str(t.id)])
+            for t in chosen
+        }
         labels.save(out_dir / "labels.json")
         storage.write_json(
             out_dir / "provenance.json",

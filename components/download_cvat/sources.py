@@ -54,21 +54,33 @@ class CvatSource:
 
     def _retrieve(self, task_id: int, hint: str = ""):
         try:
-            return self.conn.retrying(f"find task {task_id}", lambda: self.conn.client.tasks.retrieve(task_id))
+            return self.conn.retrying(
+                f"find task {task_id}", lambda: self.conn.client.tasks.retrieve(task_id)
+            )
         except SegloopError as exc:
             if "HTTP 404" in str(exc):
-                raise SegloopError(f"CVAT at {self.conn.host} has no task {task_id}{hint}") from None
+                raise SegloopError(
+                    f"CVAT at {self.conn.host} has no task {task_id}{hint}"
+                ) from None
             raise
 
     def _project(self, ref: str):
         client = self.conn.client
         if ref.isdigit():
-            return self.conn.retrying(f"find project {ref}", lambda: client.projects.retrieve(int(ref)))
-        found = [p for p in self.conn.retrying("list projects", lambda: client.projects.list(name=ref)) if p.name == ref]
+            return self.conn.retrying(
+                f"find project {ref}", lambda: client.projects.retrieve(int(ref))
+            )
+        found = [
+            p
+            for p in self.conn.retrying("list projects", lambda: client.projects.list(name=ref))
+            if p.name == ref
+        ]
         if not found:
             raise SegloopError(f"CVAT at {self.conn.host} has no project named {ref!r}")
         if len(found) > 1:
-            raise SegloopError(f"CVAT at {self.conn.host} has several projects named {ref!r}; give its id")
+            raise SegloopError(
+                f"CVAT at {self.conn.host} has several projects named {ref!r}; give its id"
+            )
         return found[0]
 
     def select(self, cfg: SegloopConfig, upload: dict[str, Any] | None) -> list[TaskInfo]:
@@ -82,11 +94,17 @@ class CvatSource:
             chosen[task_id] = self._retrieve(task_id)
         explicit = bool(settings.project or settings.task_ids)
         if settings.name_pattern:
-            pool = list(chosen.values()) if explicit else self.conn.retrying("list tasks", self.conn.client.tasks.list)
+            pool = (
+                list(chosen.values())
+                if explicit
+                else self.conn.retrying("list tasks", self.conn.client.tasks.list)
+            )
             chosen = {t.id: t for t in pool if fnmatch.fnmatchcase(t.name, settings.name_pattern)}
         elif not explicit and upload:
             for entry in upload["tasks"]:
-                chosen[entry["id"]] = self._retrieve(entry["id"], f" (listed in {settings.upload_dir}/tasks.json)")
+                chosen[entry["id"]] = self._retrieve(
+                    entry["id"], f" (listed in {settings.upload_dir}/tasks.json)"
+                )
         elif not explicit:
             raise SegloopError(
                 "say which tasks to download: download_cvat.project, task_ids, name_pattern or upload_dir "
@@ -106,7 +124,10 @@ class CvatSource:
             project_id=task.project_id,
             status=str(task.status),
             updated_date=task.updated_date.isoformat(),
-            frames=[{"frame": i, "name": f.name, "width": f.width, "height": f.height} for i, f in enumerate(frames)],
+            frames=[
+                {"frame": i, "name": f.name, "width": f.width, "height": f.height}
+                for i, f in enumerate(frames)
+            ],
             jobs=[
                 {
                     "id": j.id,
@@ -159,19 +180,26 @@ class FolderSource:
                 "the status in their task.json"
             )
         if settings.task_ids or settings.project:
-            raise SegloopError("the folder backend selects tasks by --name-pattern or --upload-dir, not ids or projects")
+            raise SegloopError(
+                "the folder backend selects tasks by --name-pattern or --upload-dir, not ids or projects"
+            )
         folders = sorted(p.parent for p in self.root.glob("*/task.json"))
         if settings.name_pattern:
             folders = [
-                f for f in folders
+                f
+                for f in folders
                 if fnmatch.fnmatchcase(f.name, settings.name_pattern)
-                or fnmatch.fnmatchcase(storage.read_json(f / "task.json")["name"], settings.name_pattern)
+                or fnmatch.fnmatchcase(
+                    storage.read_json(f / "task.json")["name"], settings.name_pattern
+                )
             ]
         elif upload:
             wanted = {str(t["id"]) for t in upload["tasks"]}
             missing = wanted - {f.name for f in folders}
             if missing:
-                raise SegloopError(f"task folders {sorted(missing)} listed in tasks.json are not in {self.location}")
+                raise SegloopError(
+                    f"task folders {sorted(missing)} listed in tasks.json are not in {self.location}"
+                )
             folders = [f for f in folders if f.name in wanted]
         return [self._info(folder) for folder in folders]
 
@@ -185,7 +213,9 @@ class FolderSource:
             project_id=None,
             status=str(meta.get("status", "annotation")),
             updated_date=datetime.fromtimestamp(newest, UTC).isoformat(),
-            frames=[{k: f[k] for k in ("frame", "name", "width", "height")} for f in meta["frames"]],
+            frames=[
+                {k: f[k] for k in ("frame", "name", "width", "height")} for f in meta["frames"]
+            ],
             handle=folder,
         )
 

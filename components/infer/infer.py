@@ -46,6 +46,7 @@ from components.core.predictor import Predictor, SmpPredictor, make_predictor
 from components.core.progress import track
 from components.core.version import segloop_version
 from components.infer.engine import TileEngine, pick_amp, pick_device
+from components.predictors.classmap import apply_class_handling
 
 log = logging.getLogger("segloop.infer")
 
@@ -345,6 +346,7 @@ def run_infer(
     model_uri = model or s.model
     if predictor is None:
         predictor = make_predictor(s.predictor, model_uri, device, s.predictor_params)
+    predictor = apply_class_handling(predictor, s.label_map, s.drop, cfg.project.labels)
     predictor = predictor.to(device)
     info = predictor.info
     decider = Decider(info.num_classes, resolve_thresholds(s.threshold, info.labels))
@@ -389,8 +391,8 @@ def run_infer(
             ):
                 record = todo[item["index"]]
                 reason = _unsafe_id(record.record_id) or item["error"]
-                if reason:
-                    manifest.add(_failed(record, reason))
+                if reason:  # the manifest has one writer: the output thread
+                    in_flight.append(pool.submit(manifest.add, _failed(record, reason)))
                     continue
                 image = item["image"].numpy()
                 started = time.perf_counter()

@@ -12,6 +12,12 @@ from components.core.settings_base import Section
 class InferSettings(Section):
     predictor: str = Field("smp", description="predictor name (smp = a segloop checkpoint)")
     predictor_params: dict[str, Any] = Field(default_factory=dict)
+    label_map: dict[str, str] = Field(
+        default_factory=dict, description="model class name -> project label name"
+    )
+    drop: list[str] = Field(
+        default_factory=list, description="model classes merged into background"
+    )
     model: str | None = Field(
         None,
         description="checkpoint folder, s3:// prefix, models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>",

@@ -1,8 +1,8 @@
-"""KFP component `register`: MLflow model version, challenger/champion aliases
-(logic: components.register)."""
+"""KFP component `register`: MLflow model version, challenger/champion aliases, and the
+side-by-side comparison of the latest versions (logic: components.register)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
 from pipelines.images import cpu_image
 
@@ -10,22 +10,24 @@ from pipelines.images import cpu_image
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def register(
     config_json: str,
-    model: Input[Model],
     evaluation: Input[Dataset],
     registration: Output[Dataset],
     comparison: Output[Markdown],
     metrics: Output[Metrics],
 ):
-    """Register `model` as `challenger`; promote to `champion` only if it beats the champion."""
+    """Register the evaluated model (the MLflow model its evaluation names) as `challenger`;
+    promote it to `champion` only if it beats the champion on the same test split."""
+    import os
+    import shutil
+
     from components.core.config import config_from_json
-    from components.register.register import run_register
+    from components.register.compare import run_compare
+    from components.register.stage import run_register
     from pipelines.component_io import log_metrics
 
-    result = run_register(
-        config_from_json(config_json),
-        model=model.path,
-        evaluation=evaluation.path,
-        out=registration.path,
-        comparison_md=comparison.path,
-    )
+    cfg = config_from_json(config_json)
+    result = run_register(cfg, evaluation=evaluation.path, out=registration.path)
+    compare_dir = os.path.join(registration.path, "compare")
+    run_compare(cfg, out=compare_dir)
+    shutil.copyfile(os.path.join(compare_dir, "compare.md"), comparison.path)
     log_metrics(metrics, result)

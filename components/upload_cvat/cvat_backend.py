@@ -90,7 +90,9 @@ class CvatUploader:
                 "or pass --create-project to create it with the labels file's labels"
             )
         log.info("creating CVAT project %r with %d labels", ref, self.labels.num_classes)
-        return client.projects.create(models.ProjectWriteRequest(name=ref, labels=self._label_specs()))
+        return client.projects.create(
+            models.ProjectWriteRequest(name=ref, labels=self._label_specs())
+        )
 
     def _label_map(self, task, needed: set[int]) -> dict[int, int]:
         """Class id -> CVAT label id, matched by name; adds missing labels only when allowed."""
@@ -135,7 +137,9 @@ class CvatUploader:
         task = None
         if part.number in self.created:  # a retry of this run's own task
             with contextlib.suppress(SegloopError):
-                task = self.conn.call("find the task", client.tasks.retrieve, self.created[part.number])
+                task = self.conn.call(
+                    "find the task", client.tasks.retrieve, self.created[part.number]
+                )
         elif self.settings.if_exists != "new":
             task = self._existing_task(part, expected)
         if task is not None and task.size == 0:
@@ -179,19 +183,26 @@ class CvatUploader:
 
     def _existing_task(self, part: Part, expected: list[str]):
         """The task of this name with these frames; leftovers without images are deleted."""
+        different = None
         for other in self._tasks_named(part.name):
             if self.settings.if_exists == "fail":
                 raise SegloopError(
                     f"CVAT task {part.name!r} already exists (id {other.id}) and upload_cvat.if_exists=fail"
                 )
             if other.size == 0:
-                log.info("deleting task %d (%r): an earlier upload stopped before its images", other.id, other.name)
+                log.info(
+                    "deleting task %d (%r): an earlier upload stopped before its images",
+                    other.id,
+                    other.name,
+                )
                 other.remove()
-                continue
-            if self._frame_names(other) == expected:
+            elif self._frame_names(other) == expected:
                 return other
+            else:
+                different = other
+        if different is not None:
             raise SegloopError(
-                f"CVAT task {part.name!r} (id {other.id}) exists with other images; use another "
+                f"CVAT task {part.name!r} (id {different.id}) exists with other images; use another "
                 "upload_cvat.task_name (e.g. with {date}), --if-exists new, or delete that task"
             )
         return None
@@ -205,7 +216,9 @@ class CvatUploader:
             spec["labels"] = self._label_specs()
         paths = [p.path for p in part.prepared]
         while True:
-            task = self.conn.call("create a task", client.tasks.create, models.TaskWriteRequest(**spec))
+            task = self.conn.call(
+                "create a task", client.tasks.create, models.TaskWriteRequest(**spec)
+            )
             self.created[part.number] = task.id
             pbar = DeferredTqdmProgressReporter({"leave": False}) if sys.stderr.isatty() else None
             try:
@@ -225,7 +238,10 @@ class CvatUploader:
                         f"{self.max_request_bytes // 1024} KiB per request; raise the server's request size limit"
                     ) from None
                 self.max_request_bytes = max(MIN_REQUEST_BYTES, self.max_request_bytes // 2)
-                log.warning("CVAT answered 413: image requests now up to %d KiB", self.max_request_bytes // 1024)
+                log.warning(
+                    "CVAT answered 413: image requests now up to %d KiB",
+                    self.max_request_bytes // 1024,
+                )
         task.fetch()
         log.info("created CVAT task %d %r with %d images", task.id, task.name, task.size)
         return task
@@ -260,7 +276,10 @@ class CvatUploader:
         """Make the task's shapes equal `desired`: add the missing, drop surplus copies of ours."""
         api = self.conn.client.api_client.tasks_api
         _, response = self.conn.call(
-            f"read the annotations of task {task_id}", api.retrieve_annotations, id=task_id, _parse_response=False
+            f"read the annotations of task {task_id}",
+            api.retrieve_annotations,
+            id=task_id,
+            _parse_response=False,
         )
         current = json.loads(response.data)["shapes"]
         want = Counter(shape_key(s) for s in desired)
@@ -270,7 +289,9 @@ class CvatUploader:
         surplus = [sid for key, ids in have.items() if key in want for sid in ids[want[key] :]]
         foreign = sum(len(ids) for key, ids in have.items() if key not in want)
         if foreign:
-            log.warning("task %d has %d shapes that segloop did not upload; leaving them", task_id, foreign)
+            log.warning(
+                "task %d has %d shapes that segloop did not upload; leaving them", task_id, foreign
+            )
         missing: list[dict[str, Any]] = []
         counts = {key: len(ids) for key, ids in have.items()}
         for s in desired:
@@ -285,7 +306,11 @@ class CvatUploader:
                 ids = set(surplus[i : i + self.chunk])
                 body = {"shapes": [s for s in current if s["id"] in ids], "tags": [], "tracks": []}
                 self.conn.call(
-                    f"remove duplicate shapes of task {task_id}", self.conn.patch_annotations, task_id, "delete", body
+                    f"remove duplicate shapes of task {task_id}",
+                    self.conn.patch_annotations,
+                    task_id,
+                    "delete",
+                    body,
                 )
         if missing:
             log.info("task %d: adding %d missing shapes", task_id, len(missing))
@@ -303,7 +328,9 @@ class CvatUploader:
             "size": len(part.prepared),
             "shapes": sum(len(p.shapes) for p in part.prepared),
             "bytes": sum(p.nbytes for p in part.prepared) if sent else 0,
-            "jobs": [{"id": j.id, "start_frame": j.start_frame, "stop_frame": j.stop_frame} for j in jobs],
+            "jobs": [
+                {"id": j.id, "start_frame": j.start_frame, "stop_frame": j.stop_frame} for j in jobs
+            ],
             "frames": [
                 {
                     "frame": i,

@@ -123,9 +123,14 @@ class FolderUploader:
             stem = frame["name"].rsplit(".", 1)[0]
             storage.copy(p.path, storage.join(root, "JPEGImages", frame["name"]))
             mask = load_mask(p.item.mask_path)
-            storage.write_bytes(storage.join(root, "SegmentationClass", f"{stem}.png"), encode_png(colorize(mask, palette)))
+            storage.write_bytes(
+                storage.join(root, "SegmentationClass", f"{stem}.png"),
+                encode_png(colorize(mask, palette)),
+            )
             image_id = frame["frame"] + 1
-            images.append({"id": image_id, "file_name": frame["name"], "width": p.width, "height": p.height})
+            images.append(
+                {"id": image_id, "file_name": frame["name"], "width": p.width, "height": p.height}
+            )
             for shape in p.shapes:
                 if shape.type == "mask":
                     area = cvat_mask_to_bitmap(shape.points, p.height, p.width)
@@ -141,7 +146,12 @@ class FolderUploader:
                         "category_id": shape.class_id + 1,
                         "segmentation": segmentation,
                         "area": float(area.sum()),
-                        "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                        "bbox": [
+                            float(xs.min()),
+                            float(ys.min()),
+                            float(np.ptp(xs) + 1),
+                            float(np.ptp(ys) + 1),
+                        ],
                         "iscrowd": 0,
                         "attributes": {"z_order": shape.z_order},
                     }
@@ -155,7 +165,10 @@ class FolderUploader:
             storage.join(root, "annotations", "instances_default.json"),
             {
                 "info": {"description": f"segloop task {part.name}"},
-                "categories": [{"id": lab.id + 1, "name": lab.name, "supercategory": ""} for lab in self.labels.labels],
+                "categories": [
+                    {"id": lab.id + 1, "name": lab.name, "supercategory": ""}
+                    for lab in self.labels.labels
+                ],
                 "images": images,
                 "annotations": annotations,
             },

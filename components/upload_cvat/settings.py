@@ -12,7 +12,8 @@ class CvatSettings(Section):
     or CVAT_ACCESS_TOKEN come from the environment."""
 
     backend: Literal["cvat", "folder"] = Field(
-        "cvat", description="cvat: a CVAT server; folder: a folder of task layouts edited in any tool"
+        "cvat",
+        description="cvat: a CVAT server; folder: a folder of task layouts edited in any tool",
     )
     folder: str | None = Field(None, description="folder backend: where the task folders live")
     host: str | None = Field(None, description="CVAT URL; default: $CVAT_HOST")
@@ -20,21 +21,28 @@ class CvatSettings(Section):
     retries: int = Field(4, ge=0, description="retries on connection errors and 5xx answers")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry")
     request_timeout_s: float = Field(300, gt=0, description="read timeout of one request")
-    status_check_period_s: float = Field(1.0, gt=0, description="polling period of background requests")
+    status_check_period_s: float = Field(
+        1.0, gt=0, description="polling period of background requests"
+    )
     verify_ssl: bool = True
 
     @model_validator(mode="after")
     def _check(self):
         if self.backend == "folder" and not self.folder:
-            raise ValueError("cvat.backend=folder needs cvat.folder (a folder path or s3:// prefix)")
+            raise ValueError(
+                "cvat.backend=folder needs cvat.folder (a folder path or s3:// prefix)"
+            )
         return self
 
 
 class UploadCvatSettings(Section):
     project: str | None = Field(
-        None, description="CVAT project id or name; unset: standalone tasks with the labels file's labels"
+        None,
+        description="CVAT project id or name; unset: standalone tasks with the labels file's labels",
     )
-    create_project: bool = Field(False, description="create the project (labels file labels) if missing")
+    create_project: bool = Field(
+        False, description="create the project (labels file labels) if missing"
+    )
     task_name: str = Field(
         "{project}-{subname}-part{part}",
         description="task name; placeholders {project} {subname} {date} {part} {parts}",
@@ -45,8 +53,12 @@ class UploadCvatSettings(Section):
     create_missing_labels: bool = Field(
         False, description="add labels the masks use but CVAT lacks (else: an error)"
     )
-    max_shapes_per_request: int = Field(500, ge=1, description="annotation upload chunk (halved on 413)")
-    max_request_mb: float = Field(100, gt=0, description="image upload request size (halved on 413)")
+    max_shapes_per_request: int = Field(
+        500, ge=1, description="annotation upload chunk (halved on 413)"
+    )
+    max_request_mb: float = Field(
+        100, gt=0, description="image upload request size (halved on 413)"
+    )
     if_exists: Literal["skip", "new", "fail"] = Field(
         "skip",
         description="a task of the same name exists: skip (complete it if unfinished), new, or fail",

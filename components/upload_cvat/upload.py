@@ -112,11 +112,17 @@ def read_items(pred_dir: Path) -> tuple[list[Item], list[dict[str, Any]]]:
     """The images of an infer/select output that have a mask; and the ones that failed there."""
     manifest_path = pred_dir / "manifest.jsonl"
     if not manifest_path.exists():
-        raise SegloopError(f"{pred_dir} has no manifest.jsonl: give an `infer` or `select` output folder")
+        raise SegloopError(
+            f"{pred_dir} has no manifest.jsonl: give an `infer` or `select` output folder"
+        )
     entries = list(artifacts.Manifest(pred_dir).entries.values())
     ok = [e for e in entries if e.get("status") == artifacts.OK]
     failed = [
-        {"record_id": str(e["record_id"]), "status": artifacts.FAILED, "reason": f"infer: {e.get('reason')}"}
+        {
+            "record_id": str(e["record_id"]),
+            "status": artifacts.FAILED,
+            "reason": f"infer: {e.get('reason')}",
+        }
         for e in entries
         if e.get("status") != artifacts.OK
     ]
@@ -209,7 +215,9 @@ def check(item: Item, staging: Path, num_classes: int) -> Prepared:
     classes = {int(c) for c in np.flatnonzero(np.bincount(mask.ravel()))}
     unknown = sorted(c for c in classes if c >= num_classes)
     if unknown:
-        raise SegloopError(f"mask {item.mask_path.name} has class ids {unknown} not in the labels file")
+        raise SegloopError(
+            f"mask {item.mask_path.name} has class ids {unknown} not in the labels file"
+        )
     return Prepared(item, path, width, height, classes, nbytes)
 
 
@@ -224,13 +232,17 @@ def submit_part(pool: ThreadPoolExecutor, part: Part, staging: Path, labels: Lab
     return [(item, pool.submit(check, item, staging, labels.num_classes)) for item in part.items]
 
 
-def collect_part(part: Part, futures: list, manifest: artifacts.Manifest, pool: ThreadPoolExecutor, shape: str) -> None:
+def collect_part(
+    part: Part, futures: list, manifest: artifacts.Manifest, pool: ThreadPoolExecutor, shape: str
+) -> None:
     """Wait for a part's checks (failures go to the manifest), then start encoding its shapes."""
     for item, future in track(futures, total=len(futures), desc=f"prepare {part.name}", unit="img"):
         try:
             prepared = future.result()
         except SegloopError as exc:
-            manifest.add({"record_id": item.record_id, "status": artifacts.FAILED, "reason": str(exc)})
+            manifest.add(
+                {"record_id": item.record_id, "status": artifacts.FAILED, "reason": str(exc)}
+            )
             continue
         prepared.shapes_future = pool.submit(encode, prepared, shape)
         part.prepared.append(prepared)
@@ -243,11 +255,16 @@ def run_upload_cvat(cfg: SegloopConfig, predictions: str, out: str) -> dict[str,
     started = time.monotonic()
     settings = cfg.upload_cvat
     date = datetime.now(UTC).strftime("%Y-%m-%d")
-    with storage.local_input(predictions) as pred_dir, storage.output_dir(out, resume=False) as out_dir:
+    with (
+        storage.local_input(predictions) as pred_dir,
+        storage.output_dir(out, resume=False) as out_dir,
+    ):
         labels = load_labels(cfg, pred_dir)
         items, failed_upstream = read_items(pred_dir)
         if not items:
-            raise SegloopError(f"{predictions}: no image with status ok in manifest.jsonl; nothing to upload")
+            raise SegloopError(
+                f"{predictions}: no image with status ok in manifest.jsonl; nothing to upload"
+            )
         parts = split_parts(items, cfg, date)
         (out_dir / "manifest.jsonl").unlink(missing_ok=True)
         manifest = artifacts.Manifest(out_dir)

@@ -14,7 +14,10 @@ STATUSES = ["annotation", "validation", "completed", "any"]
 def backend_options(func):
     func = click.option("--org", "organization", default=None, help="CVAT organization slug.")(func)
     func = click.option(
-        "--dir", "folder", default=None, help="Folder backend: the folder (or s3:// prefix) of task folders."
+        "--dir",
+        "folder",
+        default=None,
+        help="Folder backend: the folder (or s3:// prefix) of task folders.",
     )(func)
     func = click.option(
         "--backend",
@@ -33,18 +36,32 @@ def _cvat_section(backend, folder, organization) -> dict:
 
 @click.command("upload-cvat")
 @config_options
-@click.option("--predictions", required=True, help="An `infer` or `select` output folder or S3 prefix.")
-@click.option("--project", default=None, help="CVAT project id or name (default: standalone tasks).")
-@click.option("--create-project", is_flag=True, default=None, help="Create the project if it is missing.")
-@click.option("--task-name", default=None, help="Template: {project} {subname} {date} {part} {parts}.")
+@click.option(
+    "--predictions", required=True, help="An `infer` or `select` output folder or S3 prefix."
+)
+@click.option(
+    "--project", default=None, help="CVAT project id or name (default: standalone tasks)."
+)
+@click.option(
+    "--create-project", is_flag=True, default=None, help="Create the project if it is missing."
+)
+@click.option(
+    "--task-name", default=None, help="Template: {project} {subname} {date} {part} {parts}."
+)
 @click.option("--max-images-per-task", type=int, default=None)
-@click.option("--segment-size", type=int, default=None, help="Frames per job (0: one job per task).")
+@click.option(
+    "--segment-size", type=int, default=None, help="Frames per job (0: one job per task)."
+)
 @click.option("--shape", type=click.Choice(["mask", "polygon"]), default=None)
 @click.option("--create-missing-labels", is_flag=True, default=None)
 @click.option("--max-shapes-per-request", type=int, default=None)
 @click.option("--if-exists", type=click.Choice(["skip", "new", "fail"]), default=None)
 @backend_options
-@click.option("--out-dir", default=None, help="Output folder (default: <out_root>/<project>/<subname>/upload_cvat).")
+@click.option(
+    "--out-dir",
+    default=None,
+    help="Output folder (default: <out_root>/<project>/<subname>/upload_cvat).",
+)
 def upload_cvat_command(
     config_path,
     overrides,
@@ -98,7 +115,9 @@ def upload_cvat_command(
 @click.option("--project", default=None, help="Take the tasks of this CVAT project (id or name).")
 @click.option("--task-id", "task_ids", type=int, multiple=True, help="Take this task (repeatable).")
 @click.option("--name-pattern", default=None, help="Take tasks whose name matches this glob.")
-@click.option("--upload-dir", default=None, help="An upload-cvat output: frame map, pre-annotations, tasks.")
+@click.option(
+    "--upload-dir", default=None, help="An upload-cvat output: frame map, pre-annotations, tasks."
+)
 @click.option(
     "--status",
     "statuses",
@@ -106,13 +125,25 @@ def upload_cvat_command(
     multiple=True,
     help="Required task status (repeatable; default: completed, or any with a job filter).",
 )
-@click.option("--job-stage", type=click.Choice(["annotation", "validation", "acceptance"]), default=None)
-@click.option("--job-state", type=click.Choice(["new", "in progress", "rejected", "completed"]), default=None)
-@click.option("--format", "fmt", type=click.Choice(["Segmentation mask 1.1", "COCO 1.0"]), default=None)
-@click.option("--no-images", is_flag=True, default=False, help="Masks only; images stay where they are.")
+@click.option(
+    "--job-stage", type=click.Choice(["annotation", "validation", "acceptance"]), default=None
+)
+@click.option(
+    "--job-state", type=click.Choice(["new", "in progress", "rejected", "completed"]), default=None
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["Segmentation mask 1.1", "COCO 1.0"]), default=None
+)
+@click.option(
+    "--no-images", is_flag=True, default=False, help="Masks only; images stay where they are."
+)
 @click.option("--no-resume", is_flag=True, default=False, help="Export every task again.")
 @backend_options
-@click.option("--out-dir", default=None, help="Output folder (default: <out_root>/<project>/<subname>/download_cvat).")
+@click.option(
+    "--out-dir",
+    default=None,
+    help="Output folder (default: <out_root>/<project>/<subname>/download_cvat).",
+)
 def download_cvat_command(
     config_path,
     overrides,

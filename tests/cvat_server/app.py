@@ -42,7 +42,16 @@ from .store import Store, now_iso
 SERVER_VERSION = "2.80.0"
 DEFAULT_PAGE_SIZE = 10
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
-SHAPE_TYPES = ("rectangle", "polygon", "polyline", "points", "ellipse", "cuboid", "mask", "skeleton")
+SHAPE_TYPES = (
+    "rectangle",
+    "polygon",
+    "polyline",
+    "points",
+    "ellipse",
+    "cuboid",
+    "mask",
+    "skeleton",
+)
 JOB_STATUS = {"annotation": "annotation", "validation": "validation", "acceptance": "completed"}
 EXIF_ORIENTATION = 0x0112
 
@@ -55,7 +64,9 @@ class ApiError(Exception):
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(data), status=status, headers=headers, content_type="application/json")
+    return Response(
+        json.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -77,7 +88,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 def _json_logic(rule: Any, row: dict[str, Any]) -> Any:
     if not isinstance(rule, dict):
         return rule
-    (op, args), = rule.items()
+    ((op, args),) = rule.items()
     if op == "var":
         return row.get(args)
     if not isinstance(args, list):
@@ -132,20 +143,26 @@ class CvatApp:
                 Rule("/api/organizations", endpoint="orgs", methods=["GET"]),
                 Rule("/api/organizations/<int:id>", endpoint="org", methods=["GET"]),
                 Rule("/api/projects", endpoint="projects", methods=["GET", "POST"]),
-                Rule("/api/projects/<int:id>", endpoint="project", methods=["GET", "PATCH", "DELETE"]),
+                Rule(
+                    "/api/projects/<int:id>", endpoint="project", methods=["GET", "PATCH", "DELETE"]
+                ),
                 Rule("/api/labels", endpoint="labels", methods=["GET"]),
                 Rule("/api/labels/<int:id>", endpoint="label", methods=["GET"]),
                 Rule("/api/tasks", endpoint="tasks", methods=["GET", "POST"]),
                 Rule("/api/tasks/<int:id>", endpoint="task", methods=["GET", "PATCH", "DELETE"]),
                 Rule("/api/tasks/<int:id>/data", endpoint="task_data", methods=["GET", "POST"]),
                 Rule("/api/tasks/<int:id>/data/meta", endpoint="task_meta", methods=["GET"]),
-                Rule("/api/tasks/<int:id>/data/<file_id>", endpoint="tus", methods=["HEAD", "PATCH"]),
+                Rule(
+                    "/api/tasks/<int:id>/data/<file_id>", endpoint="tus", methods=["HEAD", "PATCH"]
+                ),
                 Rule(
                     "/api/tasks/<int:id>/annotations",
                     endpoint="task_annotations",
                     methods=["GET", "PUT", "PATCH", "DELETE"],
                 ),
-                Rule("/api/tasks/<int:id>/dataset/export", endpoint="task_export", methods=["POST"]),
+                Rule(
+                    "/api/tasks/<int:id>/dataset/export", endpoint="task_export", methods=["POST"]
+                ),
                 Rule("/api/jobs", endpoint="jobs", methods=["GET"]),
                 Rule("/api/jobs/<int:id>", endpoint="job", methods=["GET", "PATCH"]),
                 Rule("/api/jobs/<int:id>/data/meta", endpoint="job_meta", methods=["GET"]),
@@ -155,7 +172,9 @@ class CvatApp:
                     methods=["GET", "PUT", "PATCH", "DELETE"],
                 ),
                 Rule("/api/requests/<rq_id>", endpoint="request", methods=["GET"]),
-                Rule("/api/requests/<rq_id>/download", endpoint="request_download", methods=["GET"]),
+                Rule(
+                    "/api/requests/<rq_id>/download", endpoint="request_download", methods=["GET"]
+                ),
                 Rule("/_test/faults", endpoint="test_faults", methods=["GET", "POST"]),
                 Rule("/_test/log", endpoint="test_log", methods=["GET", "DELETE"]),
             ]
@@ -163,12 +182,19 @@ class CvatApp:
 
     # ------------------------------------------------------------ setup
 
-    def _bootstrap(self, username: str, password: str, access_token: str | None, org_slug: str | None) -> None:
+    def _bootstrap(
+        self, username: str, password: str, access_token: str | None, org_slug: str | None
+    ) -> None:
         users = self.store.table("users")
         if not any(u["username"] == username for u in users.values()):
             user = self.store.insert(
                 "users",
-                {"username": username, "password": password, "key": secrets.token_hex(20), "date_joined": now_iso()},
+                {
+                    "username": username,
+                    "password": password,
+                    "key": secrets.token_hex(20),
+                    "date_joined": now_iso(),
+                },
             )
             self.store.tokens[user["key"]] = user["id"]
             if access_token:
@@ -176,7 +202,12 @@ class CvatApp:
             if org_slug:
                 self.store.insert(
                     "orgs",
-                    {"slug": org_slug, "name": org_slug, "owner": user["id"], "created_date": now_iso()},
+                    {
+                        "slug": org_slug,
+                        "name": org_slug,
+                        "owner": user["id"],
+                        "created_date": now_iso(),
+                    },
                     kind="org",
                 )
             self.store.save()
@@ -196,11 +227,18 @@ class CvatApp:
 
     def _matches(self, rule: dict[str, Any], request: Request) -> bool:
         method = rule.get("method")
-        return (not method or method == request.method) and re.search(rule.get("path", ""), request.path) is not None
+        return (not method or method == request.method) and re.search(
+            rule.get("path", ""), request.path
+        ) is not None
 
     def dispatch(self, request: Request) -> Response:
         length = request.content_length or 0
-        entry = {"method": request.method, "path": request.path, "query": request.query_string.decode(), "bytes": length}
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query_string.decode(),
+            "bytes": length,
+        }
         self.request_log.append(entry)
         die = self.faults.get("die")
         dying = False
@@ -214,10 +252,16 @@ class CvatApp:
         if limit and length > limit:
             self._drain(request, length)
             entry["status"] = 413
-            return _json({"detail": f"Request body of {length} bytes exceeds {limit}"}, 413, {"Connection": "close"})
+            return _json(
+                {"detail": f"Request body of {length} bytes exceeds {limit}"},
+                413,
+                {"Connection": "close"},
+            )
         for i, rule in enumerate(self.faults.get("fail", [])):
             key = f"fail{i}"
-            if self._matches(rule, request) and self.fault_counts.get(key, 0) < rule.get("times", 1):
+            if self._matches(rule, request) and self.fault_counts.get(key, 0) < rule.get(
+                "times", 1
+            ):
                 self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
                 self._drain(request, length)
                 entry["status"] = rule.get("status", 500)
@@ -336,11 +380,19 @@ class CvatApp:
     def _task_labels(self, task: dict[str, Any]) -> list[dict[str, Any]]:
         labels = self.store.table("labels").values()
         if task.get("project_id"):
-            return sorted((lab for lab in labels if lab["project_id"] == task["project_id"]), key=lambda x: x["id"])
-        return sorted((lab for lab in labels if lab["task_id"] == task["id"]), key=lambda x: x["id"])
+            return sorted(
+                (lab for lab in labels if lab["project_id"] == task["project_id"]),
+                key=lambda x: x["id"],
+            )
+        return sorted(
+            (lab for lab in labels if lab["task_id"] == task["id"]), key=lambda x: x["id"]
+        )
 
     def _task_jobs(self, task_id: int) -> list[dict[str, Any]]:
-        return sorted((j for j in self.store.table("jobs").values() if j["task_id"] == task_id), key=lambda j: j["id"])
+        return sorted(
+            (j for j in self.store.table("jobs").values() if j["task_id"] == task_id),
+            key=lambda j: j["id"],
+        )
 
     def _task_status(self, task: dict[str, Any]) -> str:
         statuses = [JOB_STATUS[j["stage"]] for j in self._task_jobs(task["id"])]
@@ -367,7 +419,9 @@ class CvatApp:
 
     def _project_json(self, request: Request, project: dict[str, Any]) -> dict[str, Any]:
         base = self._base(request)
-        tasks = [t for t in self.store.table("tasks").values() if t.get("project_id") == project["id"]]
+        tasks = [
+            t for t in self.store.table("tasks").values() if t.get("project_id") == project["id"]
+        ]
         return {
             "url": f"{base}/api/projects/{project['id']}",
             "id": project["id"],
@@ -497,9 +551,14 @@ class CvatApp:
             "started_date": rq.get("started_date"),
             "finished_date": rq.get("finished_date"),
             "expiry_date": None,
-            "owner": {"id": rq["owner"], "username": self.store.table("users")[rq["owner"]]["username"]},
+            "owner": {
+                "id": rq["owner"],
+                "username": self.store.table("users")[rq["owner"]]["username"],
+            },
             "result_url": result_url,
-            "result_id": rq["task_id"] if rq["type"] == "create:task" and rq["status"] == "finished" else None,
+            "result_id": rq["task_id"]
+            if rq["type"] == "create:task" and rq["status"] == "finished"
+            else None,
         }
 
     # ------------------------------------------------------------ listing
@@ -526,10 +585,21 @@ class CvatApp:
         next_url = None
         if has_next:
             args["page"] = str(page + 1)
-            next_url = f"{self._base(request)}{request.path}?" + "&".join(f"{k}={v}" for k, v in args.items())
-        return _json({"count": len(rows), "next": next_url, "previous": None, "results": rows[start : start + size]})
+            next_url = f"{self._base(request)}{request.path}?" + "&".join(
+                f"{k}={v}" for k, v in args.items()
+            )
+        return _json(
+            {
+                "count": len(rows),
+                "next": next_url,
+                "previous": None,
+                "results": rows[start : start + size],
+            }
+        )
 
-    def _filter(self, request: Request, rows: list[dict[str, Any]], simple: tuple[str, ...]) -> list[dict[str, Any]]:
+    def _filter(
+        self, request: Request, rows: list[dict[str, Any]], simple: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
         for field in simple:
             value = request.args.get(field)
             if value is not None:
@@ -562,7 +632,9 @@ class CvatApp:
     def on_login(self, request: Request) -> Response:
         body = request.get_json(force=True, silent=True) or {}
         for user in self.store.table("users").values():
-            if user["username"] == body.get("username") and user["password"] == body.get("password"):
+            if user["username"] == body.get("username") and user["password"] == body.get(
+                "password"
+            ):
                 session, csrf = secrets.token_hex(16), secrets.token_hex(16)
                 with self.store.lock:
                     self.store.sessions[session] = {"user": user["id"], "csrf": csrf}
@@ -609,7 +681,11 @@ class CvatApp:
         }
 
     def on_orgs(self, request: Request) -> Response:
-        rows = [self._org_json(request, o) for o in self.store.table("orgs").values() if o["owner"] == request.user["id"]]
+        rows = [
+            self._org_json(request, o)
+            for o in self.store.table("orgs").values()
+            if o["owner"] == request.user["id"]
+        ]
         return self._page(request, self._filter(request, rows, ("slug", "name")))
 
     def on_org(self, request: Request, id: int) -> Response:
@@ -620,10 +696,16 @@ class CvatApp:
 
     # ------------------------------------------------------------ labels
 
-    def _write_labels(self, specs: list[dict[str, Any]], project_id: int | None, task_id: int | None) -> None:
+    def _write_labels(
+        self, specs: list[dict[str, Any]], project_id: int | None, task_id: int | None
+    ) -> None:
         """Create, rename/recolour or delete labels as CVAT does for `labels` in a PATCH."""
         labels = self.store.table("labels")
-        owned = [lab for lab in labels.values() if lab["project_id"] == project_id and lab["task_id"] == task_id]
+        owned = [
+            lab
+            for lab in labels.values()
+            if lab["project_id"] == project_id and lab["task_id"] == task_id
+        ]
         for spec in specs:
             if "id" in spec:
                 lab = labels.get(spec["id"])
@@ -663,7 +745,9 @@ class CvatApp:
             project = self._get(request, "projects", int(request.args["project_id"]))
             rows = [lab for lab in rows if lab["project_id"] == project["id"]]
         rows = sorted(rows, key=lambda x: x["id"])
-        return self._page(request, self._filter(request, [self._label_json(r) for r in rows], ("name", "type")))
+        return self._page(
+            request, self._filter(request, [self._label_json(r) for r in rows], ("name", "type"))
+        )
 
     def on_label(self, request: Request, id: int) -> Response:
         lab = self.store.table("labels").get(id)
@@ -692,7 +776,11 @@ class CvatApp:
                 self._write_labels(body.get("labels", []), project["id"], None)
                 self.store.save()
             return _json(self._project_json(request, project), 201)
-        rows = [self._project_json(request, p) for p in self.store.table("projects").values() if self._visible(request, p)]
+        rows = [
+            self._project_json(request, p)
+            for p in self.store.table("projects").values()
+            if self._visible(request, p)
+        ]
         return self._page(request, self._filter(request, rows, ("name", "id", "status")))
 
     def on_project(self, request: Request, id: int) -> Response:
@@ -708,9 +796,13 @@ class CvatApp:
                 self.store.save()
         elif request.method == "DELETE":
             with self.store.lock:
-                for task in [t for t in self.store.table("tasks").values() if t.get("project_id") == id]:
+                for task in [
+                    t for t in self.store.table("tasks").values() if t.get("project_id") == id
+                ]:
                     self._delete_task(task)
-                for lab in [lab for lab in self.store.table("labels").values() if lab["project_id"] == id]:
+                for lab in [
+                    lab for lab in self.store.table("labels").values() if lab["project_id"] == id
+                ]:
                     del self.store.table("labels")[lab["id"]]
                 del self.store.table("projects")[id]
                 self.store.save()
@@ -728,7 +820,9 @@ class CvatApp:
             if project_id is not None:
                 self._get(request, "projects", project_id)
                 if body.get("labels"):
-                    raise ApiError(400, {"labels": ["Tasks inside a project use the project's labels"]})
+                    raise ApiError(
+                        400, {"labels": ["Tasks inside a project use the project's labels"]}
+                    )
             elif not body.get("labels"):
                 raise ApiError(400, {"labels": ["A task outside a project needs labels"]})
             with self.store.lock:
@@ -752,15 +846,30 @@ class CvatApp:
                     self._write_labels(body["labels"], None, task["id"])
                 self.store.save()
             return _json(self._task_json(request, task), 201)
-        rows = [self._task_json(request, t) for t in self.store.table("tasks").values() if self._visible(request, t)]
-        simple = ("name", "id", "project_id", "project_name", "status", "subset", "mode", "dimension")
+        rows = [
+            self._task_json(request, t)
+            for t in self.store.table("tasks").values()
+            if self._visible(request, t)
+        ]
+        simple = (
+            "name",
+            "id",
+            "project_id",
+            "project_name",
+            "status",
+            "subset",
+            "mode",
+            "dimension",
+        )
         return self._page(request, self._filter(request, rows, simple))
 
     def _delete_task(self, task: dict[str, Any]) -> None:
         with self.store.lock:
             for job in self._task_jobs(task["id"]):
                 del self.store.table("jobs")[job["id"]]
-            for lab in [lab for lab in self.store.table("labels").values() if lab["task_id"] == task["id"]]:
+            for lab in [
+                lab for lab in self.store.table("labels").values() if lab["task_id"] == task["id"]
+            ]:
                 del self.store.table("labels")[lab["id"]]
             self.store.drop_annotations(task["id"])
             shutil.rmtree(self.store.media_dir / f"task_{task['id']}", ignore_errors=True)
@@ -780,7 +889,9 @@ class CvatApp:
                         task[key] = body[key]
                 if "labels" in body:
                     if task.get("project_id"):
-                        raise ApiError(400, {"labels": ["Tasks inside a project use the project's labels"]})
+                        raise ApiError(
+                            400, {"labels": ["Tasks inside a project use the project's labels"]}
+                        )
                     self._write_labels(body["labels"], None, id)
                 task["updated_date"] = now_iso()
                 self.store.save()
@@ -810,14 +921,22 @@ class CvatApp:
         if "Upload-Length" in headers:  # TUS: create an upload for one big file
             session = self._session(id)
             meta = dict(
-                (k, base64.b64decode(v).decode()) for k, v in (p.split(" ") for p in headers["Upload-Metadata"].split(","))
+                (k, base64.b64decode(v).decode())
+                for k, v in (p.split(" ") for p in headers["Upload-Metadata"].split(","))
             )
             file_id = uuid.uuid4().hex
             name = posixpath.basename(meta["filename"])
-            session["tus"][file_id] = {"name": name, "length": int(headers["Upload-Length"]), "offset": 0}
+            session["tus"][file_id] = {
+                "name": name,
+                "length": int(headers["Upload-Length"]),
+                "offset": 0,
+            }
             (self._media_dir(id) / name).write_bytes(b"")
             location = f"{self._base(request)}/api/tasks/{id}/data/{file_id}"
-            return Response(status=201, headers={"Location": location, "Upload-Filename": name, "Tus-Resumable": "1.0.0"})
+            return Response(
+                status=201,
+                headers={"Location": location, "Upload-Filename": name, "Tus-Resumable": "1.0.0"},
+            )
         if "Upload-Finish" in headers:
             session = self.uploads.pop(id, None)
             if session is None:
@@ -859,9 +978,13 @@ class CvatApp:
             upload["offset"] += len(data)
             if upload["offset"] >= upload["length"]:
                 self.uploads[id]["files"].append(upload["name"])
-        return Response(status=204, headers={"Upload-Offset": str(upload["offset"]), "Tus-Resumable": "1.0.0"})
+        return Response(
+            status=204, headers={"Upload-Offset": str(upload["offset"]), "Tus-Resumable": "1.0.0"}
+        )
 
-    def _new_request(self, request: Request, kind: str, task_id: int, **extra: Any) -> dict[str, Any]:
+    def _new_request(
+        self, request: Request, kind: str, task_id: int, **extra: Any
+    ) -> dict[str, Any]:
         rq = {
             "id": f"{kind}-{uuid.uuid4().hex}",
             "type": kind,
@@ -875,9 +998,13 @@ class CvatApp:
         self.store.save()
         return rq
 
-    def _start_task_creation(self, request: Request, task: dict[str, Any], session: dict, params: dict) -> Response:
+    def _start_task_creation(
+        self, request: Request, task: dict[str, Any], session: dict, params: dict
+    ) -> Response:
         rq = self._new_request(request, "create:task", task["id"])
-        threading.Thread(target=self._create_task_data, args=(rq, task, session, params), daemon=True).start()
+        threading.Thread(
+            target=self._create_task_data, args=(rq, task, session, params), daemon=True
+        ).start()
         return _json({"rq_id": rq["id"]}, 202)
 
     def _order_files(self, files: list[str], params: dict[str, Any]) -> list[str]:
@@ -953,7 +1080,9 @@ class CvatApp:
         return Response(path.read_bytes(), content_type="application/octet-stream")
 
     def _meta(self, task: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
-        frames = [dict(f, related_files=0, has_related_context=False) for f in task["frames"][lo : hi + 1]]
+        frames = [
+            dict(f, related_files=0, has_related_context=False) for f in task["frames"][lo : hi + 1]
+        ]
         return {
             "chunks_updated_date": task["updated_date"],
             "chunk_size": 36,
@@ -983,7 +1112,16 @@ class CvatApp:
             for j in self.store.table("jobs").values()
             if self._visible(request, tasks[j["task_id"]])
         ]
-        simple = ("task_id", "project_id", "stage", "state", "id", "task_name", "project_name", "type")
+        simple = (
+            "task_id",
+            "project_id",
+            "stage",
+            "state",
+            "id",
+            "task_name",
+            "project_name",
+            "type",
+        )
         return self._page(request, self._filter(request, rows, simple))
 
     def _job(self, request: Request, id: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1017,20 +1155,32 @@ class CvatApp:
 
     # ------------------------------------------------------------ annotations
 
-    def _validate_shape(self, shape: dict[str, Any], task: dict[str, Any], frames: tuple[int, int]) -> dict[str, Any]:
+    def _validate_shape(
+        self, shape: dict[str, Any], task: dict[str, Any], frames: tuple[int, int]
+    ) -> dict[str, Any]:
         label_ids = {lab["id"] for lab in self._task_labels(task)}
         if shape.get("type") not in SHAPE_TYPES:
             raise ApiError(400, {"shapes": [f"unknown shape type {shape.get('type')!r}"]})
         if shape.get("label_id") not in label_ids:
-            raise ApiError(400, {"shapes": [f"label {shape.get('label_id')} is not a label of task {task['id']}"]})
+            raise ApiError(
+                400,
+                {"shapes": [f"label {shape.get('label_id')} is not a label of task {task['id']}"]},
+            )
         frame = shape.get("frame")
         if not isinstance(frame, int) or not frames[0] <= frame <= frames[1]:
-            raise ApiError(400, {"shapes": [f"frame {frame} is outside frames {frames[0]}..{frames[1]}"]})
+            raise ApiError(
+                400, {"shapes": [f"frame {frame} is outside frames {frames[0]}..{frames[1]}"]}
+            )
         info = task["frames"][frame]
         try:
-            exports.rasterize(shape, info["height"], info["width"]) if shape["type"] in ("mask", "polygon") else None
+            exports.rasterize(shape, info["height"], info["width"]) if shape["type"] in (
+                "mask",
+                "polygon",
+            ) else None
         except exports.ShapeError as exc:
-            raise ApiError(400, {"shapes": [f"invalid {shape['type']} on frame {frame}: {exc}"]}) from exc
+            raise ApiError(
+                400, {"shapes": [f"invalid {shape['type']} on frame {frame}: {exc}"]}
+            ) from exc
         return {
             "type": shape["type"],
             "frame": frame,
@@ -1046,11 +1196,18 @@ class CvatApp:
             "elements": [],
         }
 
-    def _validate_tag(self, tag: dict[str, Any], task: dict[str, Any], frames: tuple[int, int]) -> dict[str, Any]:
+    def _validate_tag(
+        self, tag: dict[str, Any], task: dict[str, Any], frames: tuple[int, int]
+    ) -> dict[str, Any]:
         if tag.get("label_id") not in {lab["id"] for lab in self._task_labels(task)}:
-            raise ApiError(400, {"tags": [f"label {tag.get('label_id')} is not a label of task {task['id']}"]})
+            raise ApiError(
+                400, {"tags": [f"label {tag.get('label_id')} is not a label of task {task['id']}"]}
+            )
         if not frames[0] <= tag.get("frame", -1) <= frames[1]:
-            raise ApiError(400, {"tags": [f"frame {tag.get('frame')} is outside frames {frames[0]}..{frames[1]}"]})
+            raise ApiError(
+                400,
+                {"tags": [f"frame {tag.get('frame')} is outside frames {frames[0]}..{frames[1]}"]},
+            )
         return {
             "frame": tag["frame"],
             "label_id": tag["label_id"],
@@ -1059,7 +1216,9 @@ class CvatApp:
             "attributes": tag.get("attributes", []),
         }
 
-    def _annotations(self, request: Request, task: dict[str, Any], frames: tuple[int, int]) -> Response:
+    def _annotations(
+        self, request: Request, task: dict[str, Any], frames: tuple[int, int]
+    ) -> Response:
         task_id = task["id"]
         if frames[1] < frames[0]:
             raise ApiError(400, "The task has no data yet")
@@ -1088,7 +1247,14 @@ class CvatApp:
             for kind, have in (("shapes", current), ("tags", current_tags)):
                 missing = [o.get("id") for o in body.get(kind, []) if o.get("id") not in have]
                 if missing:
-                    raise ApiError(400, {kind: [f"no {kind} with ids {missing} in frames {frames[0]}..{frames[1]}"]})
+                    raise ApiError(
+                        400,
+                        {
+                            kind: [
+                                f"no {kind} with ids {missing} in frames {frames[0]}..{frames[1]}"
+                            ]
+                        },
+                    )
         if action == "delete":
             entry = {
                 "op": "delete",
@@ -1097,11 +1263,15 @@ class CvatApp:
             }
             self.store.write_annotations(task_id, entry)
             self._touch(task, frames)
-            return _json({"version": self.store.version(task_id), "tags": [], "shapes": [], "tracks": []})
+            return _json(
+                {"version": self.store.version(task_id), "tags": [], "shapes": [], "tracks": []}
+            )
         shapes = [self._validate_shape(s, task, frames) for s in body.get("shapes", [])]
         tags = [self._validate_tag(t, task, frames) for t in body.get("tags", [])]
         with self.store.lock:
-            for obj, src in zip(shapes + tags, body.get("shapes", []) + body.get("tags", []), strict=True):
+            for obj, src in zip(
+                shapes + tags, body.get("shapes", []) + body.get("tags", []), strict=True
+            ):
                 obj["id"] = src["id"] if action == "update" else self.store.next_id("shape")
             self.store.save()
             op = {"put": "replace", "create": "create", "update": "update"}[action]
@@ -1110,7 +1280,9 @@ class CvatApp:
                 entry["frames"] = list(frames)
             self.store.write_annotations(task_id, entry)
         self._touch(task, frames)
-        return _json({"version": self.store.version(task_id), "tags": tags, "shapes": shapes, "tracks": []})
+        return _json(
+            {"version": self.store.version(task_id), "tags": tags, "shapes": shapes, "tracks": []}
+        )
 
     def _touch(self, task: dict[str, Any], frames: tuple[int, int]) -> None:
         """Annotation changes update the task's and the touched jobs' updated_date."""
@@ -1136,12 +1308,19 @@ class CvatApp:
         task = self._get(request, "tasks", id)
         fmt = request.args.get("format")
         if fmt not in exports.FORMATS:
-            raise ApiError(400, {"format": [f"Unknown format {fmt!r}; supported here: {list(exports.FORMATS)}"]})
+            raise ApiError(
+                400,
+                {"format": [f"Unknown format {fmt!r}; supported here: {list(exports.FORMATS)}"]},
+            )
         if request.args.get("location", "local") != "local":
-            raise ApiError(400, {"location": ["only local exports are supported by this test server"]})
+            raise ApiError(
+                400, {"location": ["only local exports are supported by this test server"]}
+            )
         save_images = request.args.get("save_images", "false").lower() == "true"
         rq = self._new_request(request, "export:dataset", id, format=fmt)
-        thread = threading.Thread(target=self._export, args=(rq, task, fmt, save_images), daemon=True)
+        thread = threading.Thread(
+            target=self._export, args=(rq, task, fmt, save_images), daemon=True
+        )
         thread.start()
         return _json({"rq_id": rq["id"]}, 202)
 
@@ -1176,7 +1355,12 @@ class CvatApp:
 
     def on_request_download(self, request: Request, rq_id: str) -> Response:
         rq = self.store.table("requests").get(rq_id)
-        if rq is None or rq["owner"] != request.user["id"] or rq["status"] != "finished" or "file" not in rq:
+        if (
+            rq is None
+            or rq["owner"] != request.user["id"]
+            or rq["status"] != "finished"
+            or "file" not in rq
+        ):
             raise ApiError(404, "Not found.")
         data = Path(rq["file"]).read_bytes()
         name = f"task_{rq['task_id']}_dataset.zip"

@@ -27,7 +27,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 # pycocotools' decode warns on every call under numpy 2 (its Cython __array__); harmless.
-warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning
+)
 SEGMENTATION_MASK = "Segmentation mask 1.1"
 COCO = "COCO 1.0"
 FORMATS = (SEGMENTATION_MASK, COCO)
@@ -50,7 +52,9 @@ def decode_cvat_mask(points: list[float], height: int, width: int) -> np.ndarray
         raise ShapeError("mask points must be integers")
     left, top, right, bottom = (math.trunc(v) for v in points[-4:])
     if not (0 <= left <= right < width and 0 <= top <= bottom < height):
-        raise ShapeError(f"mask bbox {[left, top, right, bottom]} is outside the {width}x{height} image")
+        raise ShapeError(
+            f"mask bbox {[left, top, right, bottom]} is outside the {width}x{height} image"
+        )
     h, w = bottom - top + 1, right - left + 1
     counts = [int(c) for c in points[:-4]]
     if sum(counts) != h * w or any(c < 0 for c in counts):
@@ -123,7 +127,12 @@ def _bbox(mask: np.ndarray) -> list[float]:
     ys, xs = np.nonzero(mask)
     if not xs.size:
         return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    return [
+        float(xs.min()),
+        float(ys.min()),
+        float(xs.max() - xs.min() + 1),
+        float(ys.max() - ys.min() + 1),
+    ]
 
 
 def build_export(
@@ -233,8 +242,17 @@ def _coco(zf, frames, labels, by_frame, media_dir, save_images) -> None:
             )
     doc = {
         "licenses": [{"name": "", "id": 0, "url": ""}],
-        "info": {"contributor": "", "date_created": "", "description": "", "url": "", "version": "", "year": ""},
-        "categories": [{"id": category[lab["id"]], "name": lab["name"], "supercategory": ""} for lab in labels],
+        "info": {
+            "contributor": "",
+            "date_created": "",
+            "description": "",
+            "url": "",
+            "version": "",
+            "year": "",
+        },
+        "categories": [
+            {"id": category[lab["id"]], "name": lab["name"], "supercategory": ""} for lab in labels
+        ],
         "images": images,
         "annotations": annotations,
     }

@@ -51,7 +51,11 @@ class CvatServer:
 
     def env(self) -> dict[str, str]:
         """The environment segloop reads its CVAT credentials from."""
-        return {"CVAT_HOST": self.host, "CVAT_USERNAME": self.username, "CVAT_PASSWORD": self.password}
+        return {
+            "CVAT_HOST": self.host,
+            "CVAT_USERNAME": self.username,
+            "CVAT_PASSWORD": self.password,
+        }
 
     # ------------------------------------------------------------ process
 
@@ -78,7 +82,9 @@ class CvatServer:
             cmd += ["--org", self.org]
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         log = (self.state_dir / "server.log").open("ab")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log
+        )
         log.close()
         line = self._read_line(timeout)
         if not line.startswith("READY "):

@@ -72,7 +72,9 @@ class Store:
         with self.lock:
             data = {
                 "counters": self.counters,
-                "tables": {t: {str(k): v for k, v in rows.items()} for t, rows in self.tables.items()},
+                "tables": {
+                    t: {str(k): v for k, v in rows.items()} for t, rows in self.tables.items()
+                },
                 "tokens": self.tokens,
                 "sessions": self.sessions,
             }

@@ -28,12 +28,17 @@ LABELS = {
 }
 
 
-def synthetic_mask(height: int, width: int, rng: np.random.Generator, classes: int = 3) -> np.ndarray:
+def synthetic_mask(
+    height: int, width: int, rng: np.random.Generator, classes: int = 3
+) -> np.ndarray:
     yy, xx = np.mgrid[:height, :width]
     mask = np.zeros((height, width), dtype=np.uint8)
     for _ in range(int(rng.integers(2, 5))):
         cy, cx = rng.integers(0, height), rng.integers(0, width)
-        ry, rx = rng.integers(height // 10 + 2, height // 3 + 3), rng.integers(width // 10 + 2, width // 3 + 3)
+        ry, rx = (
+            rng.integers(height // 10 + 2, height // 3 + 3),
+            rng.integers(width // 10 + 2, width // 3 + 3),
+        )
         blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
         mask[blob] = rng.integers(1, classes + 1)
         hole = ((yy - cy) / (ry / 3)) ** 2 + ((xx - cx) / (rx / 3)) ** 2 < 1
@@ -68,9 +73,9 @@ def make_predictions(
         for i, record_id in enumerate(ids):
             pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
             image_path = images / f"{record_id}.{image_format}"
-            Image.fromarray(pixels).save(image_path, quality=90) if image_format == "jpg" else Image.fromarray(
-                pixels
-            ).save(image_path)
+            Image.fromarray(pixels).save(
+                image_path, quality=90
+            ) if image_format == "jpg" else Image.fromarray(pixels).save(image_path)
             mask = synthetic_mask(height, width, rng)
             save_mask_png(pred / "masks" / f"{record_id}.png", mask)
             counts = np.bincount(mask.ravel(), minlength=labels.num_classes)
@@ -89,7 +94,9 @@ def make_predictions(
                 )
                 + "\n"
             )
-            coco["images"].append({"id": i + 1, "file_name": image_path.name, "width": width, "height": height})
+            coco["images"].append(
+                {"id": i + 1, "file_name": image_path.name, "width": width, "height": height}
+            )
             for c in range(1, labels.num_classes):
                 if counts[c]:
                     coco["annotations"].append(

@@ -1,0 +1,142 @@
+"""Training against a real MLflow server (SQLite backend, artifacts in SeaweedFS), on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from components.core.checkpoint import load_checkpoint
+from components.core.config import load_config
+from components.core.images import encode_png, load_mask
+from components.core.labels import Label, LabelSet
+from components.preprocess.stage import run_preprocess
+from components.train.stage import run_train
+from components.train.toydata import write_toy_dataset
+
+# A small Unet (resnet18 encoder cut to 3 stages) learns the toy blobs in a few CPU epochs.
+TINY = {
+    "train": {
+        "encoder_name": "resnet18",
+        "model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]},
+        "pad_divisor": 8,
+        "lr": 0.005,
+        "batch_size": 8,
+        "workers": 0,
+        "seed": 0,
+    }
+}
+
+
+def tiny_cfg(tmp_path, *overrides: str, extra: dict | None = None):
+    merged = json.loads(json.dumps(TINY))
+    for key, value in (extra or {}).items():
+        merged["train"][key] = value
+    return load_config(
+        None,
+        [f"stack.dir={tmp_path / 'stack'}", "mlflow.experiment=test-train", *overrides],
+        extra=merged,
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    data = write_toy_dataset(root / "ds", n=32, seed=0, sizes=(64, 128))
+    cfg = load_config(None, [f"stack.dir={root / 'stack'}", "preprocess.tile_size=64"])
+    run_preprocess(cfg, inputs=[str(data)], out=str(root / "pre"))
+    return root / "pre"
+
+
+def background_baseline(pre) -> float:
+    """Mean IoU of predicting background everywhere on the val tiles."""
+    counts = np.zeros(3)
+    for path in (pre / "val" / "masks").glob("*.png"):
+        m = load_mask(path)
+        counts += np.bincount(m[m != 255].ravel(), minlength=3)[:3]
+    present = (counts > 0).sum()
+    return float(counts[0] / counts.sum() / present)
+
+
+def test_training_learns_and_is_tracked(prepared, mlflow_env, tmp_path):
+    out = tmp_path / "train"
+    m = run_train(tiny_cfg(tmp_path, "train.epochs=6"), data=str(prepared), out=str(out))
+
+    baseline = background_baseline(prepared)
+    assert m["epochs_run"] == 6
+    assert m["best_val_mean_iou"] > baseline + 0.3, (m["best_val_mean_iou"], baseline)
+
+    # Best and last checkpoints in the shared format; the logged model resolves too.
+    model, spec = load_checkpoint(out / "best")
+    assert spec.classes == 3 and spec.tile_size == 64 and spec.data_hash == m["data_hash"]
+    assert (out / "last" / "state.pt").is_file()
+    logged, logged_spec = load_checkpoint(m["model_uri"])
+    assert logged_spec == spec
+
+    client = MlflowClient(mlflow_env)
+    run = client.get_run(m["run_id"])
+    assert run.data.params["train.arch"] == "Unet"
+    assert run.data.tags["segloop.split_hash"] == m["split_hash"]
+    history = client.get_metric_history(m["run_id"], "val_mean_iou")
+    assert [h.step for h in history] == [1, 2, 3, 4, 5, 6]
+    for name in ("train_loss", "val_loss", "lr", "val_mean_dice", "val_iou_weed"):
+        assert client.get_metric_history(m["run_id"], name), name
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == m["split_hash"][:36]
+    assert "cfg.yaml" in {a.path for a in client.list_artifacts(m["run_id"])}
+    epochs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_continues_the_epoch_count(prepared, mlflow_env, tmp_path):
+    out = tmp_path / "train"
+    quick = ["train.max_steps_per_epoch=2", "train.log_model=false"]
+    first = run_train(
+        tiny_cfg(tmp_path, "train.epochs=2", *quick), data=str(prepared), out=str(out)
+    )
+    assert (first["start_epoch"], first["last_epoch"]) == (1, 2)
+    again = run_train(
+        tiny_cfg(tmp_path, "train.epochs=3", *quick),
+        data=str(prepared),
+        out=str(out),
+        resume=str(out),
+    )
+    assert (again["start_epoch"], again["last_epoch"], again["epochs_run"]) == (3, 3, 1)
+    assert again["run_id"] == first["run_id"]
+    steps = [
+        h.step for h in MlflowClient(mlflow_env).get_metric_history(first["run_id"], "train_loss")
+    ]
+    assert steps == [1, 2, 3]
+    epochs = [json.loads(x)["epoch"] for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_binary_focal_accumulation_plateau(tmp_path, mlflow_env):
+    data = write_toy_dataset(tmp_path / "ds", n=8, seed=3, sizes=(64, 64))
+    LabelSet(labels=[Label(name="background", id=0), Label(name="plant", id=1)]).save(
+        data / "labels.json"
+    )
+    for path in (data / "masks").glob("*.png"):
+        path.write_bytes(encode_png((load_mask(path) > 0).astype(np.uint8)))
+    cfg = load_config(None, [f"stack.dir={tmp_path / 'stack'}", "preprocess.tile_size=64",
+                             "preprocess.val_fraction=0.25", "preprocess.test_fraction=0"])  # fmt: skip
+    run_preprocess(cfg, inputs=[str(data)], out=str(tmp_path / "pre"))
+    m = run_train(
+        tiny_cfg(
+            tmp_path,
+            "train.epochs=2",
+            "train.binary=true",
+            "train.loss=dice_focal",
+            "train.accumulate=2",
+            "train.batch_size=2",
+            "train.scheduler=plateau",
+            "train.log_model=false",
+        ),
+        data=str(tmp_path / "pre"),
+        out=str(tmp_path / "train"),
+    )
+    _, spec = load_checkpoint(tmp_path / "train" / "best")
+    assert spec.binary and [label.name for label in spec.labels] == ["background", "plant"]
+    assert m["epochs_run"] == 2 and 0 <= m["best_val_mean_iou"] <= 1
