@@ -273,8 +273,11 @@ def test_bad_inputs_are_converted_or_recorded_and_counted(tmp_path, ckpt):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["failed"] == 3 and metrics["ok"] == 5
 
-    # within the allowed failures the stage succeeds, and only the failed ones are retried
-    again = run_infer(cfg_with(model=str(ckpt), max_failures=3), records=str(records), out=str(out))
+    # within the allowed failures the stage succeeds, and only the failed ones are retried;
+    # a query output folder works as well as its records.jsonl
+    again = run_infer(
+        cfg_with(model=str(ckpt), max_failures=3), records=str(tmp_path), out=str(out)
+    )
     assert again["skipped_done"] == 5 and again["processed"] == 3 and again["failed"] == 3
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from components.core.checkpoint import save_checkpoint
 from components.core.config import load_config
@@ -56,6 +57,7 @@ def project(tmp_path, s3, mlflow_env):
         "infer.device=cpu",
         "infer.num_workers=0",
         "select.budget=6",
+        "upload_cvat.if_exists=new",  # round 1 adds new tasks next to round 0's
         "preprocess.tile_size=64",
         "preprocess.workers=1",
         "preprocess.val_fraction=0.2",
@@ -102,17 +104,31 @@ def test_pre_annotation_then_training_on_the_local_runner(project, capfd):
 
     assert _people_complete_the_tasks(project["tmp"] / "annotation") >= 1
 
+    # One active-learning round: train on the refined masks, register, then pre-annotate the
+    # next batch with the champion from the MLflow registry.
     cfg = load_config(None, [*project["overrides"], f"download_cvat.upload_dir={tasks_dir}"])
-    training = run_local("training", cfg)
-    names = [t.name for t in training.tasks]
-    assert names == sorted(["download-cvat", "preprocess", "train", "evaluate", "register"])
-    model_dir = Path(training.task("train").outputs["model"])
+    round1 = run_local("active_learning", cfg)
+    assert [t.name for t in round1.tasks] == sorted(
+        ["download-cvat", "preprocess", "train", "evaluate", "register"]
+        + ["query", "infer", "select", "upload-cvat"]
+    )
+    model_dir = Path(round1.task("train").outputs["model"])
     assert (model_dir / "best" / "model.json").exists()
-    assert training.task("download-cvat").metrics, "KFP recorded the stage's metrics"
-    report = Path(training.task("evaluate").outputs["report"])
-    assert report.stat().st_size > 0
-    summary = training.summary()
-    assert "train" in summary and str(model_dir) in summary
+    assert round1.task("download-cvat").metrics, "KFP recorded the stage's metrics"
+    report = Path(round1.task("evaluate").outputs["report"]).read_text()
+    assert "<img" in report
+    registration = Path(round1.task("register").outputs["registration"])
+    decision = json.loads((registration / "register.json").read_text())
+    assert decision["promoted"] is True and decision["version"] == 1
+    champion = MlflowClient().get_model_version_by_alias("kfplocal", "champion")
+    assert champion.version == "1"
+    # The second pre-annotation used that champion.
+    predictions = Path(round1.task("infer").outputs["predictions"])
+    assert json.loads((predictions / "metrics.json").read_text())["model"] == (
+        "models:/kfplocal@champion"
+    )
+    summary = round1.summary()
+    assert "pipeline active_learning succeeded" in summary and str(model_dir) in summary
 
 
 def test_failure_names_the_task(project):
@@ -125,9 +141,7 @@ def test_failure_names_the_task(project):
 def test_smoke_test_without_docker_engine_says_so(tmp_path):
     if docker_engine_error() is None:
         pytest.skip("a Docker engine answers here: the smoke test would really run")
-    result = CliRunner().invoke(
-        cli, ["smoke-test", "training", "-o", f"kfp.local_root={tmp_path}"]
-    )
+    result = CliRunner().invoke(cli, ["smoke-test", "training", "-o", f"kfp.local_root={tmp_path}"])
     assert result.exit_code != 0
     assert isinstance(result.exception, SegloopError)
     message = str(result.exception)

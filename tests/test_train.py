@@ -62,32 +62,32 @@ def background_baseline(pre) -> float:
 
 def test_training_learns_and_is_tracked(prepared, mlflow_env, tmp_path):
     out = tmp_path / "train"
-    m = run_train(tiny_cfg(tmp_path, "train.epochs=6"), data=str(prepared), out=str(out))
+    # The model upload to MLflow is exercised in test_register (it needs a logged model).
+    cfg = tiny_cfg(tmp_path, "train.epochs=5", "train.log_model=false")
+    m = run_train(cfg, data=str(prepared), out=str(out))
 
     baseline = background_baseline(prepared)
-    assert m["epochs_run"] == 6
+    assert m["epochs_run"] == 5
     assert m["best_val_mean_iou"] > baseline + 0.3, (m["best_val_mean_iou"], baseline)
 
-    # Best and last checkpoints in the shared format; the logged model resolves too.
-    model, spec = load_checkpoint(out / "best")
+    # Best and last checkpoints in the shared format.
+    _, spec = load_checkpoint(out / "best")
     assert spec.classes == 3 and spec.tile_size == 64 and spec.data_hash == m["data_hash"]
     assert (out / "last" / "state.pt").is_file()
-    logged, logged_spec = load_checkpoint(m["model_uri"])
-    assert logged_spec == spec
 
     client = MlflowClient(mlflow_env)
     run = client.get_run(m["run_id"])
     assert run.data.params["train.arch"] == "Unet"
     assert run.data.tags["segloop.split_hash"] == m["split_hash"]
     history = client.get_metric_history(m["run_id"], "val_mean_iou")
-    assert [h.step for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h.step for h in history] == [1, 2, 3, 4, 5]
     for name in ("train_loss", "val_loss", "lr", "val_mean_dice", "val_iou_weed"):
         assert client.get_metric_history(m["run_id"], name), name
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == m["split_hash"][:36]
     assert "cfg.yaml" in {a.path for a in client.list_artifacts(m["run_id"])}
     epochs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
 
 
 def test_resume_continues_the_epoch_count(prepared, mlflow_env, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,15 @@ def log_split_input(split: dict[str, Any], source: str, context: str = "training
         for name, ids in split.get("records", {}).items()
         for rid in ids
     ]
-    dataset = mlflow.data.from_pandas(
-        pd.DataFrame(rows, columns=["split", "record_id"]),
-        source=source,
-        name=f"split-{split['hash'][:12]}",
-        digest=split["hash"][:36],
-    )
+    with warnings.catch_warnings():
+        # A local path "can be interpreted in multiple ways" by MLflow; any of them is fine.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            pd.DataFrame(rows, columns=["split", "record_id"]),
+            source=source,
+            name=f"split-{split['hash'][:12]}",
+            digest=split["hash"][:36],
+        )
     mlflow.log_input(dataset, context=context)
 
 

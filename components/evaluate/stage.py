@@ -82,6 +82,9 @@ def run_evaluate(cfg: SegloopConfig, *, model: str, data: str, out: str) -> dict
             f"{labels.names}; evaluate with data preprocessed for this model's labels"
         )
     split = storage.read_json(storage.join(data, "split.json"))
+    # The hash of the test split alone (older outputs: of the whole split): models scored on
+    # the same test images and masks are comparable whatever they were trained on.
+    test_hash = split.get("test_hash") or split["hash"]
     mode = split.get("params", {}).get("mode", "grid")
     images = {
         Path(u).stem: u
@@ -147,7 +150,7 @@ def run_evaluate(cfg: SegloopConfig, *, model: str, data: str, out: str) -> dict
         summary = {
             "model": str(model),
             "images": len(per_image),
-            "split_hash": split["hash"],
+            "split_hash": test_hash,
             "data_hash": split.get("data_hash"),
             "scores": result,
         }
@@ -158,7 +161,7 @@ def run_evaluate(cfg: SegloopConfig, *, model: str, data: str, out: str) -> dict
             "labels": labels.names,
             "images": len(per_image),
             "failed": len(manifest.failed()),
-            "split_hash": split["hash"],
+            "split_hash": test_hash,
             "data_hash": split.get("data_hash"),
             "model": str(model),
             "model_uri": mlflow_model,
@@ -167,13 +170,13 @@ def run_evaluate(cfg: SegloopConfig, *, model: str, data: str, out: str) -> dict
         }
         save_resolved(cfg, root)
         if s.log_to_mlflow:
-            metrics["run_id"] = _log(cfg, root, result, split, run_id)
+            metrics["run_id"] = _log(cfg, root, result, test_hash, run_id)
         write_metrics(root, metrics)
     log.info("evaluate: mean IoU %.4f on %d test images", result["mean_iou"], len(per_image))
     return metrics
 
 
-def _log(cfg, root: Path, result: dict, split: dict, run_id: str | None) -> str:
+def _log(cfg, root: Path, result: dict, test_hash: str, run_id: str | None) -> str:
     """Metrics `test_*` and the report into the model's training run (or a new run)."""
     mlflow = tracking.setup(cfg)
     with (
@@ -182,7 +185,7 @@ def _log(cfg, root: Path, result: dict, split: dict, run_id: str | None) -> str:
         else mlflow.start_run(run_name=f"evaluate-{cfg.project.subname}")
     ) as run:
         mlflow.log_metrics(flat_metrics(result, "test_"))
-        mlflow.set_tag("segloop.eval_split_hash", split["hash"])
+        mlflow.set_tag("segloop.eval_split_hash", test_hash)
         for name in ("report.md", "report.html", "cfg.yaml"):
             mlflow.log_artifact(str(root / name), artifact_path="evaluation")
         mlflow.log_artifacts(str(root / "figures"), artifact_path="evaluation/figures")

@@ -61,7 +61,12 @@ class Record:
 
 
 def records_from_jsonl(uri: str) -> list[Record]:
-    """Query records; relative image paths are taken relative to the records file's folder."""
+    """Query records; relative image paths are taken relative to the records file's folder.
+
+    `uri` may also be a query output folder (or KFP artifact folder) holding `records.jsonl`.
+    """
+    if storage.is_dir(uri) and storage.exists(storage.join(str(uri), "records.jsonl")):
+        uri = storage.join(str(uri), "records.jsonl")
     base = str(uri).rsplit("/", 1)[0] if "/" in str(uri) else "."
     out = []
     for n, row in enumerate(artifacts.read_jsonl(uri), 1):

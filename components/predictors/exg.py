@@ -139,7 +139,6 @@ class ExgPredictor(Predictor):
         self._info = PredictorInfo(
             labels=labels, tile_size=p.tile_size, pad_divisor=1, mean=(0, 0, 0), std=(1, 1, 1)
         )
-        self.last_thresholds: list[float] = []  # per tile of the last batch (for inspection)
 
     @property
     def info(self) -> PredictorInfo:
@@ -155,10 +154,8 @@ class ExgPredictor(Predictor):
         p = self.params
         exg = excess_green(batch).cpu().numpy()
         out = np.empty((exg.shape[0], 2, *exg.shape[1:]), dtype=np.float32)
-        self.last_thresholds = []
         for i, index in enumerate(exg):
             t = self.threshold_for(index)
-            self.last_thresholds.append(t)
             mask = clean_mask(index > t, p.opening, p.closing, p.fill_holes)
             soft = 1.0 / (1.0 + np.exp(-(index - t) / p.softness))
             veg = np.where(mask, np.maximum(soft, 0.5 + MARGIN), np.minimum(soft, 0.5 - MARGIN))

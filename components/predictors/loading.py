@@ -4,7 +4,8 @@
 
 - a registered name (`smp`, `exg`, or one a plugin registered with `register_predictor`);
 - a module path `my_pkg.my_model:build` (the module must be importable: installed, or on
-  `PYTHONPATH`);
+  `PYTHONPATH`), or a file path `my_project/my_model.py:build` (relative to the current folder;
+  handy for a scaffold, not for a cluster, where the module must be installed in the image);
 - an entry point name in the group `segloop.predictors` of an installed distribution, e.g. in
   its pyproject.toml: `[project.entry-points."segloop.predictors"] weeds = "my_pkg.my_model:build"`.
 
@@ -18,11 +19,15 @@ errors naming the predictor); otherwise the factory gets the dict.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -33,7 +38,8 @@ from components.core.labels import LabelSet
 from components.core.predictor import Predictor, PredictorInfo
 
 ENTRY_POINT_GROUP = "segloop.predictors"
-MODULE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# `pkg.module:attr`, or `path/to/file.py:attr` (a file relative to the current folder).
+MODULE_PATH = re.compile(r"^([A-Za-z_][\w.]*|[^:]+\.py):[A-Za-z_][\w.]*$")
 
 Factory = Callable[[str | None, torch.device, dict[str, Any]], Predictor]
 M = typing.TypeVar("M", bound=BaseModel)
@@ -55,10 +61,33 @@ def validate_params(name: str, model: type[M], params: dict[str, Any] | None) ->
         raise SegloopError("\n".join(lines)) from None
 
 
-def _import_target(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
+def _import_file(spec: str, path: Path) -> ModuleType:
+    if not path.is_file():
+        raise SegloopError(
+            f"predictor {spec!r}: no file {path} (relative paths start at the current folder "
+            f"{Path.cwd()})"
+        )
+    # Registered under its stem, so that pickling and dataclasses find the module again.
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[path.stem] = module
     try:
-        target: Any = importlib.import_module(module_name)
+        module_spec.loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(path.stem, None)
+        raise
+    return module
+
+
+def _import_target(spec: str) -> Any:
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            target: Any = _import_file(spec, Path(module_name))
+        else:
+            target = importlib.import_module(module_name)
+    except SegloopError:
+        raise
     except ImportError as exc:
         raise SegloopError(
             f"predictor {spec!r}: cannot import module {module_name!r} ({exc}); install the "

@@ -12,6 +12,12 @@ class PreprocessSettings(Section):
         default_factory=list,
         description="annotation datasets (folders or s3:// prefixes), oldest first",
     )
+    test_inputs: list[str] = Field(
+        default_factory=list,
+        description="fixed held-out test datasets: all their images form the test split (the "
+        "other images are split into train/val only), so successive models are compared on "
+        "the same test split",
+    )
     tile_size: int = Field(512, ge=16, description="training tile edge in pixels")
     mode: Literal["grid", "resize"] = Field(
         "grid",

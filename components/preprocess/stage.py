@@ -147,7 +147,11 @@ def run_preprocess(
             "or set preprocess.inputs"
         )
     start = time.monotonic()
-    datasets = [read_dataset(uri, i) for i, uri in enumerate(inputs)]
+    test_inputs = list(s.test_inputs)
+    # Fixed test datasets come last so that, for a record id they share with a training
+    # dataset, the test copy wins (never the same image in train and test).
+    datasets = [read_dataset(uri, i) for i, uri in enumerate(inputs + test_inputs)]
+    fixed_test = {rid for ds in datasets[len(inputs) :] for rid in ds.records}
     labels = LabelSet.load(cfg.project.labels) if cfg.project.labels else datasets[0].labels
     luts = {ds.uri: label_lut(ds.labels, labels, ds.uri, IGNORE_INDEX) for ds in datasets}
     records, duplicates = merge(datasets)
@@ -199,7 +203,12 @@ def run_preprocess(
             raise SegloopError("preprocess: every record failed; see manifest.jsonl")
 
         strata = {rid: m["stratum"] if s.stratify else 0 for rid, m in info.items()}
-        assignment = assign_splits(strata, s.val_fraction, s.test_fraction, s.seed)
+        if fixed_test:
+            rest = {rid: st for rid, st in strata.items() if rid not in fixed_test}
+            assignment = assign_splits(rest, s.val_fraction, 0.0, s.seed)
+            assignment.update({rid: "test" for rid in strata if rid in fixed_test})
+        else:
+            assignment = assign_splits(strata, s.val_fraction, s.test_fraction, s.seed)
 
         def materialize(
             rid: str,
@@ -248,6 +257,9 @@ def run_preprocess(
             for e in ok
         ]
         digest = split_hash(hash_entries)
+        # What evaluation depends on: models scored on the same test_hash are comparable even
+        # when their training data differ (e.g. successive active-learning rounds).
+        test_digest = split_hash([e for e in hash_entries if e["split"] == "test"])
         params = {
             "tile_size": s.tile_size,
             "mode": s.mode,
@@ -269,6 +281,7 @@ def run_preprocess(
             root / "split.json",
             {
                 "hash": digest,
+                "test_hash": test_digest,
                 "data_hash": dhash,
                 "seed": s.seed,
                 "val_fraction": s.val_fraction,
@@ -289,6 +302,7 @@ def run_preprocess(
             root / "provenance.json",
             {
                 "inputs": inputs,
+                "test_inputs": test_inputs,
                 "records": {
                     rid: {
                         "dataset": rec.dataset,
@@ -309,6 +323,7 @@ def run_preprocess(
             "duplicates": len(duplicates),
             "failed": len(manifest.failed()),
             "split_hash": digest,
+            "test_hash": test_digest,
             "data_hash": dhash,
             "seconds": round(seconds, 3),
             "images_per_s": round(len(ok) / seconds, 3) if seconds else None,

@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "pipelines.cli.infer",
     "pipelines.cli.cvat",
     "pipelines.cli.kfp",
+    "pipelines.cli.lifecycle",
+    "pipelines.cli.demo",
 ]
 
 

@@ -1,0 +1,76 @@
+"""`segloop demo`: the active-learning loop end to end (what `make demo` runs)."""
+
+from __future__ import annotations
+
+import click
+
+from pipelines.cli.common import config_options
+
+
+@click.command("demo")
+@click.option(
+    "--small",
+    is_flag=True,
+    help="A faster, smaller run (64 px images, a tiny model, few epochs): what the tests run.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=2,
+    show_default=True,
+    help="Active-learning rounds after round 0.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder (default: runs/demo/<time>).",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="People refine the tasks (in CVAT when CVAT_HOST is set, else in the task folders): "
+    "wait until they complete them instead of using the simulated annotator.",
+)
+@click.option(
+    "--wait-timeout",
+    "wait_timeout_s",
+    type=click.FloatRange(min=1),
+    default=7200,
+    show_default=True,
+    help="--wait: give up after this many seconds per round.",
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    type=click.FloatRange(min=0.05),
+    default=10,
+    show_default=True,
+    help="--wait: seconds between looks at the tasks.",
+)
+@config_options
+def demo(small, rounds, workdir, wait, wait_timeout_s, poll_s, config_path, overrides):
+    """Run the active-learning loop end to end on the embedded stack.
+
+    Starts the stack if needed, writes a synthetic dataset, trains a first model on a labelled
+    seed set (round 0), then runs ROUNDS rounds of: refine the pre-annotated batch (simulated
+    annotator, or people with --wait) -> the active_learning pipeline on KFP's local runner.
+    Ends with a summary table, the HTML loop report and the MLflow UI address.
+    """
+    from pipelines.demo import run_demo
+
+    run_demo(
+        config_path,
+        overrides,
+        small=small,
+        rounds=rounds,
+        workdir=workdir,
+        wait=wait,
+        wait_timeout_s=wait_timeout_s,
+        poll_s=poll_s,
+        echo=click.echo,
+    )
+
+
+def register(group: click.Group) -> None:
+    group.add_command(demo)

@@ -1,0 +1,382 @@
+"""The pipeline lifecycle in three steps: `init` (scaffold), `deploy` (images + pipeline
+versions on Kubeflow) and `launch` (a cluster run from the run config used locally).
+
+- `init_project(folder, template)` writes a project folder from `pipelines/templates/`: a run
+  config (`run.yaml`), a README, a test that runs the config on two synthetic images, and for the
+  `predictor` template a predictor module with a pyproject.toml that declares it as a
+  `segloop.predictors` entry point. It also writes a few demo images and their image DB, so
+  `segloop run pre_annotation --config FOLDER/run.yaml` runs as it is (the `exg` predictor or the
+  scaffold's own one needs no model; annotation goes to the `folder` backend).
+- `deploy(cfg, client, ...)` builds and pushes the component images where a Docker engine
+  answers (and says so where none does), then compiles each pipeline and uploads it as a new
+  pipeline version (`pipelines.submit.upload`).
+- `launch(name, cfg, client, ...)` starts a run of the latest deployed version with the run
+  config as its `config_json` parameter; with `upload=True` it is `segloop submit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import string
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from components.core.config import SegloopConfig
+from components.core.errors import SegloopError
+from components.core.storage import is_s3
+from pipelines.graphs import kfp_name
+from pipelines.images import images_from_config
+from pipelines.settings import PIPELINE_NAMES
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = ("pre_annotation", "training", "predictor")
+PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# template -> [(template file, path in the scaffold)]; `{pkg}` is the Python name of the folder.
+_COMMON = [("gitignore.tmpl", ".gitignore")]
+FILES: dict[str, list[tuple[str, str]]] = {
+    "pre_annotation": [
+        ("run_pre_annotation.yaml.tmpl", "run.yaml"),
+        ("README_pre_annotation.md.tmpl", "README.md"),
+        ("test_pre_annotation.py.tmpl", "tests/test_{pkg}.py"),
+        *_COMMON,
+    ],
+    "training": [
+        ("run_training.yaml.tmpl", "run.yaml"),
+        ("labels.yaml.tmpl", "labels.yaml"),
+        ("README_training.md.tmpl", "README.md"),
+        ("test_training.py.tmpl", "tests/test_{pkg}.py"),
+        *_COMMON,
+    ],
+    "predictor": [
+        ("run_predictor.yaml.tmpl", "run.yaml"),
+        ("predictor.py.tmpl", "{pkg}.py"),
+        ("pyproject.toml.tmpl", "pyproject.toml"),
+        ("README_predictor.md.tmpl", "README.md"),
+        ("test_predictor.py.tmpl", "tests/test_{pkg}.py"),
+        *_COMMON,
+    ],
+}
+
+
+# ---------------------------------------------------------------- init
+
+
+@dataclass
+class Scaffold:
+    folder: Path
+    template: str
+    files: list[Path] = field(default_factory=list)
+    demo_images: int = 0
+
+    def summary(self) -> str:
+        lines = [f"created {self.folder} (template {self.template}):"]
+        lines += [f"  {p.relative_to(self.folder)}" for p in self.files]
+        if self.demo_images:
+            lines.append(f"  data/ ({self.demo_images} demo images and their image DB)")
+        lines += [
+            "next:",
+            f"  segloop run pre_annotation --config {self.folder}/run.yaml",
+            f"  pytest {self.folder}/tests",
+        ]
+        return "\n".join(lines)
+
+
+def python_name(name: str) -> str:
+    """A module name from a folder name: `weeds-2025` -> `weeds_2025`."""
+    pkg = re.sub(r"\W+", "_", name).strip("_").lower() or "project"
+    return f"p_{pkg}" if pkg[0].isdigit() else pkg
+
+
+def _render(template: str, context: dict[str, str]) -> str:
+    text = resources.files("pipelines.templates").joinpath(template).read_text(encoding="utf-8")
+    try:
+        return string.Template(text).substitute(context)
+    except (KeyError, ValueError) as exc:  # a template bug, not a user error
+        raise RuntimeError(f"template {template} has a bad placeholder: {exc}") from exc
+
+
+def init_project(
+    folder: str | Path,
+    template: str,
+    *,
+    demo_images: int = 4,
+    force: bool = False,
+) -> Scaffold:
+    """Scaffold `folder` from `template`; paths in run.yaml are relative to the current folder."""
+    if template not in TEMPLATES:
+        raise SegloopError(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+    folder = Path(folder)
+    name = folder.resolve().name
+    if not PROJECT_NAME.match(name):
+        raise SegloopError(
+            f"project folder name {name!r} must start with a letter or digit and hold only "
+            "letters, digits, '_', '.' and '-' (it becomes project.name)"
+        )
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise SegloopError(
+            f"{folder} exists and is not empty; choose a new folder or pass --force to write "
+            "the scaffold's files into it (files of the same name are replaced)"
+        )
+    # Paths inside run.yaml: as the user wrote the folder (relative to where they run segloop).
+    where = folder.as_posix().rstrip("/") or "."
+    context = {
+        "name": name,
+        "project": name,
+        "pkg": python_name(name),
+        "pkg_class": "".join(p.capitalize() for p in python_name(name).split("_")) + "Predictor",
+        "dist": python_name(name).replace("_", "-"),
+        "folder": where,
+        "template": template,
+    }
+    scaffold = Scaffold(folder, template)
+    for source, target in FILES[template]:
+        path = folder / target.format(pkg=context["pkg"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_render(source, context), encoding="utf-8")
+        scaffold.files.append(path)
+    if demo_images:
+        from components.core.synthetic import make_dataset
+
+        make_dataset(
+            folder / "data",
+            demo_images,
+            seed=0,
+            db_url=f"sqlite:///{where}/data/images.db",
+            size=(128, 128),
+        )
+        scaffold.demo_images = demo_images
+    return scaffold
+
+
+# ---------------------------------------------------------------- deploy
+
+
+@dataclass
+class Deployment:
+    images: list[str]
+    images_built: bool
+    images_note: str
+    pipelines: list[dict[str, str]] = field(default_factory=list)  # name, id, version id/name
+
+
+def _docker_problem() -> str | None:
+    from pipelines.local import docker_engine_error
+
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    return docker_engine_error()
+
+
+def build_and_push(images: list[tuple[str, str]], context: Path, push: bool = True) -> None:
+    """`docker build` (and `docker push`) each (Dockerfile, image name) from `context`."""
+    for dockerfile, image in images:
+        path = context / dockerfile
+        if not path.is_file():
+            raise SegloopError(
+                f"{path} does not exist: run deploy from the segloop source tree (or pass "
+                "--context DIR), where images/*.Dockerfile are"
+            )
+        steps = [["docker", "build", "-f", str(path), "-t", image, str(context)]]
+        if push:
+            steps.append(["docker", "push", image])
+        for cmd in steps:
+            log.info("running: %s", " ".join(cmd))
+            done = subprocess.run(cmd, check=False)
+            if done.returncode != 0:
+                raise SegloopError(
+                    f"`{' '.join(cmd)}` failed with exit status {done.returncode}; its output "
+                    "is above (is the registry login done? `docker login REGISTRY`)"
+                )
+
+
+def deploy(
+    cfg: SegloopConfig,
+    client: Any,
+    *,
+    host: str,
+    namespace: str | None = None,
+    pipelines: list[str] | tuple[str, ...] = PIPELINE_NAMES,
+    build_images: bool = True,
+    require_images: bool = False,
+    push: bool = True,
+    context: str | Path = ".",
+    docker_problem: Callable[[], str | None] = _docker_problem,
+) -> Deployment:
+    """Images (where Docker answers), then each pipeline as a new version on Kubeflow."""
+    from pipelines.submit import upload
+
+    unknown = [p for p in pipelines if p not in PIPELINE_NAMES]
+    if unknown:
+        raise SegloopError(f"unknown pipelines {unknown}; choose from {', '.join(PIPELINE_NAMES)}")
+    cpu, cuda = images_from_config(cfg.kfp.images)
+    names = [cpu, cuda]
+    if not build_images:
+        built, note = False, "image build skipped (--skip-images): the cluster pulls them as named"
+    else:
+        problem = docker_problem()
+        if problem:
+            note = (
+                f"images not built: {problem}. The cluster pulls {cpu} and {cuda} as they are; "
+                "build and push them where Docker runs (`make push REGISTRY=... TAG=...`)"
+            )
+            if require_images:
+                raise SegloopError(f"--require-images: {note}")
+            built = False
+        else:
+            build_and_push(
+                [("images/cpu.Dockerfile", cpu), ("images/cuda.Dockerfile", cuda)],
+                Path(context),
+                push=push,
+            )
+            built = True
+            note = f"images built{' and pushed' if push else ''}: {cpu}, {cuda}"
+    log.info(note)
+    result = Deployment(names, built, note)
+    for name in pipelines:
+        pipeline_id, version_id, version_name = upload(client, name, cfg, namespace, host)
+        result.pipelines.append(
+            {
+                "pipeline": name,
+                "kfp_name": kfp_name(cfg, name),
+                "pipeline_id": pipeline_id,
+                "version_id": version_id,
+                "version_name": version_name,
+            }
+        )
+    return result
+
+
+# ---------------------------------------------------------------- launch
+
+
+def local_only_settings(cfg: SegloopConfig) -> list[str]:
+    """Settings that point at this machine's files, which a cluster's pods cannot see."""
+    found = []
+    if not is_s3(cfg.io.out_root):
+        found.append(f"io.out_root={cfg.io.out_root}")
+    if cfg.db.url.startswith("sqlite"):
+        found.append(f"db.url={cfg.db.url}")
+    if cfg.cvat.backend == "folder" and cfg.cvat.folder and not is_s3(cfg.cvat.folder):
+        found.append(f"cvat.folder={cfg.cvat.folder}")
+    if cfg.project.labels and not is_s3(cfg.project.labels):
+        found.append(f"project.labels={cfg.project.labels}")
+    predictor = cfg.infer.predictor
+    if predictor.partition(":")[0].endswith(".py"):
+        found.append(f"infer.predictor={predictor}")
+    return found
+
+
+@dataclass
+class Launch:
+    pipeline_id: str
+    version_id: str
+    version_name: str
+    experiment_id: str
+    run_id: str
+    run_url: str
+    uploaded: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def launch(
+    name: str,
+    cfg: SegloopConfig,
+    client: Any,
+    *,
+    host: str,
+    namespace: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    params: dict[str, Any] | None = None,
+    service_account: str | None = None,
+    upload: bool = False,
+) -> Launch:
+    """Run the latest deployed version of pipeline `name` with `cfg` as its config_json.
+
+    `upload=True` (or no deployed version yet) compiles and uploads first, as `segloop submit`.
+    """
+    from pipelines import submit as kfp_submit
+
+    warnings = local_only_settings(cfg)
+    for w in warnings:
+        log.warning("%s is a local path: the cluster's pods cannot read it", w)
+    pipeline_name = kfp_name(cfg, name)
+    call = kfp_submit._api_call
+    pipeline_id = None
+    if not upload:
+        pipeline_id = call(
+            "finding the pipeline",
+            host,
+            kfp_submit._find_pipeline,
+            client,
+            pipeline_name,
+            namespace,
+        )
+        if pipeline_id is None:
+            raise SegloopError(
+                f"pipeline {pipeline_name} is not deployed at {host}; run `segloop deploy` "
+                "first, or pass --upload to compile and upload it now"
+            )
+    if pipeline_id is None:
+        result = kfp_submit.submit(
+            name,
+            cfg,
+            client,
+            host=host,
+            namespace=namespace,
+            experiment=experiment,
+            run_name=run_name,
+            params=params,
+            service_account=service_account,
+        )
+        return Launch(
+            result.pipeline_id,
+            result.version_id,
+            result.version_name,
+            result.experiment_id,
+            result.run_id,
+            result.run_url,
+            True,
+            warnings,
+        )
+    version = call(
+        "reading its latest version", host, kfp_submit._latest_version, client, pipeline_id
+    )
+    exp = call(
+        "creating the experiment",
+        host,
+        client.create_experiment,
+        name=experiment or cfg.kfp.experiment or cfg.project.name,
+        namespace=namespace,
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run = call(
+        "creating the run",
+        host,
+        client.run_pipeline,
+        experiment_id=exp.experiment_id,
+        job_name=run_name or f"{pipeline_name}-{stamp}",
+        params={"config_json": cfg.model_dump_json(), **(params or {})},
+        pipeline_id=pipeline_id,
+        version_id=version.pipeline_version_id,
+        service_account=service_account,
+    )
+    return Launch(
+        pipeline_id,
+        version.pipeline_version_id,
+        version.display_name,
+        exp.experiment_id,
+        run.run_id,
+        f"{host.rstrip('/')}/#/runs/details/{run.run_id}",
+        False,
+        warnings,
+    )

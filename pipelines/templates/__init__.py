@@ -1,0 +1,1 @@
+"""File templates for `segloop init` (string.Template: `${name}` placeholders, `$$` for `$`)."""

@@ -1,0 +1,297 @@
+"""`segloop demo --small`: the active-learning loop end to end, as a user runs it.
+
+The demo runs as a subprocess (the `segloop` console script), starts its own embedded stack
+(real SeaweedFS and MLflow servers on free 127.0.0.1 ports, in a temporary stack folder) and
+runs every pipeline on KFP's local runner. The test checks the outcome against what MLflow and
+the storage hold, then stops the stack by the PIDs `segloop up` saved.
+
+A second test runs one round with the CVAT-protocol test server (tests/cvat_server) as the
+annotation backend. The `--wait` tests use the folder backend and need no server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.core.artifacts import write_jsonl
+from components.core.config import load_config
+from components.core.errors import SegloopError
+from components.core.images import load_mask, save_mask_png, save_rgb
+from components.core.synthetic import LABELS
+from pipelines.annotator import pending_tasks, wait_for_people
+from pipelines.stack import Stack, free_port
+
+SEGLOOP = str(Path(sys.executable).parent / "segloop")
+MIN_IMPROVEMENT = 0.005  # register.min_improvement's default, which the demo keeps
+TIMEOUT_S = 900
+
+
+@pytest.fixture
+def stack_dir(tmp_path):
+    """A stack folder for the demo's own `segloop up`; its servers are stopped by saved PID."""
+    folder = tmp_path / "stack"
+    yield folder
+    stopped = Stack(folder).down()  # stops exactly the PIDs in stack.json
+    assert all("pid" in s for s in stopped)
+
+
+def run_demo(tmp_path, stack_dir, *args: str, env: dict | None = None):
+    workdir = tmp_path / "work"
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "S3_", "MLFLOW_", "CVAT_", "SEGLOOP_"))
+    }
+    cmd = [
+        SEGLOOP,
+        "demo",
+        "--small",
+        "--workdir",
+        str(workdir),
+        "-o",
+        f"stack.dir={stack_dir}",
+        "-o",
+        f"stack.s3_port={free_port()}",
+        "-o",
+        f"stack.mlflow_port={free_port()}",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    return proc, summary
+
+
+def mlflow_client(stack_dir):
+    from mlflow import MlflowClient
+
+    state = Stack(stack_dir).running()
+    assert state, "the demo leaves its stack running"
+    for key, value in state.env().items():  # the client reads model artifacts from the S3 too
+        os.environ[key] = value
+    return MlflowClient(tracking_uri=state.mlflow_uri), state
+
+
+def expected_aliases(versions: dict[int, dict[str, str]]) -> dict[int, set[str]]:
+    """Champion and challenger as the promotion rule says, from the versions' own tags."""
+    champion = None
+    for v in sorted(versions):
+        tags = versions[v]
+        if champion is None:
+            champion = v
+            continue
+        same_split = tags["segloop.split_hash"] == versions[champion]["segloop.split_hash"]
+        gain = float(tags["segloop.mean_iou"]) - float(versions[champion]["segloop.mean_iou"])
+        if same_split and gain >= MIN_IMPROVEMENT:
+            champion = v
+    out: dict[int, set[str]] = {v: set() for v in versions}
+    out[champion].add("champion")
+    out[max(versions)].add("challenger")
+    return out
+
+
+def check_registry_and_summary(client, summary, rounds: int) -> dict[int, dict[str, str]]:
+    name = summary["registered_model"]
+    mvs = client.search_model_versions(f"name = '{name}'")
+    versions = {int(mv.version): dict(mv.tags) for mv in mvs}
+    aliases = {int(mv.version): set(mv.aliases) for mv in mvs}
+    assert sorted(versions) == list(range(1, rounds + 2))
+    # One fixed test set: every version was evaluated on the same test split.
+    assert len({t["segloop.split_hash"] for t in versions.values()}) == 1
+    assert aliases == expected_aliases(versions)
+
+    assert [r["round"] for r in summary["rounds"]] == list(range(rounds + 1))
+    for r in summary["rounds"]:
+        tags = versions[r["model_version"]]
+        assert r["test_mean_iou"] == pytest.approx(float(tags["segloop.mean_iou"]), abs=1e-6)
+        assert set(r["aliases"]) == aliases[r["model_version"]]
+        run = client.get_run(r["train_run_id"])
+        assert run.data.metrics["test_mean_iou"] == pytest.approx(r["test_mean_iou"], abs=1e-9)
+        promoted_by_registry = "beats champion" in tags["segloop.promotion"] or r["round"] == 0
+        assert r["promoted"] == promoted_by_registry, tags["segloop.promotion"]
+    return versions
+
+
+@pytest.mark.e2e
+def test_demo_small_two_rounds(tmp_path, stack_dir):
+    proc, summary = run_demo(tmp_path, stack_dir)
+    out = proc.stdout
+    assert "SIMULATED ANNOTATOR: this step stands in for people" in out
+    assert "loop report:" in out and "MLflow UI:" in out and summary["mlflow_ui"] in out
+
+    # Round 0: `training` then `pre_annotation`; rounds 1 and 2: `active_learning`, each a
+    # run of KFP's local runner with every task's folder.
+    rounds = summary["rounds"]
+    assert [Path(p).name.rsplit("-", 6)[0] for p in rounds[0]["pipelines"]] == [
+        "demo-training",
+        "demo-pre-annotation",
+    ]
+    stages = {"query", "infer", "select", "upload-cvat", "download-cvat", "preprocess"}
+    stages |= {"train", "evaluate", "register"}
+    for r in rounds[1:]:
+        (run_dir,) = map(Path, r["pipelines"])
+        assert run_dir.name.startswith("demo-active-learning-")
+        assert {p.name for p in run_dir.iterdir() if p.is_dir()} == stages
+        assert r["images_refined"] == 5 and r["data"] == "refined by the simulated annotator"
+        assert 0 <= r["changed_share"] <= 1 and 0 <= r["correction_iou"] <= 1
+    assert rounds[0]["images_refined"] == 8 and rounds[0]["changed_share"] is None
+
+    client, _ = mlflow_client(stack_dir)
+    check_registry_and_summary(client, summary, rounds=2)
+
+    # The refined masks that reached training are the ground truth, pixel for pixel, and the
+    # correction effort is measured against what was uploaded.
+    r1 = Path(rounds[1]["pipelines"][0])
+    dataset = r1 / "download-cvat" / "dataset"
+    manifest = [json.loads(line) for line in (dataset / "manifest.jsonl").read_text().splitlines()]
+    changed = total = 0
+    for entry in manifest:
+        truth_uri = (
+            f"s3://segloop/demo/{summary['stamp']}/data/masks/{entry['record_id']}.png"
+        )
+        refined = load_mask(dataset / entry["mask"])
+        assert (refined == load_mask(truth_uri)).all(), entry["record_id"]
+        changed += entry["correction"]["changed_pixels"]
+        total += entry["correction"]["pixels"]
+    assert rounds[1]["changed_share"] == pytest.approx(changed / total, abs=1e-6)
+
+    # The report exists, shows the rounds and the side-by-side overlays, and is in MLflow.
+    report = Path(summary["report"])
+    html = report.read_text()
+    assert "Pre-annotation and refined mask" in html and html.count("data:image/png") >= 3
+    demo_runs = client.search_runs(
+        [client.get_experiment_by_name("demo").experiment_id],
+        filter_string=f"tags.`segloop.demo` = '{summary['stamp']}'",
+    )
+    (demo_run,) = demo_runs
+    logged = {a.path for a in client.list_artifacts(demo_run.info.run_id)}
+    assert {"loop_report.html", "summary.json"} <= logged
+    history = client.get_metric_history(demo_run.info.run_id, "test_mean_iou")
+    assert {m.step: m.value for m in history} == pytest.approx(
+        {r["round"]: r["test_mean_iou"] for r in rounds}
+    )
+    effort = client.get_metric_history(demo_run.info.run_id, "correction_changed_share")
+    assert {m.step: m.value for m in effort} == pytest.approx(
+        {r["round"]: r["changed_share"] for r in rounds[1:]}
+    )
+
+
+@pytest.mark.e2e
+def test_demo_one_round_through_cvat(tmp_path, stack_dir, cvat_server):
+    from cvat_sdk import make_client
+
+    env = {**cvat_server.env()}
+    proc, summary = run_demo(
+        tmp_path,
+        stack_dir,
+        "--rounds",
+        "1",
+        "-o",
+        "cvat.status_check_period_s=0.05",
+        "-o",
+        "cvat.backoff_s=0.05",
+        env=env,
+    )
+    assert "SIMULATED ANNOTATOR" in proc.stdout
+    assert cvat_server.password not in proc.stdout + proc.stderr
+    (round1,) = summary["rounds"][1:]
+    run_dir = Path(round1["pipelines"][0])
+    provenance = json.loads((run_dir / "download-cvat" / "dataset" / "provenance.json").read_text())
+    assert provenance["backend"] == "cvat" and provenance["source"] == cvat_server.host
+    assert round1["images_refined"] == 5 and 0 <= round1["changed_share"] <= 1
+
+    # What people would see in CVAT: round 1's task finished, round 2's batch waiting.
+    person = make_client(cvat_server.host, credentials=(cvat_server.username, cvat_server.password))
+    tasks = {t.name: t for t in person.tasks.list()}
+    stamp_name = summary["registered_model"]
+    done, waiting = tasks[f"{stamp_name}-round1"], tasks[f"{stamp_name}-round2"]
+    assert all(j.state == "completed" for j in done.get_jobs())
+    assert all(j.state == "new" for j in waiting.get_jobs()) and waiting.size == 5
+
+    client, _ = mlflow_client(stack_dir)
+    check_registry_and_summary(client, summary, rounds=1)
+
+
+# ---------------------------------------------------------------- --wait (folder backend)
+
+
+@pytest.fixture
+def uploaded(tmp_path):
+    """Two tiny pre-annotated images uploaded as one task of the folder backend."""
+    from components.upload_cvat.upload import run_upload_cvat
+
+    pred = tmp_path / "pred"
+    rows = []
+    for i in range(2):
+        rid = f"img_{i}"
+        save_rgb(pred / "images" / f"{rid}.jpg", np.full((24, 32, 3), 90 + i, np.uint8))
+        mask = np.zeros((24, 32), np.uint8)
+        mask[4:12, 4:20] = 1 + i
+        save_mask_png(pred / "masks" / f"{rid}.png", mask)
+        rows.append(
+            {
+                "record_id": rid,
+                "image_uri": str(pred / "images" / f"{rid}.jpg"),
+                "mask": f"masks/{rid}.png",
+                "status": "ok",
+            }
+        )
+    write_jsonl(pred / "manifest.jsonl", rows)
+    LABELS.save(pred / "labels.json")
+    cfg = load_config(
+        None,
+        [
+            "cvat.backend=folder",
+            f"cvat.folder={tmp_path / 'annotation'}",
+            "upload_cvat.task_name=people-round1",
+            f"download_cvat.upload_dir={tmp_path / 'up'}",
+        ],
+    )
+    run_upload_cvat(cfg, predictions=str(pred), out=str(tmp_path / "up"))
+    return cfg, str(tmp_path / "up"), tmp_path / "annotation" / "people-round1" / "task.json"
+
+
+def test_wait_for_people_returns_when_they_complete_the_task(uploaded):
+    cfg, upload_dir, task_json = uploaded
+    assert [why for *_, why in pending_tasks(cfg, upload_dir)] == [
+        "status is annotation, required completed"
+    ]
+
+    def people():
+        time.sleep(0.5)
+        meta = json.loads(task_json.read_text())
+        task_json.write_text(json.dumps({**meta, "status": "completed"}))
+
+    lines: list[str] = []
+    thread = threading.Thread(target=people)
+    thread.start()
+    waited = wait_for_people(cfg, upload_dir, timeout_s=30, poll_s=0.1, echo=lines.append)
+    thread.join(5)
+    assert 0.4 < waited < 30
+    assert "waiting for people to complete 1 task(s)" in lines[0] and "people-round1" in lines[1]
+    assert pending_tasks(cfg, upload_dir) == []
+
+
+def test_wait_for_people_times_out_with_a_clear_message(uploaded):
+    cfg, upload_dir, _ = uploaded
+    with pytest.raises(SegloopError) as err:
+        wait_for_people(cfg, upload_dir, timeout_s=0.3, poll_s=0.1, echo=lambda _: None)
+    message = str(err.value)
+    assert "did not complete the annotation tasks within 0.3 s" in message
+    assert "people-round1" in message and "--wait-timeout" in message

@@ -1,0 +1,85 @@
+"""Evaluation at full resolution through the tiled inference path, report, MLflow logging."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from PIL import Image
+
+from components.core.config import load_config
+from components.core.images import load_mask
+from components.core.metrics import confusion_matrix, scores
+from components.preprocess.stage import run_preprocess
+from components.train.stage import run_train
+from components.train.toydata import write_toy_dataset
+from pipelines.cli import cli
+
+TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
+
+
+def test_evaluate_full_resolution_report_and_mlflow(tmp_path, mlflow_env):
+    data = write_toy_dataset(tmp_path / "ds", n=14, seed=11, sizes=(70, 130))
+    overrides = [
+        f"stack.dir={tmp_path / 'stack'}",
+        "mlflow.experiment=test-evaluate",
+        "preprocess.tile_size=64",
+        "preprocess.test_fraction=0.3",
+        "train.epochs=2",
+        "train.max_steps_per_epoch=3",
+        "train.workers=0",
+        "train.pad_divisor=8",
+        "train.log_model=false",
+        "evaluate.grid_images=2",
+    ]
+    cfg = load_config(None, overrides, extra={"train": TINY})
+    run_preprocess(cfg, inputs=[str(data)], out=str(tmp_path / "pre"))
+    trained = run_train(cfg, data=str(tmp_path / "pre"), out=str(tmp_path / "train"))
+
+    # Through the CLI, as a person would run it.
+    args = ["evaluate", "--model", str(tmp_path / "train"), "--data", str(tmp_path / "pre"),
+            "--out", str(tmp_path / "eval")] + [a for o in overrides for a in ("-o", o)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False, env={"TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    assert "mean IoU" in result.output
+    ev = tmp_path / "eval"
+    metrics = json.loads((ev / "metrics.json").read_text())
+
+    # Predictions are full resolution (the test images are larger than the 64 px tile) and the
+    # metrics are exactly those of the confusion matrix of predictions vs. masks.
+    full = tmp_path / "pre" / "test" / "full"
+    total = np.zeros((3, 3), np.int64)
+    ids = sorted(p.stem for p in (full / "images").glob("*"))
+    assert ids and metrics["images"] == len(ids)
+    assert any(max(Image.open(full / "images" / f"{i}.png").size) > 64 for i in ids)
+    for rid in ids:
+        truth = load_mask(full / "masks" / f"{rid}.png")
+        pred = load_mask(ev / "predictions" / f"{rid}.png")
+        assert pred.shape == truth.shape
+        total += confusion_matrix(truth, pred, 3)
+    assert metrics["confusion_matrix"] == total.tolist()
+    expected = scores(total, ["background", "weed", "crop"])
+    assert abs(metrics["mean_iou"] - expected["mean_iou"]) < 1e-12
+    assert set(metrics["iou"]) == {"background", "weed", "crop"}
+    # Models are compared on the hash of the test split (images + masks) they were scored on.
+    split = json.loads((tmp_path / "pre" / "split.json").read_text())
+    assert metrics["split_hash"] == split.get("test_hash", split["hash"])
+
+    # Report: Markdown and HTML pointing at PNG figures that exist.
+    md = (ev / "report.md").read_text()
+    html = (ev / "report.html").read_text()
+    for fig in ("iou_bars", "confusion", "best", "worst"):
+        assert f"figures/{fig}.png" in md and f"figures/{fig}.png" in html
+        with Image.open(ev / "figures" / f"{fig}.png") as img:
+            assert img.format == "PNG" and img.size[0] > 100
+
+    # Logged into the training run: test metrics and the report.
+    client = MlflowClient(mlflow_env)
+    assert metrics["run_id"] == trained["run_id"]
+    run = client.get_run(trained["run_id"])
+    assert abs(run.data.metrics["test_mean_iou"] - metrics["mean_iou"]) < 1e-9
+    assert "test_iou_weed" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
+    assert "evaluation/report.html" in logged and "evaluation/figures" in logged
