@@ -66,26 +66,26 @@ SMALL = DemoSize(
     window=10,
     budget=5,
     train={
-        "epochs": 6,
+        "epochs": 8,
         "model_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
         "pad_divisor": 8,
         "lr": 0.005,
-        "batch_size": 8,
+        "batch_size": 4,
     },
 )
+
 FULL = DemoSize(
     image=128,
-    test=24,
+    test=16,
     seed=16,
-    window=40,
-    budget=16,
+    window=24,
+    budget=12,
     train={
-        "epochs": 25,
-        "model_kwargs": {"encoder_depth": 4, "decoder_channels": [64, 32, 16, 8]},
+        "epochs": 15,
+        "model_kwargs": {"encoder_depth": 4, "decoder_channels": [32, 16, 8, 8]},
         "pad_divisor": 16,
         "lr": 0.005,
         "batch_size": 8,
-        "patience": 8,
     },
 )
 

@@ -15,7 +15,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.core.config import config_from_json, load_config
-from components.core.errors import ConfigError
+from components.core.errors import ConfigError, SegloopError
 from pipelines.cli import cli
 from pipelines.compile import compile_pipeline
 from pipelines.settings import PIPELINE_NAMES
@@ -61,9 +61,9 @@ def parse(path: Path):
     k8s: dict[str, k8s_pb2.KubernetesExecutorConfig] = {}
     if rest:
         platform = json_format.ParseDict(rest[0], pipeline_spec_pb2.PlatformSpec())
-        executors = json_format.MessageToDict(
-            platform.platforms["kubernetes"].deployment_spec
-        ).get("executors", {})
+        executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec).get(
+            "executors", {}
+        )
         k8s = {
             name: json_format.ParseDict(cfg, k8s_pb2.KubernetesExecutorConfig())
             for name, cfg in executors.items()
@@ -199,10 +199,18 @@ def test_cli_compile_with_overrides(tmp_path):
             "kfp.gpu.accelerator_count=4",
             "-o",
             "kfp.caching.train=false",
+            "-o",
+            "kfp.env_from.cvat.name=team-cvat",
         ],
     )
     assert result.exit_code == 0, result.output
-    spec, deployment, _ = parse(out)
+    spec, deployment, k8s = parse(out)
+    # Renaming a Secret keeps its default keys and stages.
+    refs = {
+        s.secret_name: sorted(m.env_var for m in s.key_to_env)
+        for s in k8s[executor_of(spec, "download-cvat")].secret_as_env
+    }
+    assert refs["team-cvat"] == ["CVAT_HOST", "CVAT_PASSWORD", "CVAT_USERNAME"]
     res = deployment.executors[executor_of(spec, "train")].container.resources
     assert res.accelerator.resource_count == "4"
     assert not spec.root.dag.tasks["train"].caching_options.enable_cache
@@ -210,3 +218,13 @@ def test_cli_compile_with_overrides(tmp_path):
         spec.root.input_definitions.parameters["config_json"].default_value.string_value
     )
     assert config["kfp"]["gpu"]["accelerator_count"] == 4
+
+
+def test_a_config_with_credentials_is_not_compiled(tmp_path):
+    cfg = load_config(None, ["db.url=postgresql://segloop:hunter2@db.example.com/images"])
+    with pytest.raises(SegloopError, match="PGPASSWORD"):
+        compile_pipeline("pre_annotation", cfg, tmp_path / "p.yaml")
+    assert not (tmp_path / "p.yaml").exists()
+    # Without the password (libpq reads PGPASSWORD from a Secret) it compiles.
+    cfg = load_config(None, ["db.url=postgresql://segloop@db.example.com/images"])
+    compile_pipeline("pre_annotation", cfg, tmp_path / "p.yaml")

@@ -64,6 +64,8 @@ def test_first_submit_uploads_pipeline_and_starts_run(kfp_api):
         stub,
         "--run-name",
         "round-1",
+        "--service-account",
+        "segloop-pipeline-runner",
         "--model-uri",
         "models:/weeds@challenger",
         "--wait",
@@ -102,6 +104,7 @@ def test_first_submit_uploads_pipeline_and_starts_run(kfp_api):
     assert cfg.project.name == "weeds" and cfg.select.budget == 7
     assert params["model_uri"] == "models:/weeds@challenger"
     assert "pipeline_spec" not in body  # runs reference the uploaded version
+    assert body["service_account"] == "segloop-pipeline-runner"
 
     # Every call carried the bearer token; --wait polled the run until it ended.
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in stub.requests)

@@ -1,0 +1,138 @@
+"""Registry: versions, aliases champion/challenger, the promotion rule, and `segloop compare`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from components.core.config import load_config
+from components.core.errors import SegloopError
+from components.evaluate.stage import run_evaluate
+from components.preprocess.stage import run_preprocess
+from components.register.compare import run_compare
+from components.register.stage import decide, run_register
+from components.train.stage import run_train
+from components.train.toydata import write_toy_dataset
+from pipelines.cli import cli
+
+TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
+
+
+def make_cfg(tmp_path, name: str, *more: str):
+    overrides = [
+        f"stack.dir={tmp_path / 'stack'}",
+        "mlflow.experiment=test-register",
+        f"mlflow.registered_model={name}",
+        "preprocess.tile_size=64",
+        "preprocess.test_fraction=0.3",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.workers=0",
+        "train.pad_divisor=8",
+        "register.min_improvement=0.01",
+        *more,
+    ]
+    return load_config(None, overrides, extra={"train": TINY}), overrides
+
+
+@pytest.fixture
+def evaluated(tmp_path, mlflow_env):
+    """A real model: trained, logged to MLflow, evaluated on the test split."""
+    name = f"reg-{uuid.uuid4().hex[:8]}"
+    cfg, overrides = make_cfg(tmp_path, name)
+    data = write_toy_dataset(tmp_path / "ds", n=10, seed=21, sizes=(64, 96))
+    run_preprocess(cfg, inputs=[str(data)], out=str(tmp_path / "pre"))
+    run_train(cfg, data=str(tmp_path / "pre"), out=str(tmp_path / "train"))
+    run_evaluate(
+        cfg, model=str(tmp_path / "train"), data=str(tmp_path / "pre"), out=str(tmp_path / "e1")
+    )
+    return cfg, overrides, name, tmp_path
+
+
+def evaluation_variant(src, dst, **changes):
+    """A copy of a real evaluation with chosen numbers. The promotion rule is a function of
+    the evaluation's mean IoU and split hash, so this is how better, worse and other-split
+    challengers are made without training three more models."""
+    shutil.copytree(src, dst)
+    metrics = json.loads((dst / "metrics.json").read_text())
+    metrics.update(changes)
+    (dst / "metrics.json").write_text(json.dumps(metrics))
+    return dst
+
+
+def test_promotion_rule_and_compare(evaluated, mlflow_env):
+    cfg, overrides, name, tmp = evaluated
+    client = MlflowClient(mlflow_env)
+    e1 = json.loads((tmp / "e1" / "metrics.json").read_text())
+
+    first = run_register(cfg, evaluation=str(tmp / "e1"), out=str(tmp / "r1"))
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    mv = client.get_model_version(name, "1")
+    assert mv.tags["segloop.split_hash"] == e1["split_hash"]
+    assert mv.tags["segloop.data_hash"] == e1["data_hash"]
+    assert abs(float(mv.tags["segloop.mean_iou"]) - e1["mean_iou"]) < 1e-6
+    assert "segloop.iou.weed" in mv.tags
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+
+    better = evaluation_variant(tmp / "e1", tmp / "e2", mean_iou=e1["mean_iou"] + 0.05)
+    second = run_register(cfg, evaluation=str(better), out=str(tmp / "r2"))
+    assert second["promoted"] and second["version"] == 2 and "beats champion" in second["reason"]
+
+    worse = evaluation_variant(tmp / "e1", tmp / "e3", mean_iou=e1["mean_iou"] + 0.055)
+    third = run_register(cfg, evaluation=str(worse), out=str(tmp / "r3"))
+    assert not third["promoted"] and "below min_improvement 0.01" in third["reason"]
+
+    other = evaluation_variant(tmp / "e1", tmp / "e4", mean_iou=0.999, split_hash="f" * 64)
+    fourth = run_register(cfg, evaluation=str(other), out=str(tmp / "r4"))
+    assert not fourth["promoted"] and "different test split" in fourth["reason"]
+
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_model_version_by_alias(name, "challenger").version == "4"
+    assert json.loads((tmp / "r4" / "register.json").read_text())["previous_champion"] == 2
+    assert "different test split" in client.get_model_version(name, "4").tags["segloop.promotion"]
+
+    # compare: the CLI prints the table and writes Markdown, CSV and HTML.
+    args = ["compare", "--model", name, "--versions", "1", "2", "3", "4", "--out", str(tmp / "cmp")]
+    args += [a for o in overrides for a in ("-o", o)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| version |" in result.output and "different test splits" in result.output
+    rows = list(csv.DictReader(io.StringIO((tmp / "cmp" / "compare.csv").read_text())))
+    assert [r["version"] for r in rows] == ["1", "2", "3", "4"]
+    assert abs(float(rows[1]["delta_mean_iou"]) - 0.05) < 1e-5
+    assert "iou_weed" in rows[0] and rows[1]["aliases"] == "champion"
+    assert "<table>" in (tmp / "cmp" / "compare.html").read_text()
+    assert "> warning:" in (tmp / "cmp" / "compare.md").read_text()
+
+    by_alias = run_compare(cfg, out=str(tmp / "c2"), aliases=["champion", "challenger"])
+    assert [r["version"] for r in by_alias["rows"]] == [2, 4] and by_alias["warnings"]
+    same_split = run_compare(cfg, out=str(tmp / "c3"), versions=[1, 2, 3])
+    assert not same_split["warnings"]
+    assert [r["version"] for r in run_compare(cfg, out=str(tmp / "c4"), last=2)["rows"]] == [3, 4]
+    with pytest.raises(SegloopError, match="one of"):
+        run_compare(cfg, out=str(tmp / "c5"), versions=[1], last=2)
+
+
+def test_decide_rule():
+    new = {"segloop.split_hash": "a", "segloop.mean_iou": "0.700"}
+    assert decide(new, None, 0.01) == (True, "no champion yet")
+    assert decide(new, {"segloop.split_hash": "a", "segloop.mean_iou": "0.680"}, 0.01)[0]
+    assert not decide(new, {"segloop.split_hash": "a", "segloop.mean_iou": "0.695"}, 0.01)[0]
+    assert not decide(new, {"segloop.split_hash": "b", "segloop.mean_iou": "0.1"}, 0.01)[0]
+
+
+def test_register_needs_an_mlflow_model(tmp_path, mlflow_env):
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "metrics.json").write_text(
+        json.dumps({"split_hash": "x", "mean_iou": 0.5, "mean_dice": 0.5, "model": "/some/ckpt"})
+    )
+    cfg, _ = make_cfg(tmp_path, "never")
+    with pytest.raises(SegloopError, match="logged in MLflow"):
+        run_register(cfg, evaluation=str(tmp_path / "ev"), out=str(tmp_path / "r"))
