@@ -12,10 +12,11 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY images/constraints.txt /tmp/constraints.txt
-# CPU-only PyTorch wheels: a fraction of the size of the CUDA ones.
+# CPU-only PyTorch wheels (a fraction of the size of the CUDA ones); their dependencies come
+# from PyPI at the pinned versions. "+cpu" satisfies the constraints' torch==2.14.1.
 RUN pip install --no-cache-dir --constraint /tmp/constraints.txt \
-        --index-url https://download.pytorch.org/whl/cpu \
-        torch==2.14.1 torchvision==0.29.1
+        --extra-index-url https://download.pytorch.org/whl/cpu \
+        torch==2.14.1+cpu torchvision==0.29.1+cpu
 COPY pyproject.toml README.md ./
 COPY components ./components
 COPY pipelines ./pipelines

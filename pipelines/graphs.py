@@ -14,6 +14,7 @@ from kfp import dsl
 
 from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
+from components.core.tracking import registered_model_name
 from components.download_cvat.component import download_cvat
 from components.evaluate.component import evaluate
 from components.infer.component import infer
@@ -43,8 +44,7 @@ def default_model_uri(cfg: SegloopConfig) -> str:
 
 def champion_uri(cfg: SegloopConfig) -> str:
     """The registered champion as an MLflow model URI (what pre-annotation uses by default)."""
-    name = cfg.mlflow.registered_model or cfg.project.name
-    return f"models:/{name}@champion"
+    return f"models:/{registered_model_name(cfg)}@{cfg.register.champion_alias}"
 
 
 def kfp_name(cfg: SegloopConfig, pipeline: str) -> str:

@@ -221,3 +221,24 @@ def test_images_run_as_non_root_and_install_pinned_segloop():
     constraints = (ROOT / "images" / "constraints.txt").read_text().splitlines()
     pins = dict(line.split("==") for line in constraints if "==" in line)
     assert {"torch", "kfp", "mlflow", "cvat-sdk"} <= set(pins)
+
+
+def test_image_constraints_match_the_tested_environment():
+    """The images pin what the tests ran with; a dependency change needs a regenerated file."""
+    sys.path.insert(0, str(ROOT / "images"))
+    try:
+        from pin_constraints import closure
+    finally:
+        sys.path.pop(0)
+    pinned = {
+        name: version
+        for name, _, version in (
+            line.partition("==")
+            for line in (ROOT / "images" / "constraints.txt").read_text().splitlines()
+            if "==" in line
+        )
+    }
+    assert pinned == closure(), (
+        "images/constraints.txt is stale: regenerate it with "
+        ".venv/bin/python images/pin_constraints.py > images/constraints.txt"
+    )

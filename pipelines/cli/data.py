@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from components.core.db import safe_url
-from components.core.synthetic import make_dataset, parse_size
 from pipelines.cli.common import config_options, load_cfg, set_if
 
 
@@ -36,6 +34,9 @@ def data() -> None:
 @config_options
 def synth(n, out, seed, db_url, table, size, large, config_path, overrides):
     """Write N field images with ground-truth masks, labels.yaml and an image table."""
+    from components.core.db import safe_url
+    from components.core.synthetic import make_dataset, parse_size
+
     cfg = load_cfg(config_path, overrides, {"db": set_if({}, url=db_url, table=table)})
     result = make_dataset(
         out,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from components.core.config import stage_run_dir
-from components.infer.infer import run_infer
 from pipelines.cli.common import config_options, load_cfg, set_if
 
 
@@ -46,6 +45,10 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 @click.option("--overwrite", is_flag=True, default=None, help="Redo images already done.")
 def infer_command(config_path, overrides, records, images, model, predictor, out_dir, **options):
     """Segment images into masks/, predictions.json (COCO) and per-image uncertainty."""
+    from components.infer.infer import (
+        run_infer,  # here, not at the top: keeps `segloop --help` fast
+    )
+
     extra = {"infer": set_if({}, model=model, predictor=predictor, **options)}
     cfg = load_cfg(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "infer")

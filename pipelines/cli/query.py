@@ -6,7 +6,6 @@ import json
 
 import click
 
-from components.query.query import run_query
 from pipelines.cli.common import config_options, load_cfg, set_if
 
 
@@ -54,6 +53,10 @@ def query(
     overrides,
 ):
     """Select image records (records.jsonl + query_spec.json)."""
+    from components.query.query import (
+        run_query,  # here, not at the top: keeps `segloop --help` fast
+    )
+
     section = set_if(
         {},
         filters=filters,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from components.core.config import stage_run_dir
-from components.select.select import run_select
 from pipelines.cli.common import config_options, load_cfg, set_if
 
 
@@ -42,6 +41,10 @@ def select_command(
     out_dir,
 ):
     """Pick the images to annotate first (uncertainty, diverse, random, stratified)."""
+    from components.select.select import (
+        run_select,  # here, not at the top: keeps `segloop --help` fast
+    )
+
     extra = {
         "select": set_if(
             {}, strategy=strategy, budget=budget, metric=metric, stratify_by=stratify_by, seed=seed
