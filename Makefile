@@ -46,13 +46,17 @@ compile: install
 	mkdir -p build/pipelines
 	for p in $(PIPELINES); do $(BIN)/segloop compile $$p --output build/pipelines/$$p.yaml || exit 1; done
 
+MLFLOW_TAG ?= 3.17.2
+
 images:
 	docker buildx build -f images/cpu.Dockerfile -t $(REGISTRY)/segloop:$(TAG) --load .
 	docker buildx build -f images/cuda.Dockerfile -t $(REGISTRY)/segloop-cuda:$(TAG) --load .
+	docker buildx build -f images/mlflow.Dockerfile -t $(REGISTRY)/mlflow:$(MLFLOW_TAG) --load .
 
 push:
 	docker buildx build -f images/cpu.Dockerfile -t $(REGISTRY)/segloop:$(TAG) --push .
 	docker buildx build -f images/cuda.Dockerfile -t $(REGISTRY)/segloop-cuda:$(TAG) --push .
+	docker buildx build -f images/mlflow.Dockerfile -t $(REGISTRY)/mlflow:$(MLFLOW_TAG) --push .
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -22,7 +22,6 @@ the registry's promotion rule can compare models of successive rounds fairly.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -529,7 +528,3 @@ def summary_text(demo: DemoResult) -> str:
         f"took {demo.seconds:.0f} s; the stack keeps running (stop it with `segloop down`)",
     ]
     return "\n".join(lines)
-
-
-def load_summary(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

@@ -351,6 +351,7 @@ def run_train(
         if distributed:
             torch.distributed.barrier()
         if not main:
+            torch.distributed.destroy_process_group()
             return {"rank": rank}
         seconds = time.monotonic() - start
         best_dir = root / "best"
@@ -389,4 +390,6 @@ def run_train(
         )
         write_metrics(root, metrics)
         save_resolved(cfg, root)
+    if distributed:
+        torch.distributed.destroy_process_group()
     return metrics
