@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.segloop-installed
 REGISTRY ?= ghcr.io/segloop
-TAG ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PIPELINES := pre_annotation training active_learning
 
 .PHONY: install demo test lint format up down status compile images push bench clean

@@ -37,7 +37,7 @@ from components.core.config import load_config  # noqa: E402
 from components.core.model import build_model  # noqa: E402
 from components.preprocess.stage import run_preprocess  # noqa: E402
 from components.train.data import Normalizer, TileDataset, build_transforms  # noqa: E402
-from components.train.engine import Runtime, pick_amp, train_epoch  # noqa: E402
+from components.train.engine import Runtime, pick_amp, pick_workers, train_epoch  # noqa: E402
 from components.train.losses import CombinedLoss  # noqa: E402
 from components.train.toydata import write_toy_dataset  # noqa: E402
 
@@ -138,7 +138,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2, help="segloop loop DataLoader workers")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="segloop loop workers (default: train's)"
+    )
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--gpu", action="store_true")
     args = ap.parse_args()
@@ -171,8 +173,9 @@ def main() -> None:
             model, opt = fresh(True)
             rt = Runtime(device, pick_amp(amp_mode, device), True, False, 3,
                          Normalizer(stats["mean"], stats["std"]).to(device))  # fmt: skip
+            workers = pick_workers(args.workers, device)
             loader = DataLoader(cached, batch_size=args.batch, shuffle=True, drop_last=True,
-                                num_workers=args.workers, persistent_workers=args.workers > 0,
+                                num_workers=workers, persistent_workers=workers > 0,
                                 pin_memory=device.type == "cuda")  # fmt: skip
             train_epoch(model, loader, opt, loss_fn, rt, max_steps=2)  # warm-up
             return train_epoch(model, loader, opt, loss_fn, rt, max_steps=args.steps)[
@@ -195,6 +198,7 @@ def main() -> None:
             "batch": args.batch,
             "encoder": args.encoder,
             "train_tiles": len(cached),
+            "segloop_workers": pick_workers(args.workers, device),
         }
         if not args.gpu:
             naive, ours = [], []

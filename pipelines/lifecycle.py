@@ -23,7 +23,6 @@ import string
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from components.core.storage import is_s3
 from pipelines.graphs import kfp_name
 from pipelines.images import images_from_config
 from pipelines.settings import PIPELINE_NAMES
+from pipelines.submit import Submission
 
 log = logging.getLogger(__name__)
 
@@ -276,14 +276,8 @@ def local_only_settings(cfg: SegloopConfig) -> list[str]:
 
 
 @dataclass
-class Launch:
-    pipeline_id: str
-    version_id: str
-    version_name: str
-    experiment_id: str
-    run_id: str
-    run_url: str
-    uploaded: bool
+class Launch(Submission):
+    uploaded: bool = False
     warnings: list[str] = field(default_factory=list)
 
 
@@ -294,89 +288,40 @@ def launch(
     *,
     host: str,
     namespace: str | None = None,
-    experiment: str | None = None,
-    run_name: str | None = None,
-    params: dict[str, Any] | None = None,
-    service_account: str | None = None,
     upload: bool = False,
+    **run: Any,
 ) -> Launch:
     """Run the latest deployed version of pipeline `name` with `cfg` as its config_json.
 
-    `upload=True` (or no deployed version yet) compiles and uploads first, as `segloop submit`.
+    `upload=True` compiles and uploads a new version first, as `segloop submit`. `run`: the
+    run's keyword arguments of `pipelines.submit.submit` (experiment, run_name, params,
+    service_account).
     """
-    from pipelines import submit as kfp_submit
+    from pipelines.submit import api_call, find_pipeline, latest_version, submit
 
     warnings = local_only_settings(cfg)
     for w in warnings:
         log.warning("%s is a local path: the cluster's pods cannot read it", w)
-    pipeline_name = kfp_name(cfg, name)
-    call = kfp_submit._api_call
-    pipeline_id = None
+    version = None
     if not upload:
-        pipeline_id = call(
-            "finding the pipeline",
-            host,
-            kfp_submit._find_pipeline,
-            client,
-            pipeline_name,
-            namespace,
+        pipeline_name = kfp_name(cfg, name)
+        pipeline_id = api_call(
+            "finding the pipeline", host, find_pipeline, client, pipeline_name, namespace
         )
         if pipeline_id is None:
             raise SegloopError(
                 f"pipeline {pipeline_name} is not deployed at {host}; run `segloop deploy` "
                 "first, or pass --upload to compile and upload it now"
             )
-    if pipeline_id is None:
-        result = kfp_submit.submit(
-            name,
-            cfg,
-            client,
-            host=host,
-            namespace=namespace,
-            experiment=experiment,
-            run_name=run_name,
-            params=params,
-            service_account=service_account,
-        )
-        return Launch(
-            result.pipeline_id,
-            result.version_id,
-            result.version_name,
-            result.experiment_id,
-            result.run_id,
-            result.run_url,
-            True,
-            warnings,
-        )
-    version = call(
-        "reading its latest version", host, kfp_submit._latest_version, client, pipeline_id
-    )
-    exp = call(
-        "creating the experiment",
-        host,
-        client.create_experiment,
-        name=experiment or cfg.kfp.experiment or cfg.project.name,
+        latest = api_call("reading its latest version", host, latest_version, client, pipeline_id)
+        version = (pipeline_id, latest.pipeline_version_id, latest.display_name)
+    result = submit(
+        name,
+        cfg,
+        client,
+        host=host,
         namespace=namespace,
+        version=version,
+        **run,
     )
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run = call(
-        "creating the run",
-        host,
-        client.run_pipeline,
-        experiment_id=exp.experiment_id,
-        job_name=run_name or f"{pipeline_name}-{stamp}",
-        params={"config_json": cfg.model_dump_json(), **(params or {})},
-        pipeline_id=pipeline_id,
-        version_id=version.pipeline_version_id,
-        service_account=service_account,
-    )
-    return Launch(
-        pipeline_id,
-        version.pipeline_version_id,
-        version.display_name,
-        exp.experiment_id,
-        run.run_id,
-        f"{host.rstrip('/')}/#/runs/details/{run.run_id}",
-        False,
-        warnings,
-    )
+    return Launch(**vars(result), uploaded=version is None, warnings=warnings)

@@ -5,6 +5,10 @@ version of it after that), finds or creates the experiment and starts a run whos
 parameter is the resolved config, so the cluster run uses the same config as a local run.
 Credentials: a bearer token (`--token`, `$KFP_TOKEN`) or a projected service-account token file
 (`--sa-token-path`); they are never printed.
+
+`segloop deploy | launch | runs` reuse the pieces: `make_client`, `api_call` (kfp.Client calls
+with clear errors), `find_pipeline`, `latest_version`, `upload`, and `submit(version=...)` to run
+a version that is already uploaded.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from typing import Any
 from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.version import segloop_version
-from pipelines.compile import compile_pipeline
 from pipelines.graphs import kfp_name
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,9 @@ def make_client(
             raise SegloopError(f"cannot reach the Kubeflow Pipelines API at {host}: {exc}") from exc
 
 
-def _api_call(what: str, host: str, func, *args, **kwargs):
-    """Run a kfp.Client call; an API error becomes a SegloopError naming the call and host."""
+def api_call(what: str, host: str, func, *args, **kwargs):
+    """Run `func(*args, **kwargs)`, a kfp.Client call; an API error, a timeout or an unreachable
+    host becomes a SegloopError that names `what` was being done, at `host`, and a likely cause."""
     from kfp_server_api.exceptions import ApiException
 
     try:
@@ -92,7 +96,9 @@ def _api_call(what: str, host: str, func, *args, **kwargs):
         raise SegloopError(f"{what} failed: cannot reach {host}: {exc}") from None
 
 
-def _find_pipeline(client, name: str, namespace: str | None) -> str | None:
+def find_pipeline(client, name: str, namespace: str | None) -> str | None:
+    """The id of the pipeline whose display name is `name` (a `kfp_name`), or None if there is
+    none. Call it through `api_call` to get clear errors."""
     flt = json.dumps(
         {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
     )
@@ -100,7 +106,9 @@ def _find_pipeline(client, name: str, namespace: str | None) -> str | None:
     return found[0].pipeline_id if found else None
 
 
-def _latest_version(client, pipeline_id: str):
+def latest_version(client, pipeline_id: str):
+    """The newest version (a `V2beta1PipelineVersion`: `.pipeline_version_id`, `.display_name`)
+    of pipeline `pipeline_id`; a SegloopError if it has none. Call it through `api_call`."""
     versions = client.list_pipeline_versions(
         pipeline_id, page_size=1, sort_by="created_at desc"
     ).pipeline_versions
@@ -111,16 +119,18 @@ def _latest_version(client, pipeline_id: str):
 
 def upload(client, name: str, cfg: SegloopConfig, namespace: str | None, host: str):
     """Upload pipeline `name` (new pipeline, or new version of it); returns (pid, vid, vname)."""
+    from pipelines.compile import compile_pipeline  # kfp's compiler: only when uploading
+
     pipeline_name = kfp_name(cfg, name)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     version_name = f"{pipeline_name}-{segloop_version()}-{stamp}"
     with tempfile.TemporaryDirectory(prefix="segloop-submit-") as tmp:
         package = compile_pipeline(name, cfg, Path(tmp) / f"{name}.yaml")
-        pipeline_id = _api_call(
-            "finding the pipeline", host, _find_pipeline, client, pipeline_name, namespace
+        pipeline_id = api_call(
+            "finding the pipeline", host, find_pipeline, client, pipeline_name, namespace
         )
         if pipeline_id is None:
-            pipeline = _api_call(
+            pipeline = api_call(
                 "uploading the pipeline",
                 host,
                 client.upload_pipeline,
@@ -129,11 +139,11 @@ def upload(client, name: str, cfg: SegloopConfig, namespace: str | None, host: s
                 description=f"segloop {name}",
                 namespace=namespace,
             )
-            version = _api_call(
-                "reading its version", host, _latest_version, client, pipeline.pipeline_id
+            version = api_call(
+                "reading its version", host, latest_version, client, pipeline.pipeline_id
             )
             return pipeline.pipeline_id, version.pipeline_version_id, version.display_name
-        version = _api_call(
+        version = api_call(
             "uploading a new pipeline version",
             host,
             client.upload_pipeline_version,
@@ -155,14 +165,18 @@ def submit(
     run_name: str | None = None,
     params: dict[str, Any] | None = None,
     service_account: str | None = None,
+    version: tuple[str, str, str] | None = None,
     wait: bool = False,
     timeout_s: int = 6 * 3600,
     poll_s: float = 10,
 ) -> Submission:
-    """Upload `name` and start a run; with `wait`, block until the run ends."""
-    pipeline_id, version_id, version_name = upload(client, name, cfg, namespace, host)
+    """Upload `name` and start a run; with `wait`, block until the run ends.
+
+    `version`: an uploaded (pipeline id, version id, version name) to run instead of uploading.
+    """
+    pipeline_id, version_id, version_name = version or upload(client, name, cfg, namespace, host)
     experiment_name = experiment or cfg.kfp.experiment or cfg.project.name
-    exp = _api_call(
+    exp = api_call(
         "creating the experiment",
         host,
         client.create_experiment,
@@ -170,7 +184,7 @@ def submit(
         namespace=namespace,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run = _api_call(
+    run = api_call(
         "creating the run",
         host,
         client.run_pipeline,
@@ -191,7 +205,7 @@ def submit(
         str(run.state) if run.state else None,
     )
     if wait:
-        done = _api_call(
+        done = api_call(
             "waiting for the run",
             host,
             client.wait_for_run_completion,

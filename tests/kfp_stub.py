@@ -13,11 +13,14 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -222,3 +225,15 @@ class StubServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+@contextmanager
+def isolated_stub(home: Path, monkeypatch) -> Iterator[KfpStub]:
+    """The stub served, with the user's KFP setup kept out of the test: kfp.Client reads
+    ~/.config/kfp/context.json (HOME is `home`) and the CLI reads $KF_PIPELINES_ENDPOINT and
+    $KFP_TOKEN (unset)."""
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    with StubServer() as stub:
+        yield stub

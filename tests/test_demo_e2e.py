@@ -218,8 +218,8 @@ def test_demo_one_round_through_cvat(tmp_path, stack_dir, cvat_server, monkeypat
     # What people would see in CVAT: round 1's task finished, round 2's batch waiting.
     person = make_client(cvat_server.host, credentials=(cvat_server.username, cvat_server.password))
     tasks = {t.name: t for t in person.tasks.list()}
-    stamp_name = summary["registered_model"]
-    done, waiting = tasks[f"{stamp_name}-round1"], tasks[f"{stamp_name}-round2"]
+    prefix = f"demo-{summary['stamp']}"  # <project>-<time>: this run's task names
+    done, waiting = tasks[f"{prefix}-round1"], tasks[f"{prefix}-round2"]
     assert all(j.state == "completed" for j in done.get_jobs())
     assert all(j.state == "new" for j in waiting.get_jobs()) and waiting.size == 5
 
@@ -294,3 +294,40 @@ def test_wait_for_people_times_out_with_a_clear_message(uploaded):
     message = str(err.value)
     assert "did not complete the annotation tasks within 0.3 s" in message
     assert "people-round1" in message and "--wait-timeout" in message
+
+
+# ---------------------------------------------------------------- the fixed test split
+
+
+def _dataset(root: Path, ids: range, seed: int = 0) -> str:
+    """Synthetic images and masks in the layout preprocess reads."""
+    from components.core.synthetic import render
+
+    for i in ids:
+        image, mask, _ = render(seed, i, 32, 32)
+        save_rgb(root / "images" / f"img_{i:05d}.jpg", image, quality=95)
+        save_mask_png(root / "masks" / f"img_{i:05d}.png", mask)
+    LABELS.save(root / "labels.json")
+    return str(root)
+
+
+def test_fixed_test_set_keeps_the_test_hash_as_training_data_grow(tmp_path):
+    """What makes the demo's rounds comparable: with `preprocess.test_inputs`, every image of
+    the test datasets is in the test split, no other image is, and `test_hash` (what evaluate
+    records and register compares) does not change when training data are added."""
+    from components.preprocess.stage import run_preprocess
+
+    test = _dataset(tmp_path / "test", range(0, 4))
+    seed = _dataset(tmp_path / "seed", range(4, 12))
+    more = _dataset(tmp_path / "more", range(12, 20))
+    cfg = load_config(None, ["preprocess.tile_size=32", "preprocess.workers=1"])
+    cfg.preprocess.test_inputs = [test]
+    first = run_preprocess(cfg, inputs=[seed], out=str(tmp_path / "r0"))
+    second = run_preprocess(cfg, inputs=[seed, more], out=str(tmp_path / "r1"))
+    split = json.loads((tmp_path / "r1" / "split.json").read_text())
+    assert split["records"]["test"] == [f"img_{i:05d}" for i in range(4)]
+    assert sorted(split["records"]["train"] + split["records"]["val"]) == [
+        f"img_{i:05d}" for i in range(4, 20)
+    ]
+    assert first["test_hash"] == second["test_hash"] == split["test_hash"]
+    assert first["split_hash"] != second["split_hash"]

@@ -9,25 +9,12 @@ from pathlib import Path
 
 import pytest
 from kfp import dsl
+from kfp_helpers import tiny_project  # tests/ is on sys.path (rootdir-relative imports)
 
-from components.core.checkpoint import save_checkpoint
 from components.core.config import load_config
-from components.core.labels import LabelSet
-from components.core.model import ModelSpec, build_from_spec
-from components.core.synthetic import make_dataset
 from pipelines.component_io import log_metrics, scalar_metrics, self_contained_html
+from pipelines.settings import STAGES
 
-STAGES = [
-    "query",
-    "infer",
-    "select",
-    "upload_cvat",
-    "download_cvat",
-    "preprocess",
-    "train",
-    "evaluate",
-    "register",
-]
 DATASET, MODEL, METRICS = "system.Dataset@0.0.1", "system.Model@0.0.1", "system.Metrics@0.0.1"
 INTERFACES = {
     "query": ({}, {"records": DATASET}),
@@ -96,46 +83,15 @@ def art(cls, path: Path):
 
 
 def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
-    data = make_dataset(
-        str(tmp_path / "data"),
-        6,
-        seed=1,
-        db_url=f"sqlite:///{tmp_path / 'images.db'}",
-        table="images",
-        size=(64, 64),
-    )
-    labels = LabelSet.load(data.labels_uri)
-    spec = ModelSpec(
-        arch="Unet",
-        encoder_name="resnet18",
-        classes=len(labels.labels),
-        labels=labels.labels,
-        model_kwargs={"decoder_channels": [8, 8, 8, 8, 8]},
-        tile_size=64,
-    )
-    save_checkpoint(build_from_spec(spec).eval(), spec, tmp_path / "seed-model")
+    project = tiny_project(str(tmp_path / "data"), tmp_path, images=6, seed=1)
     cfg = load_config(
         None,
         [
+            *project.overrides,
             "project.name=kfpbodies",
-            f"project.labels={data.labels_uri}",
-            f"db.url=sqlite:///{tmp_path / 'images.db'}",
-            f"io.out_root={tmp_path / 'runs'}",
-            "cvat.backend=folder",
-            f"cvat.folder={tmp_path / 'annotation'}",
-            "infer.device=cpu",
-            "infer.num_workers=0",
             "select.budget=4",
-            "preprocess.tile_size=64",
-            "preprocess.workers=1",
             "preprocess.val_fraction=0.25",
             "preprocess.test_fraction=0.25",
-            "train.epochs=1",
-            "train.batch_size=4",
-            "train.workers=0",
-            "train.device=cpu",
-            "train.model_kwargs={decoder_channels: [8, 8, 8, 8, 8]}",
-            "evaluate.device=cpu",
         ],
     )
     config_json = cfg.model_dump_json()
@@ -150,7 +106,7 @@ def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
     component("infer").python_func(
         config_json=config_json,
         records=records,
-        model_uri=str(tmp_path / "seed-model"),
+        model_uri=str(project.model_dir),
         predictions=predictions,
         metrics=m["infer"],
     )

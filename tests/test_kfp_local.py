@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from kfp_helpers import tiny_project  # tests/ is on sys.path (rootdir-relative imports)
 from mlflow import MlflowClient
 
-from components.core.checkpoint import save_checkpoint
 from components.core.config import load_config
 from components.core.errors import SegloopError
-from components.core.labels import LabelSet
-from components.core.model import ModelSpec, build_from_spec
-from components.core.synthetic import make_dataset
 from pipelines.cli import cli
 from pipelines.local import docker_engine_error, run_local
 
@@ -26,50 +23,18 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def project(tmp_path, s3, mlflow_env):
     """A synthetic image DB + images in S3, a tiny untrained checkpoint, and the run config."""
-    data = make_dataset(
-        f"s3://{s3.bucket}/kfp-local/data",
-        8,
-        seed=3,
-        db_url=f"sqlite:///{tmp_path / 'images.db'}",
-        table="images",
-        size=(64, 64),
-    )
-    labels = LabelSet.load(data.labels_uri)
-    spec = ModelSpec(
-        arch="Unet",
-        encoder_name="resnet18",
-        classes=len(labels.labels),
-        labels=labels.labels,
-        model_kwargs={"decoder_channels": [8, 8, 8, 8, 8]},
-        tile_size=64,
-    )
-    model_dir = tmp_path / "seed-model"
-    save_checkpoint(build_from_spec(spec).eval(), spec, model_dir)
+    tiny = tiny_project(f"s3://{s3.bucket}/kfp-local/data", tmp_path, images=8, seed=3)
     overrides = [
+        *tiny.overrides,
         "project.name=kfplocal",
-        f"project.labels={data.labels_uri}",
-        f"db.url=sqlite:///{tmp_path / 'images.db'}",
-        f"io.out_root={tmp_path / 'runs'}",
         f"stack.dir={tmp_path / 'no-stack'}",
         f"kfp.local_root={tmp_path / 'kfp'}",
-        "cvat.backend=folder",
-        f"cvat.folder={tmp_path / 'annotation'}",
-        "infer.device=cpu",
-        "infer.num_workers=0",
         "select.budget=6",
         "upload_cvat.if_exists=new",  # round 1 adds new tasks next to round 0's
-        "preprocess.tile_size=64",
-        "preprocess.workers=1",
         "preprocess.val_fraction=0.2",
         "preprocess.test_fraction=0.2",
-        "train.epochs=1",
-        "train.batch_size=4",
-        "train.workers=0",
-        "train.device=cpu",
-        "train.model_kwargs={decoder_channels: [8, 8, 8, 8, 8]}",
-        "evaluate.device=cpu",
     ]
-    return {"overrides": overrides, "model": str(model_dir), "tmp": tmp_path}
+    return {"overrides": overrides, "model": str(tiny.model_dir), "tmp": tmp_path}
 
 
 def _people_complete_the_tasks(folder: Path) -> int:

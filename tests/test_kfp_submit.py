@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-from kfp_stub import StubServer  # tests/ is on sys.path (rootdir-relative imports)
+from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
 
 from components.core.config import config_from_json
 from components.core.errors import SegloopError
@@ -26,11 +26,7 @@ TOKEN = "stub-bearer-token-0123456789"
 
 @pytest.fixture
 def kfp_api(tmp_path, monkeypatch):
-    # kfp.Client reads ~/.config/kfp/context.json: keep the user's out of the test.
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
-    monkeypatch.delenv("KFP_TOKEN", raising=False)
-    with StubServer() as stub:
+    with isolated_stub(tmp_path, monkeypatch) as stub:
         yield stub
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from kfp_stub import StubServer  # tests/ is on sys.path (rootdir-relative imports)
+from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
 
 from components.core.config import config_from_json, load_config
 from components.core.errors import SegloopError
@@ -48,11 +48,7 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def kfp_api(tmp_path, monkeypatch):
-    # kfp.Client reads ~/.config/kfp/context.json: keep the user's out of the test.
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
-    monkeypatch.delenv("KFP_TOKEN", raising=False)
-    with StubServer() as stub:
+    with isolated_stub(tmp_path, monkeypatch) as stub:
         yield stub
 
 

@@ -41,10 +41,16 @@ def setup(cfg: SegloopConfig, experiment: bool = True):
     """Point mlflow at the tracking server (and experiment); returns the mlflow module."""
     import mlflow
 
+    # Before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
+    fallback = not (cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     if experiment:
         try:
+            if fallback and mlflow.get_experiment_by_name(experiment_name(cfg)) is None:
+                # The no-server fallback keeps artifacts beside its database, not in ./mlruns.
+                artifacts = (Path(cfg.stack.dir) / "mlartifacts").resolve()
+                mlflow.create_experiment(experiment_name(cfg), artifact_location=artifacts.as_uri())
             mlflow.set_experiment(experiment_name(cfg))
         except Exception as exc:  # connection refused, auth, bad URI: all end here
             raise SegloopError(

@@ -70,10 +70,10 @@ def _predict(engine: TileEngine, image: np.ndarray, mode: str, tile: int) -> np.
 def run_evaluate(cfg: SegloopConfig, *, model: str, data: str, out: str) -> dict[str, Any]:
     s = cfg.evaluate
     start = time.monotonic()
+    if str(model).startswith(("models:/", "runs:/")):
+        tracking.setup(cfg, experiment=False)  # before resolving: the URI names that server
     ckpt, run_id, mlflow_model = resolve_model(str(model))
     device = pick_device(s.device)
-    if run_id or str(model).startswith(("models:/", "runs:/")):
-        tracking.setup(cfg, experiment=False)
     net, spec = load_checkpoint(ckpt, device)
     labels = LabelSet.load(storage.join(data, "labels.json"))
     if spec.label_set.names != labels.names:

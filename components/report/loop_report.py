@@ -118,8 +118,8 @@ def render_loop_report(
         changed = float((pre != refined).mean())
         sample_rows.append(
             f"<tr><td>{html.escape(s.record_id)}<br>changed {changed:.1%}</td>"
-            f"<td><img src='data:image/png;base64,{_array_png(overlay(image, pre, palette))}'></td>"
-            f"<td><img src='data:image/png;base64,{_array_png(overlay(image, refined, palette))}'></td></tr>"
+            f"<td><img class='sample' src='data:image/png;base64,{_array_png(overlay(image, pre, palette))}'></td>"
+            f"<td><img class='sample' src='data:image/png;base64,{_array_png(overlay(image, refined, palette))}'></td></tr>"
         )
     class_plot = _class_plot(rounds)
     legend = " ".join(
@@ -128,7 +128,8 @@ def render_loop_report(
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:24px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} img{{max-width:320px}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} img{{max-width:320px}}
+img.sample{{width:256px;image-rendering:pixelated}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <h2>Rounds</h2>
 <table><tr><th>round</th><th>images refined</th><th>pre-annotation IoU vs refined</th><th>pixels changed</th>

@@ -33,6 +33,13 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
+def pick_workers(workers: int | None, device: torch.device) -> int:
+    """On CPU the model needs every core and cached tiles are cheap to augment: no workers."""
+    if workers is not None:
+        return workers
+    return min(4, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+
+
 def pick_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "off":
         return None

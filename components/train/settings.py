@@ -41,7 +41,9 @@ class TrainSettings(Section):
         "auto", description="auto: bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU"
     )
     channels_last: bool | None = Field(None, description="default: on (CUDA and CPU)")
-    workers: int = Field(2, ge=0, description="DataLoader workers")
+    workers: int | None = Field(
+        None, ge=0, description="DataLoader workers; default 0 on CPU (cores train), 4 on CUDA"
+    )
     cache_images: bool = Field(True, description="decode tiles once and keep them in memory")
     augment: AugmentSettings = AugmentSettings()
     resume: str | None = Field(None, description="a previous train output to continue from")

@@ -43,6 +43,7 @@ from components.train.engine import (
     Runtime,
     pick_amp,
     pick_device,
+    pick_workers,
     seed_everything,
     train_epoch,
     validate,
@@ -164,7 +165,14 @@ def run_train(
             raise SegloopError(f"{data}: no training tiles under train/images")
         per_rank_batch = max(1, s.batch_size // world)
         train_loader = _loader(
-            train_ds, per_rank_batch, True, s.workers, device, s.seed, distributed, True
+            train_ds,
+            per_rank_batch,
+            True,
+            pick_workers(s.workers, device),
+            device,
+            s.seed,
+            distributed,
+            True,
         )
         val_loader = (
             _loader(val_ds, per_rank_batch, False, 0, device, s.seed, distributed, False)

@@ -11,7 +11,7 @@ from pipelines.cli.common import config_options
 @click.option(
     "--small",
     is_flag=True,
-    help="A faster, smaller run (64 px images, a tiny model, few epochs): what the tests run.",
+    help="A faster, smaller run (fewer images, 10 epochs instead of 30): what the tests run.",
 )
 @click.option(
     "--rounds",

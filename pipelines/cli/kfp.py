@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import click
 
 from components.core.errors import SegloopError
@@ -55,7 +58,19 @@ def run_cmd(pipeline, pipeline_root, model_uri, config_path, overrides):
 
 
 def cluster_options(func):
-    """--host, --namespace and the two ways to authenticate."""
+    """--host, --namespace and the two ways to authenticate.
+
+    Put it above `config_options`: the command gets `cfg` (the loaded config) and `cluster`
+    (`client`, `host`, `namespace`: keyword arguments of `pipelines.submit` and
+    `pipelines.lifecycle`) instead of those options and `config_path` / `overrides`.
+    """
+
+    @functools.wraps(func)
+    def connected(*args, host, namespace, token, sa_token_path, config_path, overrides, **kwargs):
+        cfg = load_cfg(config_path, overrides)
+        cluster = _connect(cfg, host, namespace, token, sa_token_path)
+        return func(*args, cfg=cfg, cluster=cluster, **kwargs)
+
     for option in reversed(
         [
             click.option(
@@ -79,11 +94,11 @@ def cluster_options(func):
             ),
         ]
     ):
-        func = option(func)
-    return func
+        connected = option(connected)
+    return connected
 
 
-def _client(cfg, host, namespace, token, sa_token_path):
+def _connect(cfg, host, namespace, token, sa_token_path) -> dict[str, Any]:
     from pipelines.submit import make_client
 
     host = host or cfg.kfp.host
@@ -92,20 +107,41 @@ def _client(cfg, host, namespace, token, sa_token_path):
             "no KFP endpoint: pass --host URL, set kfp.host in the config or $KF_PIPELINES_ENDPOINT"
         )
     namespace = namespace or cfg.kfp.namespace
-    return make_client(host, namespace, token, sa_token_path), host, namespace
+    client = make_client(host, namespace, token, sa_token_path)
+    return {"client": client, "host": host, "namespace": namespace}
+
+
+_RUN_OPTIONS = {
+    "--experiment": "Experiment (default: kfp.experiment, then the project).",
+    "--run-name": "Run name (default: <project>-<pipeline>-<time>).",
+    "--service-account": "Kubernetes service account of the run's pods.",
+    "--model-uri": "pre_annotation: model to pre-annotate with.",
+}
+
+
+def run_options(func):
+    """--experiment, --run-name, --service-account and --model-uri of a cluster run; the command
+    gets them as `run`, keyword arguments of `pipelines.submit.submit` / `lifecycle.launch`."""
+
+    @functools.wraps(func)
+    def with_run(*args, experiment, run_name, service_account, model_uri, **kwargs):
+        run = {
+            "experiment": experiment,
+            "run_name": run_name,
+            "params": {"model_uri": model_uri} if model_uri else None,
+            "service_account": service_account,
+        }
+        return func(*args, run=run, **kwargs)
+
+    for name, text in reversed(_RUN_OPTIONS.items()):
+        with_run = click.option(name, default=None, help=text)(with_run)
+    return with_run
 
 
 @click.command("submit")
 @pipeline_arg
 @cluster_options
-@click.option(
-    "--experiment", default=None, help="Experiment (default: kfp.experiment, then the project)."
-)
-@click.option("--run-name", default=None, help="Run name (default: <project>-<pipeline>-<time>).")
-@click.option(
-    "--service-account", default=None, help="Kubernetes service account of the run's pods."
-)
-@click.option("--model-uri", default=None, help="pre_annotation: model to pre-annotate with.")
+@run_options
 @click.option(
     "--wait", is_flag=True, help="Wait until the run ends; exit non-zero unless it succeeded."
 )
@@ -114,47 +150,23 @@ def _client(cfg, host, namespace, token, sa_token_path):
 )
 @click.option("--poll", "poll_s", default=10.0, show_default=True, help="--wait poll interval (s).")
 @config_options
-def submit_cmd(
-    pipeline,
-    host,
-    namespace,
-    token,
-    sa_token_path,
-    experiment,
-    run_name,
-    service_account,
-    model_uri,
-    wait,
-    timeout_s,
-    poll_s,
-    config_path,
-    overrides,
-):
+def submit_cmd(pipeline, cfg, cluster, run, wait, timeout_s, poll_s):
     """Compile PIPELINE, upload it to Kubeflow (new pipeline or new version) and start a run."""
     from pipelines.submit import submit
 
-    cfg = load_cfg(config_path, overrides)
-    client, host, namespace = _client(cfg, host, namespace, token, sa_token_path)
-    result = submit(
-        pipeline,
-        cfg,
-        client,
-        host=host,
-        namespace=namespace,
-        experiment=experiment,
-        run_name=run_name,
-        params={"model_uri": model_uri} if model_uri else None,
-        service_account=service_account,
-        wait=wait,
-        timeout_s=timeout_s,
-        poll_s=poll_s,
-    )
-    click.echo(f"pipeline {result.pipeline_id} version {result.version_name} ({result.version_id})")
-    click.echo(f"run {result.run_id} in experiment {result.experiment_id}: {result.run_url}")
+    result = submit(pipeline, cfg, **cluster, **run, wait=wait, timeout_s=timeout_s, poll_s=poll_s)
+    echo_run(result)
     if wait:
         click.echo(f"run finished: {result.state}")
         if result.state != "SUCCEEDED":
             raise SystemExit(1)
+
+
+def echo_run(result, how: str | None = None) -> None:
+    """The pipeline version and the run a submit or launch started."""
+    version = f"({how})" if how else f"({result.version_id})"
+    click.echo(f"pipeline {result.pipeline_id} version {result.version_name} {version}")
+    click.echo(f"run {result.run_id} in experiment {result.experiment_id}: {result.run_url}")
 
 
 @click.group("runs")
@@ -167,20 +179,18 @@ def runs_group():
 @click.option("--experiment-id", default=None, help="Only runs of this experiment.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
 @config_options
-def runs_list(host, namespace, token, sa_token_path, experiment_id, limit, config_path, overrides):
+def runs_list(cfg, cluster, experiment_id, limit):
     """The most recent runs, newest first."""
-    from pipelines.submit import _api_call
+    from pipelines.submit import api_call
 
-    cfg = load_cfg(config_path, overrides)
-    client, host, namespace = _client(cfg, host, namespace, token, sa_token_path)
-    response = _api_call(
+    response = api_call(
         "listing runs",
-        host,
-        client.list_runs,
+        cluster["host"],
+        cluster["client"].list_runs,
         page_size=limit,
         sort_by="created_at desc",
         experiment_id=experiment_id,
-        namespace=namespace,
+        namespace=cluster["namespace"],
     )
     runs = response.runs or []
     if not runs:
@@ -195,13 +205,11 @@ def runs_list(host, namespace, token, sa_token_path, experiment_id, limit, confi
 @click.argument("run_id")
 @cluster_options
 @config_options
-def runs_get(run_id, host, namespace, token, sa_token_path, config_path, overrides):
+def runs_get(run_id, cfg, cluster):
     """One run's state, times and task states."""
-    from pipelines.submit import _api_call
+    from pipelines.submit import api_call
 
-    cfg = load_cfg(config_path, overrides)
-    client, host, _ = _client(cfg, host, namespace, token, sa_token_path)
-    run = _api_call("reading the run", host, client.get_run, run_id)
+    run = api_call("reading the run", cluster["host"], cluster["client"].get_run, run_id)
     click.echo(f"run {run.run_id}: {run.display_name}")
     click.echo(f"  state     {run.state}")
     click.echo(f"  created   {run.created_at}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pipelines.cli.common import config_options, load_cfg
-from pipelines.cli.kfp import _client, cluster_options
+from pipelines.cli.common import config_options
+from pipelines.cli.kfp import cluster_options, echo_run, run_options
 from pipelines.lifecycle import TEMPLATES
 from pipelines.settings import PIPELINE_NAMES
 
@@ -62,29 +62,13 @@ def init_cmd(folder, template, demo_images, force):
     help="Docker build context: the segloop source tree (with images/*.Dockerfile).",
 )
 @config_options
-def deploy_cmd(
-    pipelines,
-    host,
-    namespace,
-    token,
-    sa_token_path,
-    skip_images,
-    require_images,
-    no_push,
-    context,
-    config_path,
-    overrides,
-):
+def deploy_cmd(pipelines, cfg, cluster, skip_images, require_images, no_push, context):
     """Build and push the images (where Docker runs), then upload each pipeline as a new version."""
     from pipelines.lifecycle import deploy
 
-    cfg = load_cfg(config_path, overrides)
-    client, host, namespace = _client(cfg, host, namespace, token, sa_token_path)
     result = deploy(
         cfg,
-        client,
-        host=host,
-        namespace=namespace,
+        **cluster,
         pipelines=list(pipelines) or list(PIPELINE_NAMES),
         build_images=not skip_images,
         require_images=require_images,
@@ -102,58 +86,23 @@ def deploy_cmd(
 @click.command("launch")
 @click.argument("pipeline", type=click.Choice(PIPELINE_NAMES), default="pre_annotation")
 @cluster_options
-@click.option(
-    "--experiment", default=None, help="Experiment (default: kfp.experiment, then the project)."
-)
-@click.option("--run-name", default=None, help="Run name (default: <project>-<pipeline>-<time>).")
-@click.option(
-    "--service-account", default=None, help="Kubernetes service account of the run's pods."
-)
-@click.option("--model-uri", default=None, help="pre_annotation: model to pre-annotate with.")
+@run_options
 @click.option(
     "--upload", is_flag=True, help="Compile and upload a new version first (as `segloop submit`)."
 )
 @config_options
-def launch_cmd(
-    pipeline,
-    host,
-    namespace,
-    token,
-    sa_token_path,
-    experiment,
-    run_name,
-    service_account,
-    model_uri,
-    upload,
-    config_path,
-    overrides,
-):
+def launch_cmd(pipeline, cfg, cluster, run, upload):
     """Start a cluster run of the deployed PIPELINE (default: pre_annotation) with this config."""
     from pipelines.lifecycle import launch
 
-    cfg = load_cfg(config_path, overrides)
-    client, host, namespace = _client(cfg, host, namespace, token, sa_token_path)
-    result = launch(
-        pipeline,
-        cfg,
-        client,
-        host=host,
-        namespace=namespace,
-        experiment=experiment,
-        run_name=run_name,
-        params={"model_uri": model_uri} if model_uri else None,
-        service_account=service_account,
-        upload=upload,
-    )
+    result = launch(pipeline, cfg, **cluster, **run, upload=upload)
     for warning in result.warnings:
         click.echo(
             f"warning: {warning} is on this machine; the cluster's pods cannot read it "
             "(override it with -o, e.g. an s3:// URI)",
             err=True,
         )
-    how = "uploaded now" if result.uploaded else "deployed"
-    click.echo(f"pipeline {result.pipeline_id} version {result.version_name} ({how})")
-    click.echo(f"run {result.run_id} in experiment {result.experiment_id}: {result.run_url}")
+    echo_run(result, "uploaded now" if result.uploaded else "deployed")
 
 
 def register(group: click.Group) -> None:
