@@ -106,7 +106,7 @@ class DemoResult:
 
 
 def demo_settings(size: DemoSize, workdir: Path, name: str, cvat: bool) -> dict[str, Any]:
-    """The demo's config layer (the config file and `-o` overrides go on top)."""
+    """The demo's config layer: over the config file's values, under the `-o` overrides."""
     return {
         "project": {"subname": name},
         "io": {"out_root": str(workdir / "runs")},
@@ -312,6 +312,13 @@ def run_demo(
         config_path, list(overrides), extra=demo_settings(size, work, run_name, use_cvat)
     )
     name = tracking.registered_model_name(cfg)
+    if use_cvat:
+        from components.core.cvat_client import connect
+
+        with connect(cfg.cvat) as conn:  # fail now, not in round 0's upload, on a bad login
+            echo(f"annotation backend: CVAT at {conn.host} (user {conn.user})")
+    else:
+        echo(f"annotation backend: task folders under {cfg.cvat.folder} (no CVAT_HOST set)")
 
     # 1. the embedded stack
     s = cfg.stack
