@@ -46,7 +46,18 @@ def _num(value: str | None) -> float | None:
         return None
 
 
-def compare_rows(mvs: list) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+def aliases_by_version(client, name: str) -> dict[str, list[str]]:
+    """version -> aliases, from the registered model: versions found by search carry no aliases
+    (MLflow 3.x), so the model's own alias table is the one to trust."""
+    out: dict[str, list[str]] = {}
+    for alias, version in (client.get_registered_model(name).aliases or {}).items():
+        out.setdefault(str(version), []).append(alias)
+    return out
+
+
+def compare_rows(
+    mvs: list, aliases: dict[str, list[str]] | None = None
+) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     classes: list[str] = []
     for mv in mvs:
         for key in mv.tags:
@@ -58,7 +69,9 @@ def compare_rows(mvs: list) -> tuple[list[str], list[dict[str, Any]], list[str]]
         miou = _num(mv.tags.get(f"{TAG}mean_iou"))
         row: dict[str, Any] = {
             "version": int(mv.version),
-            "aliases": ",".join(sorted(getattr(mv, "aliases", []) or [])),
+            "aliases": ",".join(
+                sorted((aliases or {}).get(str(mv.version)) or getattr(mv, "aliases", []) or [])
+            ),
             "run": (mv.run_id or "")[:12],
             "split_hash": mv.tags.get(f"{TAG}split_hash", "")[:12],
             "mean_iou": miou,
@@ -134,10 +147,11 @@ def run_compare(
         raise SegloopError("choose one of --versions, --aliases or --last")
     name = model or tracking.registered_model_name(cfg)
     tracking.setup(cfg, experiment=False)
-    mvs = _versions(tracking.client(cfg), name, versions, aliases, last)
+    client = tracking.client(cfg)
+    mvs = _versions(client, name, versions, aliases, last)
     if not mvs:
         raise SegloopError(f"registered model {name!r} has no versions yet; run `segloop register`")
-    columns, rows, warnings = compare_rows(mvs)
+    columns, rows, warnings = compare_rows(mvs, aliases_by_version(client, name))
     for w in warnings:
         log.warning("compare: %s", w)
     md = to_markdown(columns, rows, warnings)
