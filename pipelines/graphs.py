@@ -21,6 +21,7 @@ from components.infer.component import infer
 from components.preprocess.component import preprocess
 from components.query.component import query
 from components.register.component import register
+from components.report.component import loop_report
 from components.select.component import select
 from components.train.component import train
 from components.upload_cvat.component import upload_cvat
@@ -30,7 +31,9 @@ from pipelines.settings import PIPELINE_NAMES
 DESCRIPTIONS = {
     "pre_annotation": "query -> infer -> select -> upload-cvat",
     "training": "download-cvat -> preprocess -> train -> evaluate -> register",
-    "active_learning": "one round: training, then pre-annotation with the new champion",
+    "active_learning": (
+        "one round: training, the loop report, then pre-annotation with the new champion"
+    ),
 }
 
 
@@ -74,7 +77,10 @@ def _pre_annotation_tasks(
     )
 
 
-def _training_tasks(cfg: SegloopConfig, config_json, earlier_datasets) -> dsl.PipelineTask:
+def _training_tasks(
+    cfg: SegloopConfig, config_json, earlier_datasets
+) -> tuple[dsl.PipelineTask, dsl.PipelineTask]:
+    """The training stages; returns (download-cvat, register)."""
     down = platform.apply(download_cvat(config_json=config_json), "download_cvat", cfg)
     prep = platform.apply(
         preprocess(
@@ -91,11 +97,12 @@ def _training_tasks(cfg: SegloopConfig, config_json, earlier_datasets) -> dsl.Pi
     ev = platform.apply(
         evaluate(config_json=config_json, model=model, splits=splits), "evaluate", cfg
     )
-    return platform.apply(
+    reg = platform.apply(
         register(config_json=config_json, evaluation=ev.outputs["evaluation"]),
         "register",
         cfg,
     )
+    return down, reg
 
 
 def build(name: str, cfg: SegloopConfig) -> Callable:
@@ -138,7 +145,13 @@ def build(name: str, cfg: SegloopConfig) -> Callable:
         earlier_datasets: list = earlier_default,
         query_from_spec: str = "",
     ):
-        registered = _training_tasks(cfg, config_json, earlier_datasets)
+        downloaded, registered = _training_tasks(cfg, config_json, earlier_datasets)
+        # The report reads the registry, so it waits for this round's version.
+        platform.apply(
+            loop_report(config_json=config_json, dataset=downloaded.outputs["dataset"]),
+            "loop_report",
+            cfg,
+        ).after(registered)
         # The champion after this round's register (the new model if it won, else the old one).
         _pre_annotation_tasks(
             cfg, config_json, champion_uri(cfg), query_from_spec, after=registered

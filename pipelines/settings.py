@@ -24,6 +24,7 @@ StageName = Literal[
     "train",
     "evaluate",
     "register",
+    "loop_report",
 ]
 STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
 PIPELINE_NAMES = ("pre_annotation", "training", "active_learning")
@@ -114,7 +115,7 @@ class MLflowSecret(SecretRef):
         ]
     )
     stages: list[StageName] = Field(
-        default_factory=lambda: ["infer", "train", "evaluate", "register"]
+        default_factory=lambda: ["infer", "train", "evaluate", "register", "loop_report"]
     )
     # Username/password are absent on an open tracking server.
     optional: bool = True
@@ -148,7 +149,7 @@ class RetrySettings(Section):
     """Retries with exponential backoff for the stages that talk to other services."""
 
     stages: list[StageName] = Field(
-        default_factory=lambda: ["query", "upload_cvat", "download_cvat", "register"]
+        default_factory=lambda: ["query", "upload_cvat", "download_cvat", "register", "loop_report"]
     )
     num_retries: int = Field(3, ge=0)
     backoff_duration: str = Field("30s", pattern=r"^[0-9]+(s|m|h)$")
@@ -158,9 +159,8 @@ class RetrySettings(Section):
 
 # Stages whose result depends on the world outside their inputs (the DB, CVAT, the registry)
 # are not cached by default: a re-run must see new rows, new annotations and the champion.
-DEFAULT_CACHING = {
-    stage: stage not in ("query", "upload_cvat", "download_cvat", "register") for stage in STAGES
-}
+UNCACHED = ("query", "upload_cvat", "download_cvat", "register", "loop_report")
+DEFAULT_CACHING = {stage: stage not in UNCACHED for stage in STAGES}
 
 
 class KfpSettings(Section):

@@ -60,7 +60,7 @@ def make_client(
         if not Path(sa_token_path).is_file():
             raise SegloopError(
                 f"service-account token file {sa_token_path} does not exist; in a pod it is "
-                "usually a projected volume (see docs/kubeflow.md, 'Submitting')"
+                "usually a projected volume (see README, 'Submitting')"
             )
         credentials = ServiceAccountTokenVolumeCredentials(path=sa_token_path)
     with warnings.catch_warnings():

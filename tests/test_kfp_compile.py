@@ -25,7 +25,7 @@ STAGES_OF = {
     "pre_annotation": {"query", "infer", "select", "upload-cvat"},
     "training": {"download-cvat", "preprocess", "train", "evaluate", "register"},
 }
-STAGES_OF["active_learning"] = STAGES_OF["pre_annotation"] | STAGES_OF["training"]
+STAGES_OF["active_learning"] = STAGES_OF["pre_annotation"] | STAGES_OF["training"] | {"loop-report"}
 
 OVERRIDES = [
     "project.name=weeds",
@@ -159,7 +159,7 @@ def test_secrets_are_references_never_values(compiled):
             }
             assert ("segloop-cvat" in refs) == (task in {"upload-cvat", "download-cvat"}), task
             assert ("segloop-mlflow" in refs) == (
-                task in {"infer", "train", "evaluate", "register"}
+                task in {"infer", "train", "evaluate", "register", "loop-report"}
             ), task
 
 
@@ -167,16 +167,18 @@ def test_caching_and_retries_per_stage(compiled):
     _, paths = compiled
     spec, _, _ = parse(paths["active_learning"])
     tasks = spec.root.dag.tasks
-    uncached = {"query", "upload-cvat", "download-cvat", "register"}
+    uncached = {"query", "upload-cvat", "download-cvat", "register", "loop-report"}
     for name, task in tasks.items():
         assert task.caching_options.enable_cache == (name not in uncached), name
-        if name in uncached:  # the stages that talk to the DB, CVAT and MLflow
+        if name in uncached:  # the stages that talk to the DB, CVAT and the MLflow registry
             assert task.retry_policy.max_retry_count == 3
             assert task.retry_policy.backoff_factor == 2.0
         else:
             assert task.retry_policy.max_retry_count == 0, name
-    # Pre-annotation starts after register, with the champion.
+    # Pre-annotation starts after register, with the champion; the loop report reads the
+    # registry after register and this round's download.
     assert "register" in tasks["query"].dependent_tasks
+    assert {"register", "download-cvat"} <= set(tasks["loop-report"].dependent_tasks)
     model = tasks["infer"].inputs.parameters["model_uri"].runtime_value.constant.string_value
     assert model == "models:/weeds@champion"
 

@@ -32,11 +32,14 @@ INTERFACES = {
         {"evaluation": DATASET},
         {"registration": DATASET, "comparison": "system.Markdown@0.0.1"},
     ),
+    "loop_report": ({"dataset": DATASET}, {"summary": DATASET, "report": "system.HTML@0.0.1"}),
 }
+MODULES = {"loop_report": "report"}  # stages whose package is named otherwise
 
 
 def component(stage: str):
-    return getattr(importlib.import_module(f"components.{stage}.component"), stage)
+    module = importlib.import_module(f"components.{MODULES.get(stage, stage)}.component")
+    return getattr(module, stage)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -181,6 +184,25 @@ def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
     )
     assert m["register"].metadata["promoted"] == 1.0  # the first version becomes champion
     assert "kfpbodies" in Path(comparison.path).read_text()
+
+    summary = art(dsl.Dataset, a / "loop-summary")
+    loop = art(dsl.HTML, a / "loop_report.html")
+    component("loop_report").python_func(
+        config_json=config_json,
+        dataset=dataset,
+        summary=summary,
+        report=loop,
+        metrics=m["loop_report"],
+    )
+    html = Path(loop.path).read_text()
+    assert html == Path(summary.path, "loop_report.html").read_text()
+    # Round 1 is version 1, the champion; people accepted the pre-annotations unchanged.
+    assert "<td>challenger,champion</td>" in html
+    assert html.count("class='sample'") == 2 * 3  # pre-annotation and refined, 3 images
+    assert m["loop_report"].metadata["model_version"] == 1.0
+    assert m["loop_report"].metadata["changed_share"] == 0.0
+    rounds = json.loads(Path(summary.path, "rounds.json").read_text())
+    assert [r["model_version"] for r in rounds] == ["1"] and rounds[0]["per_class_iou"]
 
 
 def test_html_report_pictures_are_inlined(tmp_path):

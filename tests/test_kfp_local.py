@@ -74,7 +74,7 @@ def test_pre_annotation_then_training_on_the_local_runner(project, capfd):
     cfg = load_config(None, [*project["overrides"], f"download_cvat.upload_dir={tasks_dir}"])
     round1 = run_local("active_learning", cfg)
     assert [t.name for t in round1.tasks] == sorted(
-        ["download-cvat", "preprocess", "train", "evaluate", "register"]
+        ["download-cvat", "preprocess", "train", "evaluate", "register", "loop-report"]
         + ["query", "infer", "select", "upload-cvat"]
     )
     model_dir = Path(round1.task("train").outputs["model"])
@@ -92,6 +92,9 @@ def test_pre_annotation_then_training_on_the_local_runner(project, capfd):
     assert json.loads((predictions / "metrics.json").read_text())["model"] == (
         "models:/kfplocal@champion"
     )
+    # The loop report is an HTML output of its own: round 1 = version 1, the champion.
+    loop = Path(round1.task("loop-report").outputs["report"]).read_text()
+    assert "registered model kfplocal" in loop and "champion" in loop and "<img" in loop
     summary = round1.summary()
     assert "pipeline active_learning succeeded" in summary and str(model_dir) in summary
 

@@ -1,4 +1,4 @@
-"""Config section `infer` (see docs/infer.md)."""
+"""Config section `infer` (see README, "segloop infer")."""
 
 from __future__ import annotations
 

@@ -119,9 +119,10 @@ def run_loop_report(
     if not rounds:
         raise SegloopError(f"registered model {name!r} has no versions yet: run `register` first")
     # This round's download is what people refined for the newest version.
-    correction = storage.read_json(storage.join(download, "metrics.json")).get("correction") or {}
+    downloaded = storage.read_json(storage.join(download, "metrics.json"))
+    correction = downloaded.get("correction") or {}
     current = rounds[-1]
-    current.images_refined = storage.read_json(storage.join(download, "metrics.json"))["images"]
+    current.images_refined = downloaded.get("images")
     if correction.get("images"):
         current.correction_iou = correction.get("mean_iou")
         current.changed_share = correction.get("changed_share")

@@ -1,4 +1,4 @@
-"""`segloop infer`: pre-annotate images with a segmentation model (see docs/infer.md)."""
+"""`segloop infer`: pre-annotate images with a segmentation model (see README, "segloop infer")."""
 
 from __future__ import annotations
 
