@@ -144,7 +144,7 @@ def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
     assert training.startswith("demo-training-")
     assert pre_annotation.startswith("demo-pre-annotation-")
     stages = {"query", "infer", "select", "upload-cvat", "download-cvat", "preprocess"}
-    stages |= {"train", "evaluate", "register"}
+    stages |= {"train", "evaluate", "register", "loop-report"}
     for r in rounds[1:]:
         (run_dir,) = map(Path, r["pipelines"])
         assert run_dir.name.startswith("demo-active-learning-")

@@ -6,6 +6,7 @@ import base64
 import re
 
 import numpy as np
+import pytest
 
 from components.core.images import save_mask_png, save_rgb
 from components.core.labels import LabelSet
@@ -47,3 +48,14 @@ def test_loop_report_has_rounds_plots_and_overlays(tmp_path):
     pictures = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert len(pictures) == 4  # round plots, class plot, two overlays
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+
+
+def test_loop_report_stage_refuses_a_folder_that_is_no_download(tmp_path):
+    from components.core.config import load_config
+    from components.core.errors import SegloopError
+    from components.report.stage import run_loop_report
+
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(SegloopError, match="has no provenance.json: is it a download-cvat output"):
+        run_loop_report(load_config(None, []), download=str(tmp_path), out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from components.core.labels import LabelSet  # noqa: E402
 @dataclass
 class RoundSummary:
     round: int
-    images_refined: int
+    images_refined: int | None
     correction_iou: float | None  # mean IoU between pre-annotation and refined mask (1 = no change)
     changed_share: float | None  # share of pixels people changed
     test_miou: float | None
@@ -101,7 +101,7 @@ def render_loop_report(
     for r in rounds:
         cells = [
             r.round,
-            r.images_refined,
+            "-" if r.images_refined is None else r.images_refined,
             _fmt(r.correction_iou),
             _fmt(r.changed_share),
             _fmt(r.test_miou),
