@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.core.config import load_config  # noqa: E402
 from components.core.model import build_model  # noqa: E402
+from components.core.precision import pick_amp  # noqa: E402
 from components.preprocess.stage import run_preprocess  # noqa: E402
 from components.train.data import Normalizer, TileDataset, build_transforms  # noqa: E402
-from components.train.engine import Runtime, pick_amp, pick_workers, train_epoch  # noqa: E402
+from components.train.engine import Runtime, pick_workers, train_epoch  # noqa: E402
 from components.train.losses import CombinedLoss  # noqa: E402
 from components.train.toydata import write_toy_dataset  # noqa: E402
 

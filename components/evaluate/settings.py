@@ -10,7 +10,7 @@ class EvaluateSettings(Section):
     overlap: float = Field(
         0.25, ge=0, lt=1, description="tile overlap share, full-resolution inference"
     )
-    amp: str = Field("auto", pattern="^(auto|bf16|fp16|off)$")
+    amp: str = Field("auto", pattern="^(auto|bf16|fp16|off)$", description="as infer.amp")
     batch_size: int = Field(8, ge=1)
     grid_images: int = Field(4, ge=1, description="best and worst images shown in the report")
     log_to_mlflow: bool = Field(True, description="log metrics and report to the model's run")

@@ -33,10 +33,11 @@ from components.core.errors import SegloopError
 from components.core.images import IMAGE_SUFFIXES, encode_png, load_mask, load_rgb
 from components.core.labels import LabelSet
 from components.core.metrics import confusion_matrix, flat_metrics, scores
+from components.core.precision import pick_amp
 from components.core.predictor import SmpPredictor
 from components.core.progress import track
 from components.evaluate import report
-from components.infer.engine import TileEngine, pick_amp, pick_device, predict_image
+from components.infer.engine import TileEngine, pick_device, predict_image
 
 log = logging.getLogger(__name__)
 

@@ -41,17 +41,6 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def pick_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto` is bf16 (fp16 on older GPUs) on CUDA only."""
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
 @dataclass
 class _Job:
     image: np.ndarray  # padded

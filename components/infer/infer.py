@@ -42,10 +42,11 @@ from components.core.postprocess import (
     coco_annotations,
     remove_small_components,
 )
+from components.core.precision import pick_amp
 from components.core.predictor import Predictor, SmpPredictor, make_predictor
 from components.core.progress import track
 from components.core.version import segloop_version
-from components.infer.engine import TileEngine, pick_amp, pick_device
+from components.infer.engine import TileEngine, pick_device
 from components.predictors.classmap import apply_class_handling
 
 log = logging.getLogger("segloop.infer")

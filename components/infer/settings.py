@@ -32,7 +32,8 @@ class InferSettings(Section):
     num_workers: int = Field(2, ge=0, description="image decoding processes (0 = main process)")
     prefetch: int = Field(2, ge=1, description="decoded images queued per worker")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 (or fp16) on CUDA, off on CPU"
+        "auto",
+        description="auto: bf16 on CUDA (fp16 on older GPUs) and on CPUs with AMX/AVX512-BF16, else fp32",
     )
     channels_last: bool = True
     threshold: float | dict[str, float] | None = Field(

@@ -40,20 +40,6 @@ def pick_workers(workers: int | None, device: torch.device) -> int:
     return min(4, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
 
-def pick_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # Measured on a Xeon with AMX (torch 2.14): bf16 autocast trained slower than fp32 +
-        # channels_last, so CPU stays fp32 unless asked (amp=bf16).
-        return None
-    if mode == "fp16" and device.type != "cuda":
-        raise SegloopError("amp=fp16 needs CUDA; use amp=bf16 or off on CPU")
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
 @dataclass
 class Runtime:
     device: torch.device

@@ -38,7 +38,8 @@ class TrainSettings(Section):
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        "auto", description="auto: bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU"
+        "auto",
+        description="auto: bf16 on CUDA (fp16 on older GPUs) and on CPUs with AMX/AVX512-BF16, else fp32",
     )
     channels_last: bool | None = Field(None, description="default: on (CUDA and CPU)")
     workers: int | None = Field(

@@ -38,10 +38,10 @@ from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.core.metrics import flat_metrics, scores
 from components.core.model import ModelSpec, build_model
+from components.core.precision import pick_amp
 from components.train.data import Normalizer, TileDataset, build_transforms
 from components.train.engine import (
     Runtime,
-    pick_amp,
     pick_device,
     pick_workers,
     seed_everything,
