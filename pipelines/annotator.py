@@ -24,7 +24,7 @@ from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.images import colorize, encode_png
 from components.core.labels import LabelSet
-from components.core.masks import coco_rle_encode, mask_to_cvat_masks
+from components.core.masks import coco_annotation, mask_to_cvat_masks
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,8 @@ def _coco_annotations(masks: list[np.ndarray]) -> list[dict[str, Any]]:
             if class_id == 0:
                 continue
             area = mask == class_id
-            ys, xs = np.nonzero(area)
             annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": frame + 1,
-                    "category_id": int(class_id) + 1,
-                    "segmentation": coco_rle_encode(area),
-                    "area": float(area.sum()),
-                    "bbox": [
-                        float(xs.min()),
-                        float(ys.min()),
-                        float(np.ptp(xs) + 1),
-                        float(np.ptp(ys) + 1),
-                    ],
-                    "iscrowd": 0,
-                }
+                coco_annotation(len(annotations) + 1, frame + 1, int(class_id) + 1, area)
             )
     return annotations
 

@@ -8,9 +8,12 @@ the Kubernetes-only options (GPU placement, Secrets), and the stages find the em
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -99,6 +102,60 @@ def _collect(run_dir: Path) -> list[TaskResult]:
     return tasks
 
 
+class QuietExecutorLog(io.TextIOBase):
+    """Passes the local runner's output through, minus each task's executor-input dump.
+
+    KFP's executor logs its whole input (the resolved config included) as indented JSON for
+    every task; on a terminal that buries the stage logs. The dump is replaced by one line.
+    `SEGLOOP_KFP_VERBOSE=1` (or `segloop -v`) shows it again.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self.skipping = False
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            self._line(line + "\n")
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if self.skipping:
+            # json.dumps(indent=4) closes the dump with a lone "}" (the runner may indent it).
+            if line.strip() == "}" and len(line) - len(line.lstrip()) <= 4:
+                self.skipping = False
+            return
+        if "Got executor_input:" in line:
+            self.skipping = True
+            line = line.replace(
+                "Got executor_input:", "executor input (hidden; SEGLOOP_KFP_VERBOSE=1 shows it)"
+            )
+        self.target.write(line)
+
+    def flush(self) -> None:
+        if self.pending and not self.skipping:
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def _quiet_output():
+    verbose = os.environ.get("SEGLOOP_KFP_VERBOSE") or logging.getLogger().level <= logging.DEBUG
+    if verbose:
+        yield
+        return
+    quiet = QuietExecutorLog(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(quiet):
+            yield
+    finally:
+        quiet.flush()
+
+
 def _init_runner(runner: Any, root: Path) -> None:
     local.init(runner=runner, pipeline_root=str(root), raise_on_error=True)
 
@@ -118,7 +175,7 @@ def run_pipeline_locally(
     _init_runner(runner, root)
     start = time.monotonic()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_output():
             # The SubprocessRunner warns that the segloop image is not a "python" image: locally
             # the components run in this environment, which has segloop installed.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")

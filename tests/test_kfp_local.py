@@ -114,3 +114,20 @@ def test_smoke_test_without_docker_engine_says_so(tmp_path):
     assert isinstance(result.exception, SegloopError)
     message = str(result.exception)
     assert "needs a Docker engine" in message and "segloop run training" in message
+
+
+def test_executor_input_dumps_are_hidden_from_the_run_output():
+    import io
+
+    from pipelines.local import QuietExecutorLog
+
+    out = io.StringIO()
+    quiet = QuietExecutorLog(out)
+    quiet.write("Executing task 'query'\n[KFP Executor 1 INFO]: Got executor_input:\n{\n")
+    quiet.write('    "inputs": {\n        "parameterValues": {"config_json": "{}"}\n    }\n}\n')
+    quiet.write("[KFP Executor 2 INFO]: epoch 1/3: loss 0.9\npartial")
+    quiet.flush()
+    text = out.getvalue()
+    assert "parameterValues" not in text and "config_json" not in text
+    assert "Executing task 'query'" in text and "epoch 1/3" in text and text.endswith("partial")
+    assert "executor input (hidden; SEGLOOP_KFP_VERBOSE=1 shows it)" in text

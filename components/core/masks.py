@@ -212,6 +212,22 @@ def coco_rle_encode(bitmap: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
+def coco_annotation(
+    ann_id: int, image_id: int, category_id: int, area: np.ndarray, segmentation: Any = None
+) -> dict[str, Any]:
+    """A COCO annotation for the pixels of `area` (RLE unless a segmentation is given)."""
+    ys, xs = np.nonzero(area)
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": coco_rle_encode(area) if segmentation is None else segmentation,
+        "area": float(area.sum()),
+        "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+        "iscrowd": 0,
+    }
+
+
 def coco_segmentation_to_bitmap(segmentation: Any, height: int, width: int) -> np.ndarray:
     """A COCO `segmentation` (polygons, uncompressed or compressed RLE) as a bool mask."""
     if isinstance(segmentation, list):

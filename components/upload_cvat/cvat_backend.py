@@ -22,7 +22,7 @@ from components.core.config import SegloopConfig
 from components.core.cvat_client import CvatConnection, RequestTooLarge, connect
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
-from components.upload_cvat.upload import Part
+from components.upload_cvat.upload import Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
 MIN_REQUEST_BYTES = 16 * 1024
@@ -331,16 +331,5 @@ class CvatUploader:
             "jobs": [
                 {"id": j.id, "start_frame": j.start_frame, "stop_frame": j.stop_frame} for j in jobs
             ],
-            "frames": [
-                {
-                    "frame": i,
-                    "name": p.item.frame_name,
-                    "record_id": p.item.record_id,
-                    "image_uri": p.item.image_uri,
-                    "width": p.width,
-                    "height": p.height,
-                    "shapes": len(p.shapes),
-                }
-                for i, p in enumerate(part.prepared)
-            ],
+            "frames": frame_table(part),
         }

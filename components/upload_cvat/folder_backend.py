@@ -21,15 +21,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from components.core import storage
 from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.images import colorize, encode_png, load_mask
 from components.core.labels import LabelSet
-from components.core.masks import coco_rle_encode, cvat_mask_to_bitmap, polygon_to_bitmap
-from components.upload_cvat.upload import UNSAFE_NAME, Part
+from components.core.masks import coco_annotation, cvat_mask_to_bitmap, polygon_to_bitmap
+from components.upload_cvat.upload import UNSAFE_NAME, Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
 
@@ -89,18 +87,7 @@ class FolderUploader:
     def upload_part(self, part: Part) -> dict[str, Any]:
         name, outcome = self._choose_dir(part)
         root = storage.join(self.location, name)
-        frames = [
-            {
-                "frame": i,
-                "name": p.item.frame_name,
-                "record_id": p.item.record_id,
-                "image_uri": p.item.image_uri,
-                "width": p.width,
-                "height": p.height,
-                "shapes": len(p.shapes),
-            }
-            for i, p in enumerate(part.prepared)
-        ]
+        frames = frame_table(part)
         if outcome == "created":
             self._write(root, part, frames)
         return {
@@ -134,28 +121,14 @@ class FolderUploader:
             for shape in p.shapes:
                 if shape.type == "mask":
                     area = cvat_mask_to_bitmap(shape.points, p.height, p.width)
-                    segmentation: Any = coco_rle_encode(area)
+                    segmentation = None
                 else:
                     area = polygon_to_bitmap(shape.points, p.height, p.width)
                     segmentation = [shape.points]
-                ys, xs = np.nonzero(area)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": shape.class_id + 1,
-                        "segmentation": segmentation,
-                        "area": float(area.sum()),
-                        "bbox": [
-                            float(xs.min()),
-                            float(ys.min()),
-                            float(np.ptp(xs) + 1),
-                            float(np.ptp(ys) + 1),
-                        ],
-                        "iscrowd": 0,
-                        "attributes": {"z_order": shape.z_order},
-                    }
+                ann = coco_annotation(
+                    len(annotations) + 1, image_id, shape.class_id + 1, area, segmentation
                 )
+                annotations.append({**ann, "attributes": {"z_order": shape.z_order}})
         storage.write_text(storage.join(root, "labelmap.txt"), labelmap_text(self.labels))
         storage.write_text(
             storage.join(root, "ImageSets", "Segmentation", "default.txt"),

@@ -81,6 +81,22 @@ class Part:
     prepared: list[Prepared] = field(default_factory=list)
 
 
+def frame_table(part: Part) -> list[dict[str, Any]]:
+    """Frame -> record map of a task part, as tasks.json and task.json record it."""
+    return [
+        {
+            "frame": i,
+            "name": p.item.frame_name,
+            "record_id": p.item.record_id,
+            "image_uri": p.item.image_uri,
+            "width": p.width,
+            "height": p.height,
+            "shapes": len(p.shapes),
+        }
+        for i, p in enumerate(part.prepared)
+    ]
+
+
 def load_labels(cfg: SegloopConfig, pred_dir: Path) -> LabelSet:
     if cfg.project.labels:
         return LabelSet.load(cfg.project.labels)
