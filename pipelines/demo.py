@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from components.core import storage, tracking
-from components.core.artifacts import read_jsonl, write_jsonl
+from components.core.artifacts import write_jsonl
 from components.core.config import SegloopConfig, load_config
 from components.core.errors import SegloopError
 from components.core.images import load_mask
 from components.core.labels import LabelSet
 from components.core.synthetic import make_dataset
 from components.report.loop_report import RoundSummary, Sample, write_loop_report
+from components.report.stage import most_changed_samples
 from pipelines.annotator import simulate_annotator, wait_for_people
 from pipelines.local import LocalRunResult, run_local
 from pipelines.stack import Stack
@@ -250,31 +251,6 @@ def collect_round(
     )
 
 
-def samples_of(result: LocalRunResult, upload_dir: str, limit: int = 2) -> list[Sample]:
-    """The round's images people changed most: pre-annotation next to the refined mask."""
-    dataset = Path(_out(result, "download-cvat", "dataset"))
-    tasks = storage.read_json(storage.join(upload_dir, "tasks.json"))
-    pre = {
-        str(f["record_id"]): storage.join(upload_dir, f["preannotation"])
-        for t in tasks["tasks"]
-        for f in t["frames"]
-        if f.get("preannotation")
-    }
-    entries = [
-        e
-        for e in read_jsonl(dataset / "manifest.jsonl")
-        if e.get("status") == "ok" and e.get("image") and e.get("correction")
-    ]
-    entries.sort(key=lambda e: (-e["correction"]["changed_share"], e["record_id"]))
-    return [
-        Sample(
-            e["record_id"], str(dataset / e["image"]), pre[e["record_id"]], str(dataset / e["mask"])
-        )
-        for e in entries[:limit]
-        if e["record_id"] in pre
-    ]
-
-
 # ---------------------------------------------------------------- the demo
 
 
@@ -408,7 +384,7 @@ def run_demo(
         result = run_local("active_learning", round_cfg, params={"earlier_datasets": datasets})
         datasets.append(_out(result, "download-cvat", "dataset"))
         results.append(collect_round(number, source, result, [str(result.run_dir)]))
-        samples += samples_of(result, upload_dir)
+        samples += most_changed_samples(_out(result, "download-cvat", "dataset"), upload_dir, 2)
         upload_dir = _out(result, "upload-cvat", "tasks")
         echo(f"round {number}: active_learning pipeline took {result.seconds:.0f} s")
 

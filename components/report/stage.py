@@ -80,6 +80,12 @@ def download_samples(download: str, limit: int = SAMPLES) -> list[Sample]:
     upload_dir = provenance.get("upload_dir")
     if not upload_dir or not storage.exists(storage.join(upload_dir, "tasks.json")):
         return []
+    return most_changed_samples(download, upload_dir, limit)
+
+
+def most_changed_samples(download: str, upload_dir: str, limit: int = SAMPLES) -> list[Sample]:
+    """The download's images people changed most, each with its pre-annotation from the
+    upload-cvat output `upload_dir` (its tasks.json names the masks as uploaded)."""
     tasks = storage.read_json(storage.join(upload_dir, "tasks.json"))
     pre = {
         str(f["record_id"]): storage.join(upload_dir, f["preannotation"])
