@@ -7,16 +7,27 @@ REGISTRY ?= ghcr.io/segloop
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PIPELINES := pre_annotation training active_learning
 
-.PHONY: install demo test lint format up down status compile images push bench clean
+.PHONY: install lock demo test lint format up down status compile images push bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything comes from requirements.lock (pip-compile of pyproject.toml + the test extra), so
+# a fresh clone installs the same versions on any day. pip itself is pinned there too.
+$(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet "$$(grep '^pip==' requirements.lock)"
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Regenerate the lock after changing dependencies in pyproject.toml. Existing pins stay unless
+# asked: `make lock LOCK_ARGS="--upgrade-package mlflow"` (one package) or LOCK_ARGS=--upgrade.
+LOCK_ARGS ?=
+lock: install
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra test --allow-unsafe \
+		--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
+		-o requirements.lock pyproject.toml
 
 demo: install
 	$(BIN)/segloop demo

@@ -11,16 +11,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY images/constraints.txt /tmp/constraints.txt
+# Every version comes from requirements.lock (the lock the tests ran with), used as constraints
+# so that only the runtime closure is installed (no test tools, no CUDA libraries).
+COPY requirements.lock /tmp/requirements.lock
 # CPU-only PyTorch wheels (a fraction of the size of the CUDA ones); their dependencies come
-# from PyPI at the pinned versions. "+cpu" satisfies the constraints' torch==2.14.1.
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt \
+# from PyPI at the locked versions. "+cpu" satisfies the lock's torch==2.14.1.
+RUN pip install --no-cache-dir --constraint /tmp/requirements.lock \
         --extra-index-url https://download.pytorch.org/whl/cpu \
         torch==2.14.1+cpu torchvision==0.29.1+cpu
 COPY pyproject.toml README.md ./
 COPY components ./components
 COPY pipelines ./pipelines
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt .
+RUN pip install --no-cache-dir --constraint /tmp/requirements.lock .
 
 # ---- runtime: the venv only, run as a non-root user
 FROM ${PYTHON_IMAGE}

@@ -13,12 +13,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv --system-site-packages /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY images/constraints.txt /tmp/constraints.txt
+# Every version comes from requirements.lock, used as constraints (runtime closure only).
+COPY requirements.lock /tmp/requirements.lock
 COPY pyproject.toml README.md ./
 COPY components ./components
 COPY pipelines ./pipelines
-# torch==2.14.1 is already satisfied by the base image; the constraints keep it that way.
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt . \
+# torch==2.14.1 is already satisfied by the base image; the lock keeps it that way.
+RUN pip install --no-cache-dir --constraint /tmp/requirements.lock . \
     && python -c "import torch, segmentation_models_pytorch; print(torch.__version__)"
 
 # ---- runtime: the base plus the venv, run as a non-root user

@@ -7,9 +7,11 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY images/constraints.txt /tmp/constraints.txt
-RUN pip install --no-cache-dir --constraint /tmp/constraints.txt \
-        mlflow==3.17.2 boto3==1.44.8 psycopg2-binary==2.9.13
+# mlflow and boto3 at the versions in requirements.lock (segloop's tests ran against them);
+# the PostgreSQL driver is the server's alone, so it is pinned here.
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --no-cache-dir --constraint /tmp/requirements.lock \
+        mlflow boto3 psycopg2-binary==2.9.13
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="segloop-mlflow" \

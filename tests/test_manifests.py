@@ -212,33 +212,13 @@ def test_dockerfiles_pass_hadolint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_images_run_as_non_root_and_install_pinned_segloop():
+def test_images_run_as_non_root_and_install_from_the_lock():
     for name in ("cpu", "cuda"):
         text = (ROOT / "images" / f"{name}.Dockerfile").read_text()
         assert text.count("FROM ") >= 2, f"{name}: multi-stage"
         assert "USER 10001" in text
-        assert "--constraint /tmp/constraints.txt ." in text
-    constraints = (ROOT / "images" / "constraints.txt").read_text().splitlines()
-    pins = dict(line.split("==") for line in constraints if "==" in line)
-    assert {"torch", "kfp", "mlflow", "cvat-sdk"} <= set(pins)
-
-
-def test_image_constraints_match_the_tested_environment():
-    """The images pin what the tests ran with; a dependency change needs a regenerated file."""
-    sys.path.insert(0, str(ROOT / "images"))
-    try:
-        from pin_constraints import closure
-    finally:
-        sys.path.pop(0)
-    pinned = {
-        name: version
-        for name, _, version in (
-            line.partition("==")
-            for line in (ROOT / "images" / "constraints.txt").read_text().splitlines()
-            if "==" in line
-        )
-    }
-    assert pinned == closure(), (
-        "images/constraints.txt is stale: regenerate it with "
-        ".venv/bin/python images/pin_constraints.py > images/constraints.txt"
-    )
+        assert "COPY requirements.lock /tmp/requirements.lock" in text
+        assert "--constraint /tmp/requirements.lock ." in text
+    mlflow = (ROOT / "images" / "mlflow.Dockerfile").read_text()
+    assert "--constraint /tmp/requirements.lock" in mlflow
+    assert "requirements.lock" in (ROOT / ".dockerignore").read_text()
