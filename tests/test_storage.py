@@ -27,6 +27,40 @@ def test_local_round_trip_and_atomic_writes(tmp_path):
     assert not (tmp_path / "y.txt").exists() and not list(tmp_path.glob(".y.txt*"))
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and put the old one back."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def test_outputs_get_the_usual_mode_under_the_umask(tmp_path, umask):
+    storage.write_bytes(tmp_path / "mask.png", b"x")
+    storage.write_json(tmp_path / "sub" / "metrics.json", {"a": 1})
+    storage.copy(tmp_path / "mask.png", tmp_path / "copy.png")
+    for name in ("mask.png", "sub/metrics.json", "copy.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    umask(0o027)
+    storage.write_text(tmp_path / "report.html", "<html></html>")
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o640
+
+
+def test_private_files_are_0600_from_the_first_byte(tmp_path, umask, monkeypatch):
+    seen = []
+    real_write_text = type(tmp_path).write_text
+
+    def spy(self, *args, **kwargs):  # the mode while the secret goes in, not after
+        seen.append(self.stat().st_mode & 0o777)
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "write_text", spy)
+    storage.write_private_text(tmp_path / "stack.env", "export SECRET=x\n")
+    assert seen == [0o600]
+    assert (tmp_path / "stack.env").stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob(".*.part"))
+
+
 def test_local_errors_name_the_path(tmp_path):
     with pytest.raises(StorageError, match=r"cannot read .*missing.txt: no such file"):
         storage.read_bytes(tmp_path / "missing.txt")

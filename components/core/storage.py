@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -176,18 +177,30 @@ def _local_errors(uri: str | Path, action: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | Path, private: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file gets the usual mode under the umask (0644 under umask 022), so other users, web
+    servers and pods with another UID can read outputs. `private=True` creates it 0600 from the
+    first byte, for files that hold secrets.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: it always creates 0600. O_EXCL with a random name is just as safe.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_private_text(path: str | Path, text: str) -> None:
+    """Write a local file that holds secrets: mode 0600 from its first byte, atomically."""
+    with atomic_path(path, private=True) as tmp:
+        tmp.write_text(text)
 
 
 # ---------------------------------------------------------------- bytes, text, json
