@@ -11,6 +11,7 @@ import logging
 import tempfile
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from cvat_sdk import make_client, models
@@ -186,6 +187,69 @@ def test_unknown_label_lists_the_task_labels(cvat_env, tmp_path):
     cfg = config(pred, "download_cvat.project=field", f"project.labels={short}")
     with pytest.raises(SegloopError, match="which the labels file does not have"):
         run_download_cvat(cfg, str(tmp_path / "down"))
+
+
+def test_default_task_names_come_from_the_cvat_project_and_the_date(cvat_env, tmp_path):
+    from datetime import UTC, datetime
+
+    started = datetime.now(UTC).strftime("%Y-%m-%d")
+    pred = make_predictions(tmp_path / "data", 2)
+    client = client_of(cvat_env)
+    project = client.projects.create(models.ProjectWriteRequest(name="org-proj"))
+
+    def names() -> set[str]:
+        return {t.name for t in client.tasks.list()}
+
+    def named(pattern: str) -> bool:  # the run may cross midnight (UTC)
+        days = {started, datetime.now(UTC).strftime("%Y-%m-%d")}
+        return any(pattern.format(date=d) in names() for d in days)
+
+    # Given by id, the project's own name is used (not the config defaults `demo-default`).
+    by_id = config(
+        pred, f"upload_cvat.project={project.id}", "upload_cvat.create_missing_labels=true"
+    )
+    run_upload_cvat(by_id, str(pred), str(tmp_path / "a"))
+    assert len(names()) == 1 and named("org-proj-{date}-part1")
+    # Standalone tasks are named after the config's project and subname, with the date.
+    standalone = config(pred, "project.name=weeds", "project.subname=r3")
+    run_upload_cvat(standalone, str(pred), str(tmp_path / "b"))
+    assert named("weeds-r3-{date}-part1")
+    # A template the user sets is used as given; {cvat_project} is one of its placeholders.
+    template = "upload_cvat.task_name='{cvat_project}-b{part}of{parts}'"
+    run_upload_cvat(
+        config(pred, "upload_cvat.project=org-proj", template), str(pred), str(tmp_path / "c")
+    )
+    assert "org-proj-b1of1" in names()
+    before = names()
+    no_project = config(pred, "upload_cvat.task_name='{cvat_project}-{part}'")
+    with pytest.raises(SegloopError, match=r"uses \{cvat_project\}, but the tasks go into no"):
+        run_upload_cvat(no_project, str(pred), str(tmp_path / "d"))
+    assert names() == before  # nothing was created
+
+
+def test_unreadable_image_is_named_in_words(tmp_path):
+    pred = make_predictions(tmp_path / "data", 3)
+    rows = [json.loads(line) for line in (pred / "manifest.jsonl").read_text().splitlines()]
+    empty, page = (Path(rows[0]["image_uri"]), Path(rows[1]["image_uri"]))
+    empty.write_bytes(b"")
+    page.write_bytes(b"<html>")
+    cfg = config(
+        pred,
+        "cvat.backend=folder",
+        f"cvat.folder={tmp_path / 'tasks'}",
+        "upload_cvat.max_failures=2",
+    )
+    metrics = run_upload_cvat(cfg, str(pred), str(tmp_path / "up"))
+    assert (metrics["images"], metrics["images_failed"]) == (1, 2)
+    failed = {
+        r["record_id"]: r["reason"]
+        for r in map(json.loads, (tmp_path / "up" / "manifest.jsonl").read_text().splitlines())
+        if r["status"] == "failed"
+    }
+    assert failed == {
+        rows[0]["record_id"]: f"{empty}: empty file (0 bytes)",
+        rows[1]["record_id"]: f"{page}: not an image (starts with '<html>')",
+    }
 
 
 def test_zip_slip_archive_is_refused(cvat_env, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ pre-annotations are synthetic class-id masks in the `infer` output layout.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
     pred = make_predictions(tmp_path / "data", 7)
     labels_file = str(pred / "labels.json")
     up, down = tmp_path / "up", tmp_path / "down"
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
     out = segloop(
         "upload-cvat", "--predictions", str(pred), "--project", "field", "--create-project",
         "--max-images-per-task", "4", "--segment-size", "2", "--org", "lab", "--out-dir", str(up),
@@ -110,6 +112,10 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
     )  # fmt: skip
     assert "7 images in 2 tasks (2 created" in out.output
     tasks = json.loads((up / "tasks.json").read_text())["tasks"]
+    # Without a config, tasks are named after the CVAT project and the date (UTC).
+    days = {day, datetime.now(UTC).strftime("%Y-%m-%d")}
+    names = [t["name"] for t in tasks]
+    assert any(names == [f"field-{d}-part1", f"field-{d}-part2"] for d in days), names
     manifest_order = [
         json.loads(line)["record_id"] for line in (pred / "manifest.jsonl").read_text().splitlines()
     ]
@@ -192,6 +198,7 @@ def test_polygons_up_and_coco_down_are_exact(cvat_env, tmp_path):
         "--out-dir", str(up), "-o", f"project.labels={labels_file}",
     )  # fmt: skip
     (task_entry,) = json.loads((up / "tasks.json").read_text())["tasks"]
+    assert task_entry["name"] == "poly"  # the name the user set
     task = person(cvat_env).tasks.retrieve(task_entry["id"])
     assert {s.type.value for s in task.get_annotations().shapes} == {"polygon"}
     finish(task)
@@ -219,6 +226,7 @@ def test_folder_backend_round_trip(tmp_path):
         "--task-name", "field-{part}", "--out-dir", str(up), "-o", f"project.labels={labels_file}",
     )  # fmt: skip
     (task_entry,) = json.loads((up / "tasks.json").read_text())["tasks"]
+    assert task_entry["name"] == "field-1"  # the template the user set
     task_dir = folder / task_entry["id"]
     for sub in ("JPEGImages", "SegmentationClass", "annotations", "ImageSets"):
         assert (task_dir / sub).is_dir()

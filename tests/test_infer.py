@@ -307,6 +307,109 @@ def test_resume_skips_done_images_and_overwrite_redoes_them(tmp_path):
     assert third["processed"] == 3 and third["skipped_done"] == 0
 
 
+def test_unreadable_image_messages_say_what_the_file_is():
+    def reason(data: bytes) -> str:
+        with pytest.raises(SegloopError) as err:
+            imgs.decode_rgb(data, source="field/a.jpg")
+        return str(err.value)
+
+    assert reason(b"") == "field/a.jpg: empty file (0 bytes); replace or remove the file"
+    assert reason(b"<html>") == (
+        "field/a.jpg: not an image (starts with '<html>'); replace or remove the file"
+    )
+    # Only the first bytes are shown, as safe printable text (escapes for anything else).
+    page = reason(b"<html><body>Access denied</body></html>")
+    assert "not an image (starts with '<html><body>Acce...')" in page
+    binary = reason(b"it's\\\x00\xff\n" + b"x" * 40)
+    assert "not an image (starts with 'it\\'s\\\\\\x00\\xff\\nxxxxxxxx...')" in binary
+    assert "damaged or unsupported PNG file" in reason(b"\x89PNG\r\n\x1a\n not really a png")
+    buf = io.BytesIO()
+    Image.fromarray(scene(40, 40)).save(buf, format="JPEG")
+    assert "field/a.jpg: damaged JPEG file (" in reason(buf.getvalue()[:300])
+    for data in (b"", b"<html>", b"\x89PNG\r\n\x1a\nxx", buf.getvalue()[:300]):
+        assert "BytesIO" not in reason(data) and " at 0x" not in reason(data)
+
+
+def test_manifest_retain_keeps_the_current_input_in_its_order(tmp_path):
+    from components.core.artifacts import Manifest
+
+    m = Manifest(tmp_path)
+    for rid, status in (("a", "failed"), ("b", "ok"), ("c", "failed"), ("a", "ok")):
+        m.add({"record_id": rid, "status": status})
+    assert [e["record_id"] for e in m.retain(["b", "a", "zz"])] == ["c"]
+    m.compact(keep=["b", "a"])
+    rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["record_id"], r["status"]) for r in rows] == [("b", "ok"), ("a", "ok")]
+    assert Manifest(tmp_path).failed() == []
+
+
+def test_rerun_after_removing_and_fixing_bad_files_agrees_with_metrics(tmp_path, ckpt, caplog):
+    from components.infer.infer import run_infer, throughput
+    from components.upload_cvat.upload import read_items
+    from pipelines.cli.infer import infer_command
+
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        save(folder / f"p{i}.png", scene(64, 80, seed=i))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "sub" / "page.jpg").parent.mkdir()
+    (folder / "sub" / "page.jpg").write_bytes(b"<html><body>404</body></html>")
+    (folder / "html.png").write_bytes(b"<html>")
+    out = tmp_path / "out"
+    cfg = cfg_with(model=str(ckpt))
+    with pytest.raises(SegloopError) as err:
+        run_infer(cfg, images=str(folder), out=str(out))
+    message = str(err.value)  # names the record and the file, says what is wrong
+    assert f"empty: {folder / 'empty.jpg'}: empty file (0 bytes)" in message
+    assert f"html: {folder / 'html.png'}: not an image (starts with '<html>')" in message
+    assert (
+        f"sub/page: {folder / 'sub' / 'page.jpg'}: not an image (starts with '<html><body>404<...')"
+        in message
+    )
+    assert "BytesIO" not in message
+    first = json.loads((out / "metrics.json").read_text())
+    assert (first["ok"], first["failed"]) == (3, 3)
+
+    # The bad files are removed or fixed; the re-run resumes.
+    (folder / "empty.jpg").unlink()
+    (folder / "sub" / "page.jpg").unlink()
+    save(folder / "html.png", scene(64, 80, seed=7), format="PNG")
+    again = run_infer(cfg, images=str(folder), out=str(out))
+    assert (again["processed"], again["skipped_done"], again["ok"], again["failed"]) == (1, 3, 4, 0)
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["record_id"] for r in rows) == ["html", "p0", "p1", "p2"]
+    assert all(r["status"] == "ok" for r in rows) and len(rows) == again["images"]
+    assert json.loads((out / "metrics.json").read_text())["failed"] == 0
+    # ... so the stages that read the manifest next see no stale failures either.
+    items, failed_upstream = read_items(out)
+    assert len(items) == 4 and failed_upstream == []
+
+    # Everything already done: the summary says so instead of "0.00 MP/s".
+    caplog.set_level("INFO", logger="segloop.infer")
+    result = CliRunner().invoke(
+        infer_command,
+        ["--images", str(folder), "--model", str(ckpt), "--out", str(out), "--device", "cpu",
+         "--num-workers", "0"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "nothing to process: 4 images already done" in result.output
+    assert "MP/s" not in result.output
+    assert "nothing to process: 4 images already done" in caplog.text
+    assert "0.00 MP/s" not in caplog.text
+
+    # Every image failing is not a speed either.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"")
+    (bad / "b.jpg").write_bytes(b"<html>")
+    m = run_infer(
+        cfg_with(model=str(ckpt), max_failures=2), images=str(bad), out=str(tmp_path / "o2")
+    )
+    assert throughput(m) == "nothing segmented: 2 images processed, none succeeded"
+    assert throughput(again).endswith("MP/s on cpu") and again["mp_per_s"] > 0
+
+
 def test_thresholds_and_settings_errors(tmp_path):
     from components.infer.infer import run_infer
 

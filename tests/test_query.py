@@ -144,6 +144,61 @@ def test_missing_table_names_tables(dataset, tmp_path):
         query(dataset, tmp_path, "db.table=nope")
 
 
+def test_missing_sqlite_file_is_one_clear_line_and_nothing_is_created(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipelines.cli.query import query as query_command
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        query_command, ["--db-url", "sqlite:///nope.db", "--out-dir", str(tmp_path / "q")]
+    )
+    assert isinstance(result.exception, SegloopError)
+    message = str(result.exception)
+    assert "\n" not in message
+    assert f"SQLite database nope.db ({tmp_path / 'nope.db'}) does not exist" in message
+    assert "segloop data synth --db-url sqlite:///nope.db" in message
+    assert "table" not in message
+    assert not (tmp_path / "nope.db").exists()
+
+    deeper = tmp_path / "sub" / "dir" / "nope.db"
+    cfg = load_config(None, [f"db.url=sqlite:///{deeper}"])
+    with pytest.raises(SegloopError, match=f"SQLite database {deeper} does not exist"):
+        run_query(cfg, out=str(tmp_path / "q2"))
+    assert not (tmp_path / "sub").exists()
+    assert list(tmp_path.iterdir()) == []  # no database, no folder, no output
+
+
+def test_queries_open_sqlite_read_only_and_writers_still_create(dataset, tmp_path):
+    import sqlalchemy as sa
+
+    reader = db.engine(dataset.db_url, readonly=True)
+    with reader.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from images")).scalar_one() == N
+    with pytest.raises(sa.exc.OperationalError, match="readonly"), reader.begin() as conn:
+        conn.execute(sa.text("delete from images"))
+    assert db.reflect_table(dataset.db_url, "images", readonly=True).c.keys()[0] == "image_id"
+    # Writing (`segloop data synth`) creates the file and its folder as before.
+    new = tmp_path / "made" / "here.db"
+    db.create_image_table(f"sqlite:///{new}", "images")
+    assert new.is_file() and db.list_tables(f"sqlite:///{new}", readonly=True) == ["images"]
+    # A path with characters that mean something in a URI still opens (read-only).
+    odd = tmp_path / "a dir?#%" / "x.db"
+    db.create_image_table(f"sqlite:///{odd}", "images")
+    assert db.list_tables(f"sqlite:///{odd}", readonly=True) == ["images"]
+    # Other databases are opened as given (the same URL, or the same missing-driver message).
+    pg = "postgresql+psycopg://user:pw@db.example:5432/images"
+
+    def opened(readonly: bool) -> str:
+        try:
+            return db.engine(pg, readonly=readonly).url.render_as_string(hide_password=False)
+        except SegloopError as exc:
+            return str(exc)
+
+    assert opened(False) == opened(True)
+    assert "postgresql+psycopg://user:" in opened(True) and "mode=ro" not in opened(True)
+
+
 # ---------------------------------------------------------------- sampling
 
 

@@ -2,7 +2,11 @@
 
 The manifest has one JSON object per item (usually an image) with a `status` (`ok` or
 `failed`) and, on failure, a `reason`. It is appended line by line and flushed, so a stage that
-is interrupted keeps what it finished and a re-run can skip it.
+is interrupted keeps what it finished and a re-run can skip it. When a stage finishes it
+compacts the file to one line per item of *its current input* (`compact(keep=ids)`), so a
+re-run's fixed items replace their failed lines and items no longer in the input leave the
+manifest: what `manifest.jsonl` says agrees with `metrics.json`, and the stages that read the
+manifest next (select, upload-cvat) see the same items.
 """
 
 from __future__ import annotations
@@ -61,8 +65,26 @@ class Manifest:
     def failed(self) -> list[dict[str, Any]]:
         return [e for e in self.entries.values() if e.get("status") == FAILED]
 
-    def compact(self) -> None:
-        """Rewrite the file with one line per id (the latest), atomically."""
+    def retain(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Keep only the entries of `ids`, in that order; returns the entries dropped.
+
+        A stage calls this with its current input, so that items removed from the input since
+        an earlier run (often the ones that failed there) do not linger in the manifest.
+        """
+        order = list(dict.fromkeys(str(i) for i in ids))
+        wanted = set(order)
+        dropped = [e for k, e in self.entries.items() if k not in wanted]
+        self.entries = {k: self.entries[k] for k in order if k in self.entries}
+        return dropped
+
+    def compact(self, keep: Iterable[str] | None = None) -> None:
+        """Rewrite the file with one line per id (the latest), atomically.
+
+        With `keep` (the ids of the stage's current input), entries of other ids are dropped
+        first (see `retain`).
+        """
+        if keep is not None:
+            self.retain(keep)
         with storage.atomic_path(self.path) as tmp:
             tmp.write_text(
                 "".join(json.dumps(e, default=str) + "\n" for e in self.entries.values())

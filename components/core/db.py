@@ -1,6 +1,7 @@
 """Access to the image database through SQLAlchemy: a SQLite file by default, PostgreSQL by URL.
 
-Helpers here open engines (creating the folder of a SQLite file), reflect a table so that column
+Helpers here open engines (read-only for queries, so that a query never creates a SQLite file;
+for writing, creating the folder of a SQLite file), reflect a table so that column
 names can be checked against the real schema, create the image table, insert rows in batches and
 create the indexes that keep filtering and stratified sampling fast.
 """
@@ -63,12 +64,47 @@ def safe_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def sqlite_file(parsed: URL) -> Path | None:
+    """The file of a SQLite URL (None for other databases, in-memory and `file:` URI forms)."""
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") in ("true", "1"):
+        return None
+    if parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def _readonly_sqlite(parsed: URL, path: Path) -> URL:
+    """`sqlite:///file:///abs/path?mode=ro&uri=true`: SQLite opens it read-only and never creates it."""
+    if not path.exists():
+        where = str(path) if path.is_absolute() else f"{path} ({path.resolve()})"
+        raise SegloopError(
+            f"SQLite database {where} does not exist; give an existing database with "
+            f"--db-url / db.url, or make a demo one with "
+            f"`segloop data synth --db-url {safe_url(parsed)}`"
+        )
+    if not path.is_file():
+        raise SegloopError(
+            f"{path} is not a SQLite database file (db url {safe_url(parsed)}); give the file's path"
+        )
+    query = {**parsed.query, "mode": "ro", "uri": "true"}
+    return parsed.set(database=path.resolve().as_uri(), query=query)
+
+
 @lru_cache(maxsize=16)
-def engine(url: str) -> Engine:
-    """An engine for `url` (cached). A SQLite file's folder is created if needed."""
+def engine(url: str, readonly: bool = False) -> Engine:
+    """An engine for `url` (cached).
+
+    For writing (`readonly=False`) a SQLite file and its folder are created if needed. With
+    `readonly` (what queries use) a SQLite file is opened read-only: a missing file is a
+    SegloopError and nothing is ever created. Other databases are opened as given.
+    """
     parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_file(parsed)
+    if path is not None:
+        if readonly:
+            parsed = _readonly_sqlite(parsed, path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return sa.create_engine(parsed, future=True)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -78,13 +114,16 @@ def engine(url: str) -> Engine:
         ) from exc
 
 
-def reflect_table(url: str, table: str) -> sa.Table:
-    """The table as it exists in the database; a missing table is a SegloopError listing tables."""
-    eng = engine(url)
+def reflect_table(url: str, table: str, readonly: bool = False) -> sa.Table:
+    """The table as it exists in the database; a missing table is a SegloopError listing tables.
+
+    `readonly` opens a SQLite file read-only (see `engine`): a query never creates a database.
+    """
+    eng = engine(url, readonly=readonly)
     try:
         return sa.Table(table, sa.MetaData(), autoload_with=eng)
     except NoSuchTableError:
-        names = list_tables(url)
+        names = list_tables(url, readonly=readonly)
         raise SegloopError(
             f"table {table!r} does not exist in {safe_url(url)}; tables there: "
             f"{', '.join(names) or '(none; create one with `segloop data synth`)'}"
@@ -93,9 +132,9 @@ def reflect_table(url: str, table: str) -> sa.Table:
         raise SegloopError(f"cannot read table {table!r} from {safe_url(url)}: {exc}") from exc
 
 
-def list_tables(url: str) -> list[str]:
+def list_tables(url: str, readonly: bool = False) -> list[str]:
     try:
-        return sorted(sa.inspect(engine(url)).get_table_names())
+        return sorted(sa.inspect(engine(url, readonly=readonly)).get_table_names())
     except SQLAlchemyError as exc:
         raise SegloopError(f"cannot connect to {safe_url(url)}: {exc}") from exc
 

@@ -8,6 +8,7 @@ files raise `SegloopError` naming the file.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,45 @@ Image.MAX_IMAGE_PIXELS = 250_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
+# What a file starts with, to tell a damaged image from something that is no image at all.
+SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"GIF8", 0, "GIF"),
+    (b"BM", 0, "BMP"),
+    (b"WEBP", 8, "WebP"),
+)
+PEEK_BYTES = 16
+# PIL names in-memory files by their repr (`<_io.BytesIO object at 0x7f...>`): noise for people.
+_OBJECT_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+
+
+def peek(data: bytes, size: int = PEEK_BYTES) -> str:
+    """The first bytes as safe, printable text: ASCII as is, anything else escaped."""
+    escapes = {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x27: "\\'", 0x5C: "\\\\"}
+    text = "".join(escapes.get(b, chr(b) if 32 <= b < 127 else f"\\x{b:02x}") for b in data[:size])
+    return text + ("..." if len(data) > size else "")
+
+
+def unreadable_reason(data: bytes, exc: BaseException | None = None) -> str:
+    """Why `data` cannot be decoded, in words: empty, not an image, or a damaged image."""
+    if not data:
+        return "empty file (0 bytes)"
+    kind = next((name for sig, at, name in SIGNATURES if data[at : at + len(sig)] == sig), None)
+    if exc is None or isinstance(exc, UnidentifiedImageError):
+        if kind is None:
+            return f"not an image (starts with '{peek(data)}')"
+        return f"damaged or unsupported {kind} file ({len(data)} bytes; cannot be decoded)"
+    detail = _OBJECT_REPR.sub("", str(exc)).strip(" :") or type(exc).__name__
+    return f"damaged {kind or 'image'} file ({detail})"
+
+
 def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode image bytes to an HxWx3 uint8 array (EXIF-transposed)."""
+    if not data:
+        raise SegloopError(f"{source}: {unreadable_reason(data)}; replace or remove the file")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -30,7 +68,7 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
             return to_rgb_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SegloopError(
-            f"{source}: not a readable image ({exc}); replace or remove the file"
+            f"{source}: {unreadable_reason(data, exc)}; replace or remove the file"
         ) from exc
 
 
@@ -58,8 +96,8 @@ def image_size(uri: str | Path) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as img:
             orientation = img.getexif().get(0x0112, 1)
             w, h = img.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SegloopError(f"{uri}: not a readable image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SegloopError(f"{uri}: {unreadable_reason(data, exc)}") from exc
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -74,8 +112,8 @@ def load_mask(uri: str | Path) -> np.ndarray:
                     f"{uri}: a class-id mask must be a single-channel PNG (mode L or P), got mode {img.mode}"
                 )
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SegloopError(f"{uri}: not a readable mask ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SegloopError(f"{uri}: not a readable mask: {unreadable_reason(data, exc)}") from exc
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -323,6 +323,21 @@ def write_coco(
     return len(annotations)
 
 
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def throughput(metrics: dict[str, Any]) -> str:
+    """The speed of a run in words; says so when nothing was segmented (no misleading 0 MP/s)."""
+    if not metrics["processed"]:
+        if metrics["skipped_done"]:
+            return f"nothing to process: {_images(metrics['skipped_done'])} already done"
+        return "nothing to process: no images in the input"
+    if not metrics["megapixels"]:
+        return f"nothing segmented: {_images(metrics['processed'])} processed, none succeeded"
+    return f"{metrics['mp_per_s']:.2f} MP/s on {metrics['device']}"
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -417,15 +432,19 @@ def run_infer(
             pool.shutdown(wait=True)
         seconds = time.perf_counter() - start
 
-        entries = [manifest.entries[r.record_id] for r in inputs if r.record_id in manifest.entries]
-        failed = [e for e in entries if e.get("status") == artifacts.FAILED]
+        # The manifest now describes exactly this input: images removed since an earlier run
+        # (typically the bad files that failed there) leave it, so it agrees with the metrics.
+        stale = manifest.retain(r.record_id for r in inputs)
+        if stale:
+            log.info("dropped %d manifest row(s) of images no longer in the input", len(stale))
+        failed = manifest.failed()
         n_ann = write_coco(folder, inputs, manifest, info.labels, model_uri) if s.coco else 0
         megapixels = writer.pixels_ok / 1e6
         metrics = {
             "images": len(inputs),
             "processed": len(todo),
             "skipped_done": skipped,
-            "ok": sum(1 for e in entries if e.get("status") == artifacts.OK),
+            "ok": len(manifest.ok()),
             "failed": len(failed),
             "annotations": n_ann,
             "megapixels": round(megapixels, 3),
@@ -445,11 +464,11 @@ def run_infer(
         artifacts.write_metrics(folder, metrics)
         manifest.compact()
     log.info(
-        "infer: %d ok, %d failed, %d skipped, %.2f MP/s -> %s",
+        "infer: %d ok, %d failed, %d skipped, %s -> %s",
         metrics["ok"],
         metrics["failed"],
         skipped,
-        metrics["mp_per_s"],
+        throughput(metrics),
         out,
     )
     artifacts.check_failures("infer", failed, s.max_failures)

@@ -148,7 +148,7 @@ def select_rows(
     """(rows, number of rows matching the filters, number of groups when stratified)."""
     cond = where(filters, table)
     cols = [table.c[c] for c in columns]
-    eng = db.engine(url)
+    eng = db.engine(url, readonly=True)
     with eng.connect() as conn:
         if sampling is None:
             matched = conn.execute(
@@ -253,7 +253,7 @@ def run_query(
     q = cfg.query
     out = str(out or stage_run_dir(cfg, "query"))
     url, table_name = cfg.db.url, cfg.db.table
-    table = db.reflect_table(url, table_name)
+    table = db.reflect_table(url, table_name, readonly=True)
     filters = [parse_filter(f) for f in q.filters]
     for flt in filters:
         check_columns([flt.column], table, f"filter {flt.raw!r}")

@@ -43,9 +43,12 @@ class UploadCvatSettings(Section):
     create_project: bool = Field(
         False, description="create the project (labels file labels) if missing"
     )
-    task_name: str = Field(
-        "{project}-{subname}-part{part}",
-        description="task name; placeholders {project} {subname} {date} {part} {parts}",
+    task_name: str | None = Field(
+        None,
+        description="task name template; placeholders {cvat_project} (the CVAT project's name) "
+        "{project} {subname} (project.name, project.subname) {date} (UTC, YYYY-MM-DD) {part} "
+        "{parts}; unset: {cvat_project}-{date}-part{part} in a CVAT project, "
+        "{project}-{subname}-{date}-part{part} for standalone tasks",
     )
     max_images_per_task: int = Field(500, ge=1)
     segment_size: int = Field(100, ge=0, description="frames per job; 0: one job per task")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import string
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,13 +32,18 @@ from PIL import Image, UnidentifiedImageError
 from components.core import artifacts, storage
 from components.core.config import SegloopConfig, save_resolved
 from components.core.errors import SegloopError
-from components.core.images import load_mask
+from components.core.images import load_mask, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import Shape, mask_to_cvat_masks, mask_to_polygons
 from components.core.progress import track
+from components.upload_cvat.settings import UploadCvatSettings
 
 log = logging.getLogger("segloop.upload_cvat")
-NAME_PLACEHOLDERS = ("project", "subname", "date", "part", "parts")
+NAME_PLACEHOLDERS = ("cvat_project", "project", "subname", "date", "part", "parts")
+# Default task names: what the user gave (the CVAT project they upload into) and the day, so a
+# team's CVAT shows e.g. `weeds-2026-11-29-part1`, not the config defaults `demo-default-part1`.
+PROJECT_TASK_NAME = "{cvat_project}-{date}-part{part}"
+STANDALONE_TASK_NAME = "{project}-{subname}-{date}-part{part}"
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -160,8 +166,19 @@ def read_items(pred_dir: Path) -> tuple[list[Item], list[dict[str, Any]]]:
     return items, failed
 
 
-def task_name(template: str, cfg: SegloopConfig, part: int, parts: int, date: str) -> str:
+def task_name(
+    template: str | None,
+    cfg: SegloopConfig,
+    part: int,
+    parts: int,
+    date: str,
+    cvat_project: str | None = None,
+) -> str:
+    """A task's name from `upload_cvat.task_name` (unset: the default for `cvat_project`)."""
+    if template is None:
+        template = PROJECT_TASK_NAME if cvat_project else STANDALONE_TASK_NAME
     values = {
+        "cvat_project": cvat_project,
         "project": cfg.project.name,
         "subname": cfg.project.subname,
         "date": date,
@@ -169,8 +186,14 @@ def task_name(template: str, cfg: SegloopConfig, part: int, parts: int, date: st
         "parts": parts,
     }
     try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+        if "cvat_project" in fields and not cvat_project:
+            raise SegloopError(
+                f"upload_cvat.task_name {template!r} uses {{cvat_project}}, but the tasks go into "
+                "no CVAT project; set upload_cvat.project (--project) or use {project} {subname}"
+            )
         name = template.format(**values)
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise SegloopError(
             f"upload_cvat.task_name {template!r} is not a valid template ({exc}); "
             f"placeholders: {', '.join('{' + p + '}' for p in NAME_PLACEHOLDERS)}"
@@ -180,13 +203,27 @@ def task_name(template: str, cfg: SegloopConfig, part: int, parts: int, date: st
     return name
 
 
-def split_parts(items: list[Item], cfg: SegloopConfig, date: str) -> list[Part]:
+def split_parts(
+    items: list[Item], cfg: SegloopConfig, date: str, cvat_project: str | None = None
+) -> list[Part]:
     size = cfg.upload_cvat.max_images_per_task
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     return [
-        Part(n, task_name(cfg.upload_cvat.task_name, cfg, n, len(chunks), date), chunk)
+        Part(
+            n,
+            task_name(cfg.upload_cvat.task_name, cfg, n, len(chunks), date, cvat_project),
+            chunk,
+        )
         for n, chunk in enumerate(chunks, 1)
     ]
+
+
+def cvat_project_name(backend: Any, settings: UploadCvatSettings) -> str | None:
+    """The name of the CVAT project the tasks go into (resolved when given by id), if any."""
+    info = getattr(backend, "project_info", None)
+    if info and info.get("name"):
+        return str(info["name"])
+    return str(settings.project) if settings.project else None
 
 
 def stage_image(uri: str, dest: Path) -> int:
@@ -212,8 +249,8 @@ def _image_size(path: Path, uri: str) -> tuple[int, int]:
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SegloopError(f"{uri}: not a readable image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SegloopError(f"{uri}: {unreadable_reason(path.read_bytes(), exc)}") from exc
     return width, height
 
 
@@ -281,7 +318,8 @@ def run_upload_cvat(cfg: SegloopConfig, predictions: str, out: str) -> dict[str,
             raise SegloopError(
                 f"{predictions}: no image with status ok in manifest.jsonl; nothing to upload"
             )
-        parts = split_parts(items, cfg, date)
+        # A wrong template fails here, before anything is sent.
+        task_name(settings.task_name, cfg, 1, 1, date, cvat_project=settings.project)
         (out_dir / "manifest.jsonl").unlink(missing_ok=True)
         manifest = artifacts.Manifest(out_dir)
         for entry in failed_upstream:
@@ -297,6 +335,8 @@ def run_upload_cvat(cfg: SegloopConfig, predictions: str, out: str) -> dict[str,
             tempfile.TemporaryDirectory(prefix="segloop-upload-") as tmp,
             ThreadPoolExecutor(max_workers=settings.workers) as pool,
         ):
+            # Names come after the backend has found the project (its name, also when given by id).
+            parts = split_parts(items, cfg, date, cvat_project_name(backend, settings))
             staging = [Path(tmp) / f"part{part.number}" for part in parts]
             pending = submit_part(pool, parts[0], staging[0], labels)
             for i, part in enumerate(parts):

@@ -46,7 +46,10 @@ def _cvat_section(backend, folder, organization) -> dict:
     "--create-project", is_flag=True, default=None, help="Create the project if it is missing."
 )
 @click.option(
-    "--task-name", default=None, help="Template: {project} {subname} {date} {part} {parts}."
+    "--task-name",
+    default=None,
+    help="Template: {cvat_project} {project} {subname} {date} {part} {parts} (default: "
+    "{cvat_project}-{date}-part{part}, or {project}-{subname}-{date}-part{part} without --project).",
 )
 @click.option("--max-images-per-task", type=int, default=None)
 @click.option(

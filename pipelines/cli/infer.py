@@ -11,7 +11,12 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 @click.command("infer")
 @config_options
 @click.option("--records", default=None, help="records.jsonl from `segloop query`.")
-@click.option("--images", default=None, help="A folder or s3:// prefix of images (id = file stem).")
+@click.option(
+    "--images",
+    default=None,
+    help="A folder or s3:// prefix of images, searched recursively; a record id is the "
+    "path below it without the suffix (field1/img_001.jpg -> field1/img_001).",
+)
 @click.option(
     "--model",
     "-m",
@@ -45,8 +50,9 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 @click.option("--overwrite", is_flag=True, default=None, help="Redo images already done.")
 def infer_command(config_path, overrides, records, images, model, predictor, out_dir, **options):
     """Segment images into masks/, predictions.json (COCO) and per-image uncertainty."""
-    from components.infer.infer import (
-        run_infer,  # here, not at the top: keeps `segloop --help` fast
+    from components.infer.infer import (  # here, not at the top: keeps `segloop --help` fast
+        run_infer,
+        throughput,
     )
 
     extra = {"infer": set_if({}, model=model, predictor=predictor, **options)}
@@ -55,7 +61,7 @@ def infer_command(config_path, overrides, records, images, model, predictor, out
     m = run_infer(cfg, records=records, images=images, out=out)
     click.echo(
         f"infer: {m['ok']} ok, {m['failed']} failed, {m['skipped_done']} already done, "
-        f"{m['annotations']} regions, {m['mp_per_s']} MP/s on {m['device']} -> {out}"
+        f"{m['annotations']} regions, {throughput(m)} -> {out}"
     )
 
 
