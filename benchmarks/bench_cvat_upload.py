@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO))
 from cvat_sdk import make_client, models  # noqa: E402
 from cvat_sdk.core.client import Config  # noqa: E402
 
-from components.core.config import load_config  # noqa: E402
 from components.core.images import save_mask_png  # noqa: E402
 from components.upload_cvat.upload import run_upload_cvat  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
 from tests.cvat_server.fixture import CvatServer  # noqa: E402
 from tests.cvat_server.synthetic import LABELS, synthetic_mask  # noqa: E402
 

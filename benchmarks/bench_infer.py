@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.core import images as imgs  # noqa: E402
 from components.core.checkpoint import save_checkpoint  # noqa: E402
-from components.core.config import load_config  # noqa: E402
 from components.core.labels import Label  # noqa: E402
 from components.core.model import ModelSpec, build_from_spec  # noqa: E402
 from components.core.predictor import SmpPredictor  # noqa: E402
 from components.core.tiling import make_grid, pad_image, window_2d  # noqa: E402
 from components.infer.infer import run_infer  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
 
 LABELS = [Label(name="background", id=0), Label(name="crop", id=1), Label(name="weed", id=2)]
 GB = 1024**3

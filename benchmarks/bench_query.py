@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from components.core import db
-from components.core.config import load_config
 from components.query.query import run_query
+from pipelines.config import load_config
 
 CATEGORIES = [f"species_{i:02d}" for i in range(10)]
 STATES = ["NC", "MD", "TX"]

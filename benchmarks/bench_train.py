@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.core.config import load_config  # noqa: E402
 from components.core.model import build_model  # noqa: E402
 from components.core.precision import pick_amp  # noqa: E402
 from components.preprocess.stage import run_preprocess  # noqa: E402
@@ -41,6 +40,7 @@ from components.train.data import Normalizer, TileDataset, build_transforms  # n
 from components.train.engine import Runtime, pick_workers, train_epoch  # noqa: E402
 from components.train.losses import CombinedLoss  # noqa: E402
 from components.train.toydata import write_toy_dataset  # noqa: E402
+from pipelines.config import load_config  # noqa: E402
 
 
 class NaiveDataset(Dataset):

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from components.core import storage
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.images import colorize, encode_png
 from components.core.labels import LabelSet
 from components.core.masks import coco_annotation, mask_to_cvat_masks
+from pipelines.config import SegloopConfig
 
 log = logging.getLogger(__name__)
 

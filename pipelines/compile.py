@@ -9,8 +9,9 @@ from kfp import compiler
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from components.core.config import SECRET_WORDS, SegloopConfig
+from components.core.config import SECRET_WORDS
 from components.core.errors import SegloopError
+from pipelines.config import SegloopConfig
 from pipelines.graphs import build
 
 

@@ -33,7 +33,6 @@ from typing import Any
 
 from components.core import storage, tracking
 from components.core.artifacts import write_jsonl
-from components.core.config import SegloopConfig, load_config
 from components.core.errors import SegloopError
 from components.core.images import load_mask
 from components.core.labels import LabelSet
@@ -41,6 +40,7 @@ from components.core.synthetic import make_dataset
 from components.report.loop_report import RoundSummary, Sample, write_loop_report
 from components.report.stage import most_changed_samples
 from pipelines.annotator import simulate_annotator, wait_for_people
+from pipelines.config import SegloopConfig, load_config
 from pipelines.local import LocalRunResult, run_local
 from pipelines.stack import Stack
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 from kfp import dsl
 
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.tracking import registered_model_name
 from components.download_cvat.component import download_cvat
@@ -26,6 +25,7 @@ from components.select.component import select
 from components.train.component import train
 from components.upload_cvat.component import upload_cvat
 from pipelines import platform
+from pipelines.config import SegloopConfig, run_config_json
 from pipelines.settings import PIPELINE_NAMES
 
 DESCRIPTIONS = {
@@ -110,7 +110,7 @@ def build(name: str, cfg: SegloopConfig) -> Callable:
     if name not in PIPELINE_NAMES:
         raise SegloopError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINE_NAMES)}")
     # No secrets in here: the config holds none (credentials come from env / Secrets).
-    config_default = cfg.model_dump_json()
+    config_default = run_config_json(cfg)
     model_default = default_model_uri(cfg)
     earlier_default = list(cfg.preprocess.inputs)
     decorate = dsl.pipeline(

@@ -27,11 +27,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.storage import is_s3
+from components.images import images_from_config
+from pipelines.config import SegloopConfig
 from pipelines.graphs import kfp_name
-from pipelines.images import images_from_config
 from pipelines.settings import PIPELINE_NAMES
 from pipelines.submit import Submission
 

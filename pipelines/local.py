@@ -22,8 +22,8 @@ from typing import Any
 
 from kfp import local
 
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
+from pipelines.config import SegloopConfig, run_config_json
 from pipelines.graphs import build, kfp_name
 from pipelines.stack import apply_stack_env
 
@@ -183,7 +183,7 @@ def run_pipeline_locally(
             warnings.filterwarnings(
                 "ignore", message=".*have no effect in the current local runner.*"
             )
-            pipeline(config_json=cfg.model_dump_json(), **(params or {}))
+            pipeline(config_json=run_config_json(cfg), **(params or {}))
     except RuntimeError as exc:
         raise SegloopError(
             f"pipeline {name} failed on the local runner: {exc}\n"

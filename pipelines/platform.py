@@ -11,8 +11,8 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.core.config import SegloopConfig
-from pipelines.images import images_from_config
+from components.images import images_from_config
+from pipelines.config import SegloopConfig
 from pipelines.settings import DEFAULT_CACHING, Resources
 
 # Defaults sized for 256-1024 px field images; override per stage with

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.version import segloop_version
+from pipelines.config import SegloopConfig, run_config_json
 from pipelines.graphs import kfp_name
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def submit(
         client.run_pipeline,
         experiment_id=exp.experiment_id,
         job_name=run_name or f"{kfp_name(cfg, name)}-{stamp}",
-        params={"config_json": cfg.model_dump_json(), **(params or {})},
+        params={"config_json": run_config_json(cfg), **(params or {})},
         pipeline_id=pipeline_id,
         version_id=version_id,
         service_account=service_account,

@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from components.core.config import (
-    load_config,
-    mask_secrets,
-    save_resolved,
-    stage_run_dir,
-)
+from components.core.config import mask_secrets, save_resolved, stage_run_dir
 from components.core.errors import ConfigError
+from pipelines.config import load_config
 
 YAML = """
 project: {name: weeds, subname: round1}

@@ -17,12 +17,12 @@ import pytest
 from cvat_sdk import make_client, models
 from cvat_server.synthetic import make_predictions
 
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.download_cvat.convert import safe_extract
 from components.download_cvat.download import run_download_cvat
 from components.upload_cvat.cvat_backend import shape_key
 from components.upload_cvat.upload import run_upload_cvat
+from pipelines.config import load_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from components.core.artifacts import write_jsonl
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_mask_png, save_rgb
 from components.core.synthetic import LABELS
 from pipelines.annotator import pending_tasks, wait_for_people
+from pipelines.config import load_config
 from pipelines.stack import Stack, free_port
 
 SEGLOOP = str(Path(sys.executable).parent / "segloop")

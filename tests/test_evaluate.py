@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from PIL import Image
 
-from components.core.config import load_config
 from components.core.images import load_mask
 from components.core.metrics import confusion_matrix, scores
 from components.preprocess.stage import run_preprocess
 from components.train.stage import run_train
 from components.train.toydata import write_toy_dataset
 from pipelines.cli import cli
+from pipelines.config import load_config
 
 TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
 

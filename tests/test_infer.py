@@ -18,13 +18,13 @@ from pycocotools.coco import COCO
 
 from components.core import images as imgs
 from components.core.checkpoint import load_checkpoint, save_checkpoint
-from components.core.config import load_config
 from components.core.errors import SegloopError
+from components.core.inference import TileEngine, predict_image
 from components.core.labels import Label, LabelSet
 from components.core.model import ModelSpec, build_from_spec
 from components.core.predictor import Predictor, PredictorInfo, SmpPredictor
 from components.core.tiling import make_grid, pad_image
-from components.infer.engine import TileEngine, predict_image
+from pipelines.config import load_config
 
 LABELS = [
     Label(name="background", id=0, color="#000000"),

@@ -14,10 +14,11 @@ from kfp import components
 from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.core.config import config_from_json, load_config
+from components.config import config_from_json
 from components.core.errors import ConfigError, SegloopError
 from pipelines.cli import cli
 from pipelines.compile import compile_pipeline
+from pipelines.config import load_config
 from pipelines.settings import PIPELINE_NAMES
 
 GPU_TASKS = {"infer", "train"}
@@ -99,10 +100,12 @@ def test_compiled_yaml_loads_back_and_parses(compiled, name):
     spec, _, _ = parse(paths[name])
     assert set(spec.root.dag.tasks) == STAGES_OF[name]
     assert spec.default_pipeline_root == "s3://ml-artifacts/segloop"
-    # The config travels as one parameter whose default is the compiled config.
+    # The config travels as one parameter whose default is the compiled config's run-time
+    # part: the compile-time `kfp` section is not in it (changing it there would do nothing).
     params = spec.root.input_definitions.parameters
     default = params["config_json"].default_value.string_value
-    assert config_from_json(default) == cfg
+    assert "kfp" not in json.loads(default)
+    assert config_from_json(default).model_dump() == cfg.model_dump(exclude={"kfp"})
 
 
 @pytest.mark.parametrize("name", PIPELINE_NAMES)

@@ -11,8 +11,8 @@ import pytest
 from kfp import dsl
 from kfp_helpers import tiny_project  # tests/ is on sys.path (rootdir-relative imports)
 
-from components.core.config import load_config
-from pipelines.component_io import log_metrics, scalar_metrics, self_contained_html
+from components.component_io import log_metrics, scalar_metrics, self_contained_html
+from pipelines.config import load_config, run_config_json
 from pipelines.settings import STAGES
 
 DATASET, MODEL, METRICS = "system.Dataset@0.0.1", "system.Model@0.0.1", "system.Metrics@0.0.1"
@@ -97,7 +97,7 @@ def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
             "preprocess.test_fraction=0.25",
         ],
     )
-    config_json = cfg.model_dump_json()
+    config_json = run_config_json(cfg)  # what a pipeline hands its components
     a = tmp_path / "artifacts"
     m = {stage: art(dsl.Metrics, a / f"{stage}-metrics") for stage in STAGES}
 
@@ -134,9 +134,13 @@ def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
         task = json.loads(task_json.read_text())  # people accept the pre-annotations
         task_json.write_text(json.dumps({**task, "status": "completed"}))
 
-    download_cfg = cfg.model_copy(
-        update={"download_cvat": cfg.download_cvat.model_copy(update={"upload_dir": tasks.path})}
-    ).model_dump_json()
+    download_cfg = run_config_json(
+        cfg.model_copy(
+            update={
+                "download_cvat": cfg.download_cvat.model_copy(update={"upload_dir": tasks.path})
+            }
+        )
+    )
     dataset = art(dsl.Dataset, a / "dataset")
     component("download_cvat").python_func(
         config_json=download_cfg, dataset=dataset, metrics=m["download_cvat"]

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from kfp_helpers import tiny_project  # tests/ is on sys.path (rootdir-relative imports)
 from mlflow import MlflowClient
 
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from pipelines.cli import cli
+from pipelines.config import load_config
 from pipelines.local import docker_engine_error, run_local
 
 pytestmark = pytest.mark.e2e

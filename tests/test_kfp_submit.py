@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
 
-from components.core.config import config_from_json
+from components.config import config_from_json
 from components.core.errors import SegloopError
 from pipelines.cli import cli
 

@@ -22,10 +22,11 @@ import pytest
 from click.testing import CliRunner
 from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
 
-from components.core.config import config_from_json, load_config
+from components.config import config_from_json
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from pipelines.cli import cli
+from pipelines.config import load_config
 from pipelines.lifecycle import deploy, init_project, local_only_settings
 from pipelines.local import docker_engine_error
 from pipelines.submit import make_client

@@ -51,9 +51,9 @@ def test_loop_report_has_rounds_plots_and_overlays(tmp_path):
 
 
 def test_loop_report_stage_refuses_a_folder_that_is_no_download(tmp_path):
-    from components.core.config import load_config
     from components.core.errors import SegloopError
     from components.report.stage import run_loop_report
+    from pipelines.config import load_config
 
     (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(SegloopError, match="has no provenance.json: is it a download-cvat output"):

@@ -16,7 +16,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from components.core.config import load_config
+from pipelines.config import load_config
 from pipelines.platform import is_gpu_stage
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,15 +12,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_rgb
 from components.core.labels import Label, LabelSet
-from components.core.predictor import make_predictor
 from components.core.synthetic import make_dataset
 from components.infer.infer import run_infer
 from components.predictors.exg import ExgPredictor, otsu_threshold
+from components.predictors.loading import make_predictor
 from pipelines.cli import cli
+from pipelines.config import load_config
 
 # A predictor module as users write one: typed params, labels, probabilities. `KIND` selects a
 # (mis)behaviour for the bad-predictor tests.

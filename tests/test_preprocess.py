@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from components.core import storage
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.core.images import encode_png, load_mask
 from components.core.labels import Label, LabelSet
@@ -17,6 +16,7 @@ from components.preprocess.split import assign_splits
 from components.preprocess.stage import run_preprocess
 from components.preprocess.tiles import grid_positions, grid_tiles
 from components.train.toydata import TOY_LABELS, write_toy_dataset
+from pipelines.config import load_config
 
 
 def cfg_for(tmp_path: Path, *overrides: str):

@@ -14,12 +14,12 @@ import pytest
 
 from components.core import db, storage
 from components.core.artifacts import read_jsonl
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.core.synthetic import make_dataset
 from components.query.filters import parse_filter
 from components.query.query import run_query
 from components.query.sampling import parse_sample, pick, stable_hash
+from pipelines.config import load_config
 
 N = 40
 

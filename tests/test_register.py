@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.evaluate.stage import run_evaluate
 from components.preprocess.stage import run_preprocess
@@ -21,6 +20,7 @@ from components.register.stage import decide, run_register
 from components.train.stage import run_train
 from components.train.toydata import write_toy_dataset
 from pipelines.cli import cli
+from pipelines.config import load_config
 
 TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
 

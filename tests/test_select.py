@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from components.core import artifacts
-from components.core.config import load_config
 from components.core.errors import SegloopError
 from components.core.images import save_mask_png, save_rgb
 from components.select.select import run_select
+from pipelines.config import load_config
 
 
 def make_predictions(folder, n=8, duplicates=()):

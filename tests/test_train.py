@@ -9,12 +9,12 @@ import pytest
 from mlflow import MlflowClient
 
 from components.core.checkpoint import load_checkpoint
-from components.core.config import load_config
 from components.core.images import encode_png, load_mask
 from components.core.labels import Label, LabelSet
 from components.preprocess.stage import run_preprocess
 from components.train.stage import run_train
 from components.train.toydata import write_toy_dataset
+from pipelines.config import load_config
 
 # A small Unet (resnet18 encoder cut to 3 stages) learns the toy blobs in a few CPU epochs.
 TINY = {

@@ -1,36 +1,32 @@
-"""The one config file every command, local pipeline run and cluster run share.
+"""Config machinery and the sections every stage shares; the core knows no stage.
 
-YAML (or TOML) on disk, merged with OmegaConf (file < CLI flags < `-o section.key=value`
-overrides), validated by pydantic models so that an unknown key or a wrong type names the key,
-the value and what is allowed. Credentials never live here: they come from the environment.
+One config file serves every command, local pipeline run and cluster run: YAML (or TOML) on
+disk, merged with OmegaConf (file < CLI flags < `-o section.key=value` overrides), validated by
+pydantic models so that an unknown key or a wrong type names the key, the value and what is
+allowed. Credentials never live here: they come from the environment.
+
+The sections are owned where they are used: the shared ones (project, io, db, stack, mlflow,
+cvat) here as `SharedConfig`; each stage's own in `components/<stage>/settings.py`, as a
+`<Stage>Config` that extends `SharedConfig` with it. The whole-config roots are composed above
+the stages: `components.config.RunConfig` (what a component receives) and
+`pipelines.config.SegloopConfig` (that plus the compile-time `kfp` section).
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from components.core import storage
 from components.core.errors import ConfigError
 from components.core.settings_base import Section
-from components.download_cvat.settings import DownloadCvatSettings
-from components.evaluate.settings import EvaluateSettings
-from components.infer.settings import InferSettings
-from components.preprocess.settings import PreprocessSettings
-from components.query.settings import QuerySettings
-from components.register.settings import RegisterSettings
-from components.select.settings import SelectSettings
-from components.train.settings import TrainSettings
-from components.upload_cvat.settings import CvatSettings, UploadCvatSettings
-from pipelines.settings import KfpSettings
 
 SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
 URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
@@ -67,30 +63,49 @@ class MLflowSettings(Section):
     registered_model: str | None = Field(None, description="default: the project name")
 
 
-# `register` (the stage) shadows ABCMeta.register on the class; instances read the field fine.
-warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+class CvatSettings(Section):
+    """Where annotation happens (shared by upload and download). Credentials never live here:
+    CVAT_USERNAME / CVAT_PASSWORD or CVAT_ACCESS_TOKEN come from the environment."""
+
+    backend: Literal["cvat", "folder"] = Field(
+        "cvat",
+        description="cvat: a CVAT server; folder: a folder of task layouts edited in any tool",
+    )
+    folder: str | None = Field(None, description="folder backend: where the task folders live")
+    host: str | None = Field(None, description="CVAT URL; default: $CVAT_HOST")
+    organization: str | None = Field(None, description="organization slug; default: none")
+    retries: int = Field(4, ge=0, description="retries on connection errors and 5xx answers")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry")
+    request_timeout_s: float = Field(300, gt=0, description="read timeout of one request")
+    status_check_period_s: float = Field(
+        1.0, gt=0, description="polling period of background requests"
+    )
+    verify_ssl: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.backend == "folder" and not self.folder:
+            raise ValueError(
+                "cvat.backend=folder needs cvat.folder (a folder path or s3:// prefix)"
+            )
+        return self
 
 
-class SegloopConfig(Section):
+class SharedConfig(Section):
+    """The sections every stage may read; a stage's `<Stage>Config` adds its own section."""
+
     project: ProjectSettings = ProjectSettings()
     io: IOSettings = IOSettings()
     db: DBSettings = DBSettings()
     stack: StackSettings = StackSettings()
     mlflow: MLflowSettings = MLflowSettings()
-    query: QuerySettings = QuerySettings()
-    infer: InferSettings = InferSettings()
-    preprocess: PreprocessSettings = PreprocessSettings()
-    train: TrainSettings = TrainSettings()
-    evaluate: EvaluateSettings = EvaluateSettings()
-    register: RegisterSettings = RegisterSettings()
-    select: SelectSettings = SelectSettings()
     cvat: CvatSettings = CvatSettings()
-    upload_cvat: UploadCvatSettings = UploadCvatSettings()
-    download_cvat: DownloadCvatSettings = DownloadCvatSettings()
-    kfp: KfpSettings = KfpSettings()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(mask_secrets(self.model_dump(mode="json")), sort_keys=False)
+
+
+Config = TypeVar("Config", bound=Section)
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -122,12 +137,14 @@ def _parse_overrides(overrides: list[str]) -> Any:
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
 
 
-def load_config(
+def load_into(
+    model: type[Config],
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
-) -> SegloopConfig:
-    """Load the config file (optional), apply `extra` (CLI flags) and `-o` overrides, validate."""
+) -> Config:
+    """Load the config file (optional), apply `extra` (CLI flags) and `-o` overrides, and
+    validate the result as `model` (a whole-config root)."""
     layers = [OmegaConf.create(_read_file(str(path)) if path else {})]
     if extra:
         layers.append(OmegaConf.create(extra))
@@ -137,19 +154,21 @@ def load_config(
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot merge config {path or '(defaults)'}: {exc}") from exc
     try:
-        return SegloopConfig.model_validate(merged)
+        return model.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(
-            describe_validation_error(exc, source=str(path) if path else None)
+            describe_validation_error(exc, model, source=str(path) if path else None)
         ) from None
 
 
-def config_from_json(text: str) -> SegloopConfig:
+def parse_json_into(model: type[Config], text: str) -> Config:
     """The config as KFP components receive it: one JSON string parameter."""
     try:
-        return SegloopConfig.model_validate_json(text)
+        return model.model_validate_json(text)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source="pipeline parameter")) from None
+        raise ConfigError(
+            describe_validation_error(exc, model, source="pipeline parameter")
+        ) from None
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -163,7 +182,9 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def describe_validation_error(exc: ValidationError, source: str | None = None) -> str:
+def describe_validation_error(
+    exc: ValidationError, root: type[BaseModel], source: str | None = None
+) -> str:
     """One line per problem: the dotted key, the value given and what is allowed."""
     where = f" in {source}" if source else ""
     lines = [f"invalid config{where}:"]
@@ -172,7 +193,7 @@ def describe_validation_error(exc: ValidationError, source: str | None = None) -
         key = ".".join(str(p) for p in loc)
         value = err.get("input")
         if err["type"] == "extra_forbidden":
-            parent = _model_at(SegloopConfig, loc[:-1])
+            parent = _model_at(root, loc[:-1])
             allowed = ", ".join(parent.model_fields) if parent else "?"
             lines.append(f"  unknown key '{key}' (value {value!r}); allowed here: {allowed}")
         else:
@@ -195,12 +216,12 @@ def mask_secrets(data: Any) -> Any:
     return data
 
 
-def stage_run_dir(cfg: SegloopConfig, stage: str) -> str:
+def stage_run_dir(cfg: SharedConfig, stage: str) -> str:
     """`<out_root>/<project>/<subname>/<stage>`: where a CLI run of a stage writes by default."""
     return storage.join(cfg.io.out_root, cfg.project.name, cfg.project.subname, stage)
 
 
-def save_resolved(cfg: SegloopConfig, run_dir: str | Path) -> str:
+def save_resolved(cfg: SharedConfig, run_dir: str | Path) -> str:
     """Write the resolved config (secrets masked) as cfg.yaml next to a run's outputs."""
     uri = storage.join(str(run_dir), "cfg.yaml")
     storage.write_text(uri, cfg.to_yaml())

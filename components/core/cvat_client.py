@@ -30,8 +30,8 @@ from cvat_sdk.core.exceptions import BackgroundRequestException, CvatSdkExceptio
 from cvat_sdk.core.helpers import make_request_headers
 from cvat_sdk.core.uploading import DataUploader
 
+from components.core.config import CvatSettings
 from components.core.errors import SegloopError
-from components.upload_cvat.settings import CvatSettings
 
 log = logging.getLogger("segloop.cvat")
 T = TypeVar("T")

@@ -16,7 +16,8 @@ In the spirit of cvat-sdk's auto-annotation function spec, a predictor is small 
 
 A predictor needs no tiling, batching, decoding or output code: `components.infer` does all of
 that. Register a factory under a name with `register_predictor(name, factory)`; a factory is
-`factory(model: str | None, device: torch.device, params: dict) -> Predictor`.
+`factory(model: str | None, device: torch.device, params: dict) -> Predictor`;
+`components.predictors.loading.make_predictor` builds one by name, module path or entry point.
 Built in: `smp` (`SmpPredictor`, a segloop checkpoint from any model URI).
 """
 
@@ -184,22 +185,9 @@ def predictor_names() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def make_predictor(
-    name: str, model: str | None, device: torch.device, params: dict[str, Any] | None = None
-) -> Predictor:
-    """Build the named predictor on `device`; unknown names list the known ones."""
-    factory = _FACTORIES.get(name)
-    if factory is None:
-        # Built-ins other than smp, module paths (pkg.mod:build) and entry points; unknown -> error.
-        from components.predictors.loading import resolve_factory
-
-        factory = resolve_factory(name)
-    predictor = factory(model, device, dict(params or {}))
-    if not isinstance(predictor, Predictor):
-        raise SegloopError(
-            f"predictor {name!r} returned {type(predictor).__name__}, not a components.core.predictor.Predictor"
-        )
-    return predictor
+def registered_factory(name: str) -> PredictorFactory | None:
+    """The factory registered under `name`; other names resolve in `components.predictors`."""
+    return _FACTORIES.get(name)
 
 
 def _smp_factory(model: str | None, device: torch.device, params: dict[str, Any]) -> Predictor:

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -41,6 +42,8 @@ TRANSFER = TransferConfig(
     multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=8
 )
 FOLDER_WORKERS = 8
+# What may not stand in a file name made from an id (a record id, a task name).
+UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 # ---------------------------------------------------------------- URIs

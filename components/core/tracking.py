@@ -14,13 +14,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from components.core.config import SegloopConfig
+from components.core.config import SharedConfig
 from components.core.errors import SegloopError
 
 log = logging.getLogger(__name__)
 
+# Prefix of the tags segloop sets on model versions (`segloop.mean_iou`, `segloop.iou.<class>`).
+TAG = "segloop."
 
-def tracking_uri(cfg: SegloopConfig) -> str:
+
+def tracking_uri(cfg: SharedConfig) -> str:
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
@@ -29,15 +32,15 @@ def tracking_uri(cfg: SegloopConfig) -> str:
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
 
 
-def experiment_name(cfg: SegloopConfig) -> str:
+def experiment_name(cfg: SharedConfig) -> str:
     return cfg.mlflow.experiment or cfg.project.name
 
 
-def registered_model_name(cfg: SegloopConfig) -> str:
+def registered_model_name(cfg: SharedConfig) -> str:
     return cfg.mlflow.registered_model or cfg.project.name
 
 
-def setup(cfg: SegloopConfig, experiment: bool = True):
+def setup(cfg: SharedConfig, experiment: bool = True):
     """Point mlflow at the tracking server (and experiment); returns the mlflow module."""
     import mlflow
 
@@ -60,7 +63,7 @@ def setup(cfg: SegloopConfig, experiment: bool = True):
     return mlflow
 
 
-def client(cfg: SegloopConfig):
+def client(cfg: SharedConfig):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri(cfg))

@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -14,9 +14,9 @@ def download_cvat(
     metrics: Output[Metrics],
 ):
     """Download the tasks selected by `download_cvat.*` as images/, masks/, labels.json."""
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.download_cvat.download import run_download_cvat
-    from pipelines.component_io import log_metrics
 
     result = run_download_cvat(config_from_json(config_json), out=dataset.path)
     log_metrics(metrics, result)

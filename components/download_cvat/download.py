@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from components.core import artifacts, storage
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_mask_png
 from components.core.labels import LabelSet
@@ -33,8 +33,8 @@ from components.core.metrics import confusion_matrix, scores
 from components.core.progress import track
 from components.core.version import segloop_version
 from components.download_cvat.convert import convert, find_image
+from components.download_cvat.settings import DownloadCvatConfig
 from components.download_cvat.sources import CvatSource, FolderSource, TaskInfo
-from components.upload_cvat.upload import UNSAFE_NAME
 
 log = logging.getLogger("segloop.download_cvat")
 
@@ -50,7 +50,7 @@ def load_upload(upload_dir: str | None) -> dict[str, Any] | None:
     return storage.read_json(uri)
 
 
-def load_labels(cfg: SegloopConfig, upload: dict[str, Any] | None) -> LabelSet:
+def load_labels(cfg: DownloadCvatConfig, upload: dict[str, Any] | None) -> LabelSet:
     if cfg.project.labels:
         return LabelSet.load(cfg.project.labels)
     if upload and upload.get("labels"):
@@ -60,7 +60,7 @@ def load_labels(cfg: SegloopConfig, upload: dict[str, Any] | None) -> LabelSet:
     )
 
 
-def rejection(task: TaskInfo, cfg: SegloopConfig) -> str | None:
+def rejection(task: TaskInfo, cfg: DownloadCvatConfig) -> str | None:
     """Why a task does not qualify (None: it does)."""
     settings = cfg.download_cvat
     statuses = settings.status
@@ -106,7 +106,11 @@ def _summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 class Downloader:
     def __init__(
-        self, cfg: SegloopConfig, out_dir: Path, upload: dict[str, Any] | None, labels: LabelSet
+        self,
+        cfg: DownloadCvatConfig,
+        out_dir: Path,
+        upload: dict[str, Any] | None,
+        labels: LabelSet,
     ):
         self.cfg = cfg
         self.settings = cfg.download_cvat
@@ -141,7 +145,7 @@ class Downloader:
     ) -> dict[str, Any]:
         known = self.record_of(task, frame)
         record_id = str(known["record_id"])
-        safe = UNSAFE_NAME.sub("_", record_id)
+        safe = storage.UNSAFE_NAME.sub("_", record_id)
         entry: dict[str, Any] = {
             "record_id": record_id,
             "status": artifacts.OK,
@@ -178,7 +182,7 @@ class Downloader:
         return entry
 
 
-def run_download_cvat(cfg: SegloopConfig, out: str) -> dict[str, Any]:
+def run_download_cvat(cfg: DownloadCvatConfig, out: str) -> dict[str, Any]:
     """Download the tasks selected by `download_cvat.*` into `out`."""
     started = time.monotonic()
     settings = cfg.download_cvat

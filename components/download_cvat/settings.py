@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 TaskStatus = Literal["annotation", "validation", "completed"]
@@ -31,3 +32,9 @@ class DownloadCvatSettings(Section):
     include_images: bool = Field(True, description="take the images from the export")
     resume: bool = Field(True, description="skip tasks whose updated_date did not change")
     max_failures: int = Field(0, ge=0)
+
+
+class DownloadCvatConfig(SharedConfig):
+    """What the download_cvat stage reads: the shared sections and its own `download_cvat` section."""
+
+    download_cvat: DownloadCvatSettings = DownloadCvatSettings()

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from components.core import storage
-from components.core.config import SegloopConfig
 from components.core.cvat_client import CvatConnection, connect
 from components.core.errors import SegloopError
 from components.download_cvat.convert import safe_extract
+from components.download_cvat.settings import DownloadCvatConfig
 
 log = logging.getLogger("segloop.download_cvat")
 
@@ -38,7 +38,7 @@ class TaskInfo:
 
 
 class CvatSource:
-    def __init__(self, cfg: SegloopConfig):
+    def __init__(self, cfg: DownloadCvatConfig):
         self.cfg = cfg
         self.conn: CvatConnection | None = None
         self.location: str | None = None
@@ -83,7 +83,7 @@ class CvatSource:
             )
         return found[0]
 
-    def select(self, cfg: SegloopConfig, upload: dict[str, Any] | None) -> list[TaskInfo]:
+    def select(self, cfg: DownloadCvatConfig, upload: dict[str, Any] | None) -> list[TaskInfo]:
         settings = cfg.download_cvat
         chosen: dict[int, Any] = {}
         if settings.project:
@@ -159,7 +159,7 @@ class CvatSource:
 class FolderSource:
     """Task folders written by `upload-cvat --backend folder` (see upload_cvat.folder_backend)."""
 
-    def __init__(self, cfg: SegloopConfig):
+    def __init__(self, cfg: DownloadCvatConfig):
         self.cfg = cfg
         self.location = cfg.cvat.folder
         self._stack = contextlib.ExitStack()
@@ -172,7 +172,7 @@ class FolderSource:
     def __exit__(self, *exc_info) -> None:
         self._stack.close()
 
-    def select(self, cfg: SegloopConfig, upload: dict[str, Any] | None) -> list[TaskInfo]:
+    def select(self, cfg: DownloadCvatConfig, upload: dict[str, Any] | None) -> list[TaskInfo]:
         settings = cfg.download_cvat
         if settings.job_stage or settings.job_state:
             raise SegloopError(

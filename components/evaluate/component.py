@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -18,9 +18,9 @@ def evaluate(
     """Evaluate `model` on the test split; the HTML report is shown in the KFP UI."""
     import os
 
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics, self_contained_html
+    from components.config import config_from_json
     from components.evaluate.stage import run_evaluate
-    from pipelines.component_io import log_metrics, self_contained_html
 
     result = run_evaluate(
         config_from_json(config_json), model=model.path, data=splits.path, out=evaluation.path

@@ -2,6 +2,7 @@
 
 from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 
@@ -15,3 +16,9 @@ class EvaluateSettings(Section):
     grid_images: int = Field(4, ge=1, description="best and worst images shown in the report")
     log_to_mlflow: bool = Field(True, description="log metrics and report to the model's run")
     max_failures: int = Field(0, ge=0)
+
+
+class EvaluateConfig(SharedConfig):
+    """What the evaluate stage reads: the shared sections and its own `evaluate` section."""
+
+    evaluate: EvaluateSettings = EvaluateSettings()

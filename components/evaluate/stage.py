@@ -28,16 +28,17 @@ from PIL import Image
 from components.core import storage, tracking
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
 from components.core.checkpoint import load_checkpoint
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import IMAGE_SUFFIXES, encode_png, load_mask, load_rgb
+from components.core.inference import TileEngine, pick_device, predict_image
 from components.core.labels import LabelSet
 from components.core.metrics import confusion_matrix, flat_metrics, scores
 from components.core.precision import pick_amp
 from components.core.predictor import SmpPredictor
 from components.core.progress import track
 from components.evaluate import report
-from components.infer.engine import TileEngine, pick_device, predict_image
+from components.evaluate.settings import EvaluateConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _predict(engine: TileEngine, image: np.ndarray, mode: str, tile: int) -> np.
     return predict_image(engine, image).argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def run_evaluate(cfg: SegloopConfig, *, model: str, data: str, out: str) -> dict[str, Any]:
+def run_evaluate(cfg: EvaluateConfig, *, model: str, data: str, out: str) -> dict[str, Any]:
     s = cfg.evaluate
     start = time.monotonic()
     if str(model).startswith(("models:/", "runs:/")):

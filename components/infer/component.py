@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from pipelines.images import cuda_image
+from components.images import cuda_image
 
 
 @dsl.component(base_image=cuda_image(), install_kfp_package=False)
@@ -18,9 +18,9 @@ def infer(
     empty: the config's `infer.model`, or none for predictors that need no checkpoint)."""
     import os
 
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.infer.infer import run_infer
-    from pipelines.component_io import log_metrics
 
     result = run_infer(
         config_from_json(config_json),

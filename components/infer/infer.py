@@ -3,7 +3,7 @@
 `run_infer(cfg, records=..., images=..., out=..., model=None) -> metrics` reads query records
 (`records.jsonl`: `image_id`, `image_uri`) or a folder/prefix of images (record id = path
 relative to it without the suffix), decodes images in DataLoader workers, runs the tiled
-engine (`components.infer.engine`) and writes into `out` (a folder or s3:// prefix):
+engine (`components.core.inference`) and writes into `out` (a folder or s3:// prefix):
 
   masks/<record_id>.png     class ids (uint8), same size as the EXIF-rotated image
   overlays/<record_id>.jpg  optional, coloured classes over the image (downscaled)
@@ -33,8 +33,9 @@ import torch
 from PIL import Image
 
 from components.core import artifacts, images, storage
-from components.core.config import SegloopConfig, save_resolved, stage_run_dir
+from components.core.config import save_resolved, stage_run_dir
 from components.core.errors import SegloopError
+from components.core.inference import TileEngine, pick_device
 from components.core.labels import LabelSet
 from components.core.postprocess import (
     Decider,
@@ -43,11 +44,12 @@ from components.core.postprocess import (
     remove_small_components,
 )
 from components.core.precision import pick_amp
-from components.core.predictor import Predictor, SmpPredictor, make_predictor
+from components.core.predictor import Predictor, SmpPredictor
 from components.core.progress import track
 from components.core.version import segloop_version
-from components.infer.engine import TileEngine, pick_device
+from components.infer.settings import InferConfig
 from components.predictors.classmap import apply_class_handling
+from components.predictors.loading import make_predictor
 
 log = logging.getLogger("segloop.infer")
 
@@ -342,7 +344,7 @@ def throughput(metrics: dict[str, Any]) -> str:
 
 
 def run_infer(
-    cfg: SegloopConfig,
+    cfg: InferConfig,
     *,
     records: str | None = None,
     images: str | None = None,

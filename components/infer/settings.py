@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 
@@ -51,3 +52,9 @@ class InferSettings(Section):
     overlay_max_side: int = Field(2048, ge=64, description="overlays are downscaled to this")
     max_failures: int = Field(0, ge=0)
     overwrite: bool = False
+
+
+class InferConfig(SharedConfig):
+    """What the infer stage reads: the shared sections and its own `infer` section."""
+
+    infer: InferSettings = InferSettings()

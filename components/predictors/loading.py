@@ -219,7 +219,7 @@ def resolve_factory(name: str) -> Factory:
     from components.core import predictor as registry
     from components.predictors import exg  # noqa: F401 - the built-ins register on import
 
-    known = registry._FACTORIES.get(name)
+    known = registry.registered_factory(name)
     if known is not None:
         return known
     if MODULE_PATH.match(name):
@@ -233,3 +233,17 @@ def resolve_factory(name: str) -> Factory:
         + (f"; entry points ({ENTRY_POINT_GROUP}): {', '.join(plugins)}" if plugins else "")
         + "; or give a module path like my_pkg.my_model:build"
     )
+
+
+def make_predictor(
+    name: str, model: str | None, device: torch.device, params: dict[str, Any] | None = None
+) -> Predictor:
+    """Build the named predictor on `device`: a registered name (`smp`, `exg`), a module path
+    (pkg.mod:build) or an entry point; unknown names list the known ones."""
+    predictor = resolve_factory(name)(model, device, dict(params or {}))
+    if not isinstance(predictor, Predictor):
+        raise SegloopError(
+            f"predictor {name!r} returned {type(predictor).__name__}, "
+            "not a components.core.predictor.Predictor"
+        )
+    return predictor

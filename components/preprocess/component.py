@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -15,9 +15,9 @@ def preprocess(
     earlier_datasets: list = [],  # noqa: B006 - KFP reads the default from the signature
 ):
     """Merge `dataset` with earlier rounds' datasets, split by image and tile."""
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.preprocess.stage import run_preprocess
-    from pipelines.component_io import log_metrics
 
     result = run_preprocess(
         config_from_json(config_json),

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 
@@ -45,3 +46,9 @@ class PreprocessSettings(Section):
         if self.overlap >= self.tile_size:
             raise ValueError("overlap must be smaller than tile_size")
         return self
+
+
+class PreprocessConfig(SharedConfig):
+    """What the preprocess stage reads: the shared sections and its own `preprocess` section."""
+
+    preprocess: PreprocessSettings = PreprocessSettings()

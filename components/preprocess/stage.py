@@ -31,13 +31,14 @@ from PIL import Image
 
 from components.core import storage
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import decode_rgb, encode_png, load_mask
 from components.core.labels import LabelSet
 from components.core.metrics import IGNORE_INDEX
 from components.core.progress import track
 from components.preprocess.datasets import Record, label_lut, merge, read_dataset
+from components.preprocess.settings import PreprocessConfig
 from components.preprocess.split import (
     SPLITS,
     assign_splits,
@@ -97,7 +98,7 @@ def _save_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def _materialize(
-    rec: Record, split: str, lut: np.ndarray, cfg: SegloopConfig, root: Path
+    rec: Record, split: str, lut: np.ndarray, cfg: PreprocessConfig, root: Path
 ) -> tuple[dict[str, Any], ChannelStats]:
     """Pass 2: decode, tile, drop near-empty train tiles, write; stats for train tiles."""
     s = cfg.preprocess
@@ -136,7 +137,7 @@ def _materialize(
 
 
 def run_preprocess(
-    cfg: SegloopConfig, *, inputs: list[str] | None = None, out: str
+    cfg: PreprocessConfig, *, inputs: list[str] | None = None, out: str
 ) -> dict[str, Any]:
     """Merge datasets, split by image, tile, and write the layout above. Returns metrics."""
     s = cfg.preprocess

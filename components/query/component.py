@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -14,9 +14,9 @@ def query(
     from_spec: str = "",
 ):
     """Select records by `query.*` (or replay a saved `query_spec.json` given in `from_spec`)."""
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.query.query import run_query
-    from pipelines.component_io import log_metrics
 
     result = run_query(config_from_json(config_json), out=records.path, from_spec=from_spec or None)
     log_metrics(metrics, result)

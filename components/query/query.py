@@ -26,11 +26,12 @@ import sqlalchemy as sa
 
 from components.core import db, storage
 from components.core.artifacts import write_jsonl, write_metrics
-from components.core.config import SegloopConfig, save_resolved, stage_run_dir
+from components.core.config import save_resolved, stage_run_dir
 from components.core.errors import SegloopError
 from components.core.version import git_commit, segloop_version
 from components.query.filters import Filter, check_columns, parse_filter, where
 from components.query.sampling import Sampling, parse_sample, pick
+from components.query.settings import QueryConfig
 
 log = logging.getLogger("segloop.query")
 SPEC_VERSION = 1
@@ -215,7 +216,7 @@ def load_spec(uri: str) -> dict[str, Any]:
     return spec
 
 
-def apply_spec(cfg: SegloopConfig, spec: dict[str, Any], source: str) -> SegloopConfig:
+def apply_spec(cfg: QueryConfig, spec: dict[str, Any], source: str) -> QueryConfig:
     """The config with db and query settings replaced by a saved spec (sampling seed included)."""
     url = spec.get("db_url") or cfg.db.url
     if "***" in url:
@@ -244,7 +245,7 @@ def apply_spec(cfg: SegloopConfig, spec: dict[str, Any], source: str) -> Segloop
 
 
 def run_query(
-    cfg: SegloopConfig, *, out: str | None = None, from_spec: str | None = None
+    cfg: QueryConfig, *, out: str | None = None, from_spec: str | None = None
 ) -> dict[str, Any]:
     """Run the query stage; returns counts and where the outputs are."""
     started = time.monotonic()

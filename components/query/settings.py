@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 
@@ -26,3 +27,9 @@ class QuerySettings(Section):
         None, description="the record id column (default: the table's primary key, or image_id)"
     )
     preview: int = Field(0, ge=0, description="print the first N rows")
+
+
+class QueryConfig(SharedConfig):
+    """What the query stage reads: the shared sections and its own `query` section."""
+
+    query: QuerySettings = QuerySettings()

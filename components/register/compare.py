@@ -14,9 +14,9 @@ import logging
 from typing import Any
 
 from components.core import storage, tracking
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
-from components.register.stage import TAG
+from components.core.tracking import TAG
+from components.register.settings import RegisterConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def to_html(name, columns, rows, warnings) -> str:
 
 
 def run_compare(
-    cfg: SegloopConfig,
+    cfg: RegisterConfig,
     *,
     out: str,
     model: str | None = None,

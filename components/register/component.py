@@ -4,7 +4,7 @@ side-by-side comparison of the latest versions (logic: components.register)."""
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -20,10 +20,10 @@ def register(
     import os
     import shutil
 
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.register.compare import run_compare
     from components.register.stage import run_register
-    from pipelines.component_io import log_metrics
 
     cfg = config_from_json(config_json)
     result = run_register(cfg, evaluation=evaluation.path, out=registration.path)

@@ -15,11 +15,12 @@ from typing import Any
 
 from components.core import storage, tracking
 from components.core.artifacts import write_metrics
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
+from components.core.tracking import TAG
+from components.register.settings import RegisterConfig
 
 log = logging.getLogger(__name__)
-TAG = "segloop."
 
 
 def version_tags(metrics: dict[str, Any]) -> dict[str, str]:
@@ -63,7 +64,7 @@ def decide(
 
 
 def run_register(
-    cfg: SegloopConfig, *, evaluation: str, out: str, model: str | None = None
+    cfg: RegisterConfig, *, evaluation: str, out: str, model: str | None = None
 ) -> dict[str, Any]:
     """Register the evaluated model (its MLflow model URI) and apply the promotion rule."""
     from mlflow.exceptions import MlflowException

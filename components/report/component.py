@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -20,9 +20,9 @@ def loop_report(
     import os
     import shutil
 
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.report.stage import run_loop_report
-    from pipelines.component_io import log_metrics
 
     result = run_loop_report(config_from_json(config_json), download=dataset.path, out=summary.path)
     os.makedirs(os.path.dirname(report.path) or ".", exist_ok=True)

@@ -17,10 +17,10 @@ from typing import Any
 
 from components.core import storage, tracking
 from components.core.artifacts import read_jsonl, write_metrics
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import SharedConfig, save_resolved
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
-from components.register.stage import TAG
+from components.core.tracking import TAG
 from components.report.loop_report import RoundSummary, Sample, render_loop_report
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def registry_rounds(cfg: SegloopConfig, name: str) -> list[RoundSummary]:
+def registry_rounds(cfg: SharedConfig, name: str) -> list[RoundSummary]:
     """One round per registered version, oldest first (correction effort left unknown)."""
     from mlflow.exceptions import MlflowException
 
@@ -114,7 +114,7 @@ def most_changed_samples(download: str, upload_dir: str, limit: int = SAMPLES) -
 
 
 def run_loop_report(
-    cfg: SegloopConfig, *, download: str, registry_model: str | None = None, out: str
+    cfg: SharedConfig, *, download: str, registry_model: str | None = None, out: str
 ) -> dict[str, Any]:
     """Write the loop report of the registry's rounds and this round's download to `out`."""
     for required in ("metrics.json", "provenance.json", "manifest.jsonl", "labels.json"):

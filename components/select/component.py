@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -17,9 +17,9 @@ def select(
     """Pick `select.budget` pre-annotated images by `select.strategy`."""
     import os
 
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.select.select import run_select
-    from pipelines.component_io import log_metrics
 
     result = run_select(
         config_from_json(config_json),

@@ -16,9 +16,10 @@ import imagehash
 from PIL import Image
 
 from components.core import artifacts, storage
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_rgb
+from components.select.settings import SelectConfig
 
 # Higher score = more worth a person's time. Margin is small where the model hesitates.
 SCORE_OF = {
@@ -112,7 +113,7 @@ def pick_stratified(
 
 
 def run_select(
-    cfg: SegloopConfig, *, predictions: str, out: str, records: str | None = None
+    cfg: SelectConfig, *, predictions: str, out: str, records: str | None = None
 ) -> dict[str, Any]:
     """Choose `select.budget` images from an infer output folder; write the subset to `out`."""
     s = cfg.select

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 
@@ -23,3 +24,9 @@ class SelectSettings(Section):
     min_hash_distance: int = Field(
         6, ge=0, le=64, description="diverse: perceptual-hash bits two picked images must differ by"
     )
+
+
+class SelectConfig(SharedConfig):
+    """What the select stage reads: the shared sections and its own `select` section."""
+
+    select: SelectSettings = SelectSettings()

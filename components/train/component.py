@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from pipelines.images import cuda_image
+from components.images import cuda_image
 
 
 @dsl.component(base_image=cuda_image(), install_kfp_package=False)
@@ -14,9 +14,9 @@ def train(
     metrics: Output[Metrics],
 ):
     """Train by `train.*`; writes the checkpoint and model.json, logs an MLflow run."""
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.train.stage import run_train
-    from pipelines.component_io import log_metrics
 
     result = run_train(config_from_json(config_json), data=splits.path, out=model.path)
     log_metrics(metrics, result)

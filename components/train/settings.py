@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
 
@@ -51,3 +52,9 @@ class TrainSettings(Section):
     pad_divisor: int = Field(32, ge=1)
     log_model: bool = Field(True, description="log the best model to MLflow")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap (smoke runs, benches)")
+
+
+class TrainConfig(SharedConfig):
+    """What the train stage reads: the shared sections and its own `train` section."""
+
+    train: TrainSettings = TrainSettings()

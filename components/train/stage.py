@@ -33,7 +33,7 @@ from tqdm import tqdm
 from components.core import storage, tracking
 from components.core.artifacts import OK, Manifest, write_metrics
 from components.core.checkpoint import load_checkpoint, log_checkpoint_to_mlflow, save_checkpoint
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.core.metrics import flat_metrics, scores
@@ -49,6 +49,7 @@ from components.train.engine import (
     validate,
 )
 from components.train.losses import CombinedLoss
+from components.train.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 STATE = "state.pt"
@@ -66,7 +67,7 @@ def read_prepared(root: Path) -> tuple[dict, dict, LabelSet]:
     return split, stats, LabelSet.load(root / "labels.json")
 
 
-def make_spec(cfg: SegloopConfig, split: dict, stats: dict, labels: LabelSet) -> ModelSpec:
+def make_spec(cfg: TrainConfig, split: dict, stats: dict, labels: LabelSet) -> ModelSpec:
     s = cfg.train
     if s.binary and labels.num_classes != 2:
         raise SegloopError(
@@ -138,7 +139,7 @@ def _init_distributed() -> tuple[int, int, int | None]:
 
 
 def run_train(
-    cfg: SegloopConfig, *, data: str, out: str, resume: str | None = None
+    cfg: TrainConfig, *, data: str, out: str, resume: str | None = None
 ) -> dict[str, Any]:
     """Train on a preprocess output; returns metrics (best val mean IoU, run id, model URI)."""
     s = cfg.train

@@ -4,7 +4,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from pipelines.images import cpu_image
+from components.images import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -15,9 +15,9 @@ def upload_cvat(
     metrics: Output[Metrics],
 ):
     """Create annotation tasks with the images and their predicted masks; writes tasks.json."""
-    from components.core.config import config_from_json
+    from components.component_io import log_metrics
+    from components.config import config_from_json
     from components.upload_cvat.upload import run_upload_cvat
-    from pipelines.component_io import log_metrics
 
     result = run_upload_cvat(
         config_from_json(config_json), predictions=predictions.path, out=tasks.path

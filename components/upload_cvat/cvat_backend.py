@@ -18,10 +18,10 @@ from typing import Any
 from cvat_sdk import models
 from cvat_sdk.core.helpers import DeferredTqdmProgressReporter
 
-from components.core.config import SegloopConfig
 from components.core.cvat_client import CvatConnection, RequestTooLarge, connect
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
+from components.upload_cvat.settings import UploadCvatConfig
 from components.upload_cvat.upload import Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
@@ -39,7 +39,7 @@ def shape_key(shape: dict[str, Any]) -> tuple:
 
 
 class CvatUploader:
-    def __init__(self, cfg: SegloopConfig, labels: LabelSet):
+    def __init__(self, cfg: UploadCvatConfig, labels: LabelSet):
         self.cfg = cfg
         self.settings = cfg.upload_cvat
         self.labels = labels

@@ -22,18 +22,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from components.core import storage
-from components.core.config import SegloopConfig
 from components.core.errors import SegloopError
 from components.core.images import colorize, encode_png, load_mask
 from components.core.labels import LabelSet
 from components.core.masks import coco_annotation, cvat_mask_to_bitmap, polygon_to_bitmap
-from components.upload_cvat.upload import UNSAFE_NAME, Part, frame_table
+from components.upload_cvat.settings import UploadCvatConfig
+from components.upload_cvat.upload import Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
 
 
 def task_dir_name(name: str) -> str:
-    return UNSAFE_NAME.sub("_", name).strip(".") or "task"
+    return storage.UNSAFE_NAME.sub("_", name).strip(".") or "task"
 
 
 def labelmap_text(labels: LabelSet) -> str:
@@ -43,7 +43,7 @@ def labelmap_text(labels: LabelSet) -> str:
 
 
 class FolderUploader:
-    def __init__(self, cfg: SegloopConfig, labels: LabelSet):
+    def __init__(self, cfg: UploadCvatConfig, labels: LabelSet):
         self.cfg = cfg
         self.settings = cfg.upload_cvat
         self.labels = labels

@@ -1,38 +1,11 @@
-"""Config sections `cvat` (the connection, shared by upload and download) and `upload_cvat`."""
+"""Config section `upload_cvat` (the CVAT connection, `cvat`, is shared: components.core.config)."""
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
+from components.core.config import SharedConfig
 from components.core.settings_base import Section
-
-
-class CvatSettings(Section):
-    """Where annotation happens. Credentials never live here: CVAT_USERNAME / CVAT_PASSWORD
-    or CVAT_ACCESS_TOKEN come from the environment."""
-
-    backend: Literal["cvat", "folder"] = Field(
-        "cvat",
-        description="cvat: a CVAT server; folder: a folder of task layouts edited in any tool",
-    )
-    folder: str | None = Field(None, description="folder backend: where the task folders live")
-    host: str | None = Field(None, description="CVAT URL; default: $CVAT_HOST")
-    organization: str | None = Field(None, description="organization slug; default: none")
-    retries: int = Field(4, ge=0, description="retries on connection errors and 5xx answers")
-    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry")
-    request_timeout_s: float = Field(300, gt=0, description="read timeout of one request")
-    status_check_period_s: float = Field(
-        1.0, gt=0, description="polling period of background requests"
-    )
-    verify_ssl: bool = True
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.backend == "folder" and not self.folder:
-            raise ValueError(
-                "cvat.backend=folder needs cvat.folder (a folder path or s3:// prefix)"
-            )
-        return self
 
 
 class UploadCvatSettings(Section):
@@ -69,3 +42,9 @@ class UploadCvatSettings(Section):
     image_quality: int = Field(95, ge=1, le=100, description="CVAT's compressed-chunk quality")
     workers: int = Field(4, ge=1, description="parallel image fetches and mask encodings")
     max_failures: int = Field(0, ge=0)
+
+
+class UploadCvatConfig(SharedConfig):
+    """What the upload-cvat stage reads: the shared sections (`cvat` too) and `upload_cvat`."""
+
+    upload_cvat: UploadCvatSettings = UploadCvatSettings()

@@ -15,7 +15,6 @@ Output folder: `tasks.json` (task ids, URLs, frame -> record map, counts), `prea
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import string
 import tempfile
@@ -30,13 +29,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from components.core import artifacts, storage
-from components.core.config import SegloopConfig, save_resolved
+from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_mask, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import Shape, mask_to_cvat_masks, mask_to_polygons
 from components.core.progress import track
-from components.upload_cvat.settings import UploadCvatSettings
+from components.upload_cvat.settings import UploadCvatConfig, UploadCvatSettings
 
 log = logging.getLogger("segloop.upload_cvat")
 NAME_PLACEHOLDERS = ("cvat_project", "project", "subname", "date", "part", "parts")
@@ -44,7 +43,6 @@ NAME_PLACEHOLDERS = ("cvat_project", "project", "subname", "date", "part", "part
 # team's CVAT shows e.g. `weeds-2026-11-29-part1`, not the config defaults `demo-default-part1`.
 PROJECT_TASK_NAME = "{cvat_project}-{date}-part{part}"
 STANDALONE_TASK_NAME = "{project}-{subname}-{date}-part{part}"
-UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass
@@ -103,7 +101,7 @@ def frame_table(part: Part) -> list[dict[str, Any]]:
     ]
 
 
-def load_labels(cfg: SegloopConfig, pred_dir: Path) -> LabelSet:
+def load_labels(cfg: UploadCvatConfig, pred_dir: Path) -> LabelSet:
     if cfg.project.labels:
         return LabelSet.load(cfg.project.labels)
     for name in ("labels.json", "labels.yaml"):
@@ -120,7 +118,7 @@ def frame_names(record_ids: list[str], image_uris: list[str]) -> list[str]:
     names, seen = [], set()
     for record_id, uri in zip(record_ids, image_uris, strict=True):
         suffix = Path(storage.name(uri)).suffix.lower() or ".jpg"
-        stem = UNSAFE_NAME.sub("_", str(record_id)).strip(".") or "frame"
+        stem = storage.UNSAFE_NAME.sub("_", str(record_id)).strip(".") or "frame"
         name, n = f"{stem}{suffix}", 1
         while name.lower() in seen:
             n += 1
@@ -168,7 +166,7 @@ def read_items(pred_dir: Path) -> tuple[list[Item], list[dict[str, Any]]]:
 
 def task_name(
     template: str | None,
-    cfg: SegloopConfig,
+    cfg: UploadCvatConfig,
     part: int,
     parts: int,
     date: str,
@@ -204,7 +202,7 @@ def task_name(
 
 
 def split_parts(
-    items: list[Item], cfg: SegloopConfig, date: str, cvat_project: str | None = None
+    items: list[Item], cfg: UploadCvatConfig, date: str, cvat_project: str | None = None
 ) -> list[Part]:
     size = cfg.upload_cvat.max_images_per_task
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -301,7 +299,7 @@ def collect_part(
         part.prepared.append(prepared)
 
 
-def run_upload_cvat(cfg: SegloopConfig, predictions: str, out: str) -> dict[str, Any]:
+def run_upload_cvat(cfg: UploadCvatConfig, predictions: str, out: str) -> dict[str, Any]:
     """Upload the images and masks of `predictions` to CVAT (or the folder backend)."""
     from components.upload_cvat import cvat_backend, folder_backend
 

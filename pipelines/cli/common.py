@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from components.core.config import SegloopConfig, load_config
+from pipelines.config import SegloopConfig, load_config
 
 
 def config_options(func: Callable) -> Callable:
