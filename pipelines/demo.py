@@ -255,10 +255,7 @@ def collect_round(
 
 
 def _banner(echo: Echo, text: str) -> None:
-    echo("")
-    echo("=" * 78)
-    echo(text)
-    echo("=" * 78)
+    echo(f"── {text}")
 
 
 def run_demo(
@@ -306,19 +303,18 @@ def run_demo(
         f"embedded stack {'started' if started_now else 'already running'}: "
         f"S3 {state.s3_endpoint} (bucket {state.bucket}), MLflow {state.mlflow_uri}"
     )
-    echo(f"demo run {stamp}: run folder {work}")
+    echo(f"demo run {stamp}: run folder {work} (each task's full log under kfp/logs/)")
 
     # 2. data
     prefix = f"s3://{state.bucket}/demo/{stamp}"
-    echo(f"writing {'small ' if small else ''}synthetic dataset to {prefix}/data ...")
     data = make_demo_data(cfg, size, rounds, prefix)
     cfg = _with(
         cfg, project={"labels": data.labels_uri}, preprocess={"test_inputs": [data.testset_uri]}
     )
     echo(
-        f"  {len(data.masks)} images of {size.image}x{size.image} px, image table in {cfg.db.url}; "
-        f"fixed held-out test set: {len(data.test)} images ({data.testset_uri}); "
-        f"labelled seed set: {len(data.seed)}; pool: {size.window} images per round"
+        f"synthetic dataset: {len(data.masks)} images of {size.image}x{size.image} px in "
+        f"{prefix}/data; fixed held-out test set {len(data.test)}, labelled seed set "
+        f"{len(data.seed)}, pool {size.window} images per round"
     )
 
     def batch_cfg(base: SegloopConfig, batch: int, **more: dict[str, Any]) -> SegloopConfig:
@@ -334,10 +330,10 @@ def run_demo(
     samples: list[Sample] = []
 
     # 3. round 0: the labelled seed set -> first model -> champion; pre-annotate batch 1
-    _banner(echo, f"round 0: train a first model on {len(data.seed)} labelled seed images")
-    echo(
-        "the seed set is the synthetic ground truth, standing in for images a project already "
-        "has labels for; it becomes a completed task of the folder backend"
+    _banner(
+        echo,
+        f"round 0: train a first model on {len(data.seed)} labelled seed images (ground truth, "
+        "standing in for labels a project already has), pre-annotate round 1's batch",
     )
     seed_cfg = _with(
         cfg,
@@ -353,7 +349,6 @@ def run_demo(
     simulate_annotator(seed_cfg, seed_tasks, data.truth, data.labels)
     training = run_local("training", seed_cfg, params={"earlier_datasets": []})
     datasets = [_out(training, "download-cvat", "dataset")]
-    echo(f"\nround 0 ({training.seconds:.0f} s): pre-annotating round 1's batch with the champion")
     pre = run_local("pre_annotation", batch_cfg(cfg, 1))
     results.append(
         collect_round(
@@ -384,9 +379,10 @@ def run_demo(
         result = run_local("active_learning", round_cfg, params={"earlier_datasets": datasets})
         datasets.append(_out(result, "download-cvat", "dataset"))
         results.append(collect_round(number, source, result, [str(result.run_dir)]))
-        samples += most_changed_samples(_out(result, "download-cvat", "dataset"), upload_dir, 2)
+        samples += most_changed_samples(
+            _out(result, "download-cvat", "dataset"), upload_dir, 2, round_number=number
+        )
         upload_dir = _out(result, "upload-cvat", "tasks")
-        echo(f"round {number}: active_learning pipeline took {result.seconds:.0f} s")
 
     # 5. summary, report, MLflow
     aliases = current_aliases(cfg, name)
@@ -462,15 +458,25 @@ def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
 
 
 def summary_text(demo: DemoResult) -> str:
+    """Where to look, why each round was (not) promoted, then the table: the last thing shown."""
     header = (
         f"{'round':>5}  {'images':>6}  {'labels from':<36} {'pre-ann IoU':>11}  {'px changed':>10}  "
         f"{'test mIoU':>9}  {'version':>7}  {'promoted':>8}  aliases now"
     )
     lines = [
         "",
-        "=" * len(header),
+        f"loop report:     {demo.report}",
+        f"summary:         {demo.summary}",
+        f"MLflow UI:       {demo.mlflow_ui}",
+        f"next batch:      {demo.next_batch} (pre-annotated by the champion, ready for people)",
+        f"took {demo.seconds:.0f} s; the stack keeps running (stop it with `segloop down`)",
+        "",
+        *(f"round {r.round}: {r.reason}" for r in demo.rounds[1:]),
+        "pre-ann IoU: mean IoU of the pre-annotation against the refined mask (1 = nothing to "
+        "correct); px changed: share of pixels people changed; test mIoU: on the same held-out "
+        f"test set every round (test hash {demo.rounds[0].split_hash[:12]}).",
+        "",
         f"segloop demo {demo.stamp}: summary",
-        "=" * len(header),
         header,
     ]
     for r in demo.rounds:
@@ -479,20 +485,4 @@ def summary_text(demo: DemoResult) -> str:
             f"{_fmt(r.changed_share, '{:.1%}'):>10}  {r.test_mean_iou:>9.3f}  {r.model_version:>7}  "
             f"{'yes' if r.promoted else 'no':>8}  {','.join(r.aliases) or '-'}"
         )
-    lines += [
-        "",
-        "pre-ann IoU: mean IoU of the pre-annotation against the refined mask (1 = nothing to "
-        "correct); px changed: share of pixels people changed. test mIoU: on the same held-out "
-        f"test set every round (test hash {demo.rounds[0].split_hash[:12]}).",
-    ]
-    for r in demo.rounds[1:]:
-        lines.append(f"round {r.round}: {r.reason}")
-    lines += [
-        "",
-        f"loop report:     {demo.report}",
-        f"summary:         {demo.summary}",
-        f"MLflow UI:       {demo.mlflow_ui}",
-        f"next batch:      {demo.next_batch} (pre-annotated by the champion, ready for people)",
-        f"took {demo.seconds:.0f} s; the stack keeps running (stop it with `segloop down`)",
-    ]
     return "\n".join(lines)

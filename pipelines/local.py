@@ -9,7 +9,6 @@ the Kubernetes-only options (GPU placement, Secrets), and the stages find the em
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from components.core.errors import SegloopError
 from pipelines.config import SegloopConfig, run_config_json
 from pipelines.graphs import build, kfp_name
 from pipelines.stack import apply_stack_env
+from pipelines.task_logs import ANSI, TaskLogRouter
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class LocalRunResult:
     seconds: float
     tasks: list[TaskResult]
     environment: str
+    log_dir: Path
 
     def task(self, name: str) -> TaskResult:
         for t in self.tasks:
@@ -55,6 +57,7 @@ class LocalRunResult:
         lines = [
             f"pipeline {self.pipeline} succeeded in {self.seconds:.1f} s ({self.environment})",
             f"run folder: {self.run_dir}",
+            f"task logs:  {self.log_dir}",
         ]
         for t in self.tasks:
             lines.append(f"  {t.name}")
@@ -102,58 +105,18 @@ def _collect(run_dir: Path) -> list[TaskResult]:
     return tasks
 
 
-class QuietExecutorLog(io.TextIOBase):
-    """Passes the local runner's output through, minus each task's executor-input dump.
-
-    KFP's executor logs its whole input (the resolved config included) as indented JSON for
-    every task; on a terminal that buries the stage logs. The dump is replaced by one line.
-    `SEGLOOP_KFP_VERBOSE=1` (or `segloop -v`) shows it again.
-    """
-
-    def __init__(self, target):
-        self.target = target
-        self.skipping = False
-        self.pending = ""
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        while "\n" in self.pending:
-            line, self.pending = self.pending.split("\n", 1)
-            self._line(line + "\n")
-        return len(text)
-
-    def _line(self, line: str) -> None:
-        if self.skipping:
-            # json.dumps(indent=4) closes the dump with a lone "}" (the runner may indent it).
-            if line.strip() == "}" and len(line) - len(line.lstrip()) <= 4:
-                self.skipping = False
-            return
-        if "Got executor_input:" in line:
-            self.skipping = True
-            line = line.replace(
-                "Got executor_input:", "executor input (hidden; SEGLOOP_KFP_VERBOSE=1 shows it)"
-            )
-        self.target.write(line)
-
-    def flush(self) -> None:
-        if self.pending and not self.skipping:
-            self.target.write(self.pending)
-        self.pending = ""
-        self.target.flush()
-
-
 @contextlib.contextmanager
-def _quiet_output():
-    verbose = os.environ.get("SEGLOOP_KFP_VERBOSE") or logging.getLogger().level <= logging.DEBUG
-    if verbose:
-        yield
-        return
-    quiet = QuietExecutorLog(sys.stdout)
+def _task_output(pipeline: str, log_dir: Path):
+    """One line per task on stdout, each task's log in `log_dir` (`segloop -v`: everything)."""
+    verbose = bool(os.environ.get("SEGLOOP_KFP_VERBOSE")) or (
+        logging.getLogger().level <= logging.DEBUG
+    )
+    router = TaskLogRouter(sys.stdout, pipeline, log_dir, verbose)
     try:
-        with contextlib.redirect_stdout(quiet):
-            yield
+        with contextlib.redirect_stdout(router):
+            yield router
     finally:
-        quiet.flush()
+        router.close()
 
 
 def _init_runner(runner: Any, root: Path) -> None:
@@ -172,10 +135,12 @@ def run_pipeline_locally(
     environment = _environment(cfg)
     pipeline = build(name, cfg)
     before = {p.name for p in root.iterdir()}
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    log_dir = root / "logs" / f"{kfp_name(cfg, name)}-{stamp}"
     _init_runner(runner, root)
     start = time.monotonic()
     try:
-        with warnings.catch_warnings(), _quiet_output():
+        with warnings.catch_warnings(), _task_output(name, log_dir):
             # The SubprocessRunner warns that the segloop image is not a "python" image: locally
             # the components run in this environment, which has segloop installed.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -186,8 +151,8 @@ def run_pipeline_locally(
             pipeline(config_json=run_config_json(cfg), **(params or {}))
     except RuntimeError as exc:
         raise SegloopError(
-            f"pipeline {name} failed on the local runner: {exc}\n"
-            f"the failing task's log is printed above; its files are under {root}"
+            f"pipeline {name} failed on the local runner: {ANSI.sub('', str(exc))}\n"
+            f"task logs: {log_dir}; task outputs: under {root}"
         ) from None
     seconds = time.monotonic() - start
     prefix = kfp_name(cfg, name) + "-"
@@ -195,7 +160,7 @@ def run_pipeline_locally(
     if not new:
         raise SegloopError(f"pipeline {name} ran but wrote no run folder under {root}")
     run_dir = new[-1]
-    return LocalRunResult(name, run_dir, seconds, _collect(run_dir), environment)
+    return LocalRunResult(name, run_dir, seconds, _collect(run_dir), environment, log_dir)
 
 
 def run_local(

@@ -75,6 +75,13 @@ def test_evaluate_full_resolution_report_and_mlflow(tmp_path, mlflow_env):
         with Image.open(ev / "figures" / f"{fig}.png") as img:
             assert img.format == "PNG" and img.size[0] > 100
 
+    # The report draws masks in the report colours and says which colour is which class.
+    from components.core.labels import overlay_color
+
+    for class_id, name in ((1, "weed"), (2, "crop")):
+        assert f'background:{overlay_color(class_id)}"></span>{name}' in html
+    assert "Images of bare soil are left out" in html and "<section" in html
+
     # Logged into the training run: test metrics and the report.
     client = MlflowClient(mlflow_env)
     assert metrics["run_id"] == trained["run_id"]
@@ -83,3 +90,24 @@ def test_evaluate_full_resolution_report_and_mlflow(tmp_path, mlflow_env):
     assert "test_iou_weed" in run.data.metrics
     logged = {a.path for a in client.list_artifacts(trained["run_id"], "evaluation")}
     assert "evaluation/report.html" in logged and "evaluation/figures" in logged
+
+
+def test_best_images_have_plants(tmp_path):
+    """Bare-soil images score a mean IoU of 1.000 when nothing is predicted on them: the best
+    images are the best ones with plants in the ground truth; the worst are the lowest."""
+    from components.core.images import save_mask_png
+    from components.evaluate.report import pick_images
+
+    rows = []
+    for rid, plants, miou in (("bare1", 0, 1.0), ("bare2", 0, 1.0), ("p1", 1, 0.8),
+                              ("p2", 2, 0.6), ("p3", 1, 0.3), ("p4", 2, 0.9)):  # fmt: skip
+        mask = np.zeros((8, 8), np.uint8)
+        mask[2:5, 2:5] = plants
+        save_mask_png(tmp_path / f"{rid}.png", mask)
+        rows.append({"record_id": rid, "mean_iou": miou, "mask": str(tmp_path / f"{rid}.png")})
+    best, worst = pick_images(rows, 3)
+    assert [r["record_id"] for r in best] == ["p4", "p1", "p2"]
+    assert [r["record_id"] for r in worst] == ["p3", "p2", "p1"]
+    # Only bare soil in the test split: then those are what there is to show.
+    best, _ = pick_images(rows[:2], 3)
+    assert [r["record_id"] for r in best] == ["bare1", "bare2"]

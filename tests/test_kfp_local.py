@@ -116,18 +116,46 @@ def test_smoke_test_without_docker_engine_says_so(tmp_path):
     assert "needs a Docker engine" in message and "segloop run training" in message
 
 
-def test_executor_input_dumps_are_hidden_from_the_run_output():
+def test_run_output_is_one_line_per_task_with_logs_in_files(tmp_path):
+    """The runner's stream (as KFP's local runner prints it, colours included) becomes one line
+    per task; each task's whole log, executor input too, goes to its own file."""
     import io
 
-    from pipelines.local import QuietExecutorLog
+    from pipelines.task_logs import TaskLogRouter
 
     out = io.StringIO()
-    quiet = QuietExecutorLog(out)
-    quiet.write("Executing task 'query'\n[KFP Executor 1 INFO]: Got executor_input:\n{\n")
-    quiet.write('    "inputs": {\n        "parameterValues": {"config_json": "{}"}\n    }\n}\n')
-    quiet.write("[KFP Executor 2 INFO]: epoch 1/3: loss 0.9\npartial")
-    quiet.flush()
-    text = out.getvalue()
-    assert "parameterValues" not in text and "config_json" not in text
-    assert "Executing task 'query'" in text and "epoch 1/3" in text and text.endswith("partial")
-    assert "executor input (hidden; SEGLOOP_KFP_VERBOSE=1 shows it)" in text
+    router = TaskLogRouter(out, "training", tmp_path / "logs")
+    router.write("12:00:00.000 - INFO - Executing task \x1b[96m'train'\x1b[0m\n")
+    router.write("    [KFP Executor INFO]: Got executor_input:\n    {\n")
+    router.write('        "parameterValues": {"config_json": "{}"}\n    }\n')
+    router.write("    epoch 1/3: loss 0.9\n")
+    router.write("12:00:01.000 - INFO - Task \x1b[96m'train'\x1b[0m finished with status ")
+    router.write("\x1b[92mSUCCESS\x1b[0m\n")
+    router.write("12:00:01.000 - INFO - Executing task 'evaluate'\n")
+    router.write("    Traceback: no model at s3://x\n")
+    router.write("12:00:02.000 - ERROR - Task 'evaluate' finished with status FAILURE\n")
+    router.close()
+    shown = out.getvalue().splitlines()
+    assert shown[0].split() == ["training", "train", "ok", shown[0].split()[3], "s"]
+    assert shown[1].split()[:3] == ["training", "evaluate", "failure"]
+    assert f"its log: {tmp_path / 'logs' / 'evaluate.log'}" in shown[2]
+    assert shown[-1].startswith("    | ") and shown[-1].endswith("Traceback: no model at s3://x")
+    assert "config_json" not in out.getvalue() and "epoch" not in out.getvalue()
+    train_log = (tmp_path / "logs" / "train.log").read_text()
+    assert "config_json" in train_log and "epoch 1/3" in train_log and "\x1b" not in train_log
+    assert "no model" in (tmp_path / "logs" / "evaluate.log").read_text()
+
+
+def test_verbose_run_output_streams_everything(tmp_path):
+    import io
+
+    from pipelines.task_logs import TaskLogRouter
+
+    out = io.StringIO()
+    router = TaskLogRouter(out, "training", tmp_path / "logs", verbose=True)
+    router.write(
+        "Executing task 'train'\n    epoch 1/3\nTask 'train' finished with status SUCCESS\n"
+    )
+    router.close()
+    assert "epoch 1/3" in out.getvalue()
+    assert "epoch 1/3" in (tmp_path / "logs" / "train.log").read_text()

@@ -3,51 +3,90 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from components.core.images import save_mask_png, save_rgb
-from components.core.labels import LabelSet
+from components.core.labels import LabelSet, overlay_color
 from components.report.loop_report import RoundSummary, Sample, write_loop_report
+
+LABELS = LabelSet.model_validate(
+    {
+        "labels": [
+            {"name": "soil", "id": 0, "color": "#000000"},
+            {"name": "maize", "id": 1, "color": "#00ff00"},
+        ]
+    }
+)
+
+
+def write_sample(folder, rid, image, pre, refined, round_number=None) -> Sample:
+    """An image with its pre-annotation and refined mask as files, as a report `Sample`."""
+    save_rgb(folder / f"{rid}.png", image)
+    save_mask_png(folder / f"{rid}-pre.png", pre)
+    save_mask_png(folder / f"{rid}-ref.png", refined)
+    return Sample(
+        rid,
+        str(folder / f"{rid}.png"),
+        str(folder / f"{rid}-pre.png"),
+        str(folder / f"{rid}-ref.png"),
+        round=round_number,
+    )
+
+
+ROUNDS = [
+    RoundSummary(1, 6, 0.71, 0.12, 0.55, "1", None, {"soil": 0.9, "maize": 0.2}),
+    RoundSummary(2, 6, 0.83, 0.07, 0.68, "2", "champion", {"soil": 0.93, "maize": 0.43}),
+]
+
+
+def _picture(data: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
 
 
 def test_loop_report_has_rounds_plots_and_overlays(tmp_path):
-    labels = LabelSet.model_validate(
-        {
-            "labels": [
-                {"name": "soil", "id": 0, "color": "#000000"},
-                {"name": "maize", "id": 1, "color": "#00ff00"},
-            ]
-        }
-    )
     image = np.full((48, 64, 3), 120, np.uint8)
     pre, refined = np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)
     pre[:10] = 1
     refined[:20] = 1
-    save_rgb(tmp_path / "a.png", image)
-    save_mask_png(tmp_path / "pre.png", pre)
-    save_mask_png(tmp_path / "ref.png", refined)
-    rounds = [
-        RoundSummary(1, 6, 0.71, 0.12, 0.55, "1", None, {"soil": 0.9, "maize": 0.2}),
-        RoundSummary(2, 6, 0.83, 0.07, 0.68, "2", "champion", {"soil": 0.93, "maize": 0.43}),
-    ]
-    out = write_loop_report(
-        tmp_path / "report.html",
-        rounds,
-        [
-            Sample(
-                "a", str(tmp_path / "a.png"), str(tmp_path / "pre.png"), str(tmp_path / "ref.png")
-            )
-        ],
-        labels,
-    )
+    sample = write_sample(tmp_path, "a", image, pre, refined, round_number=2)
+    out = write_loop_report(tmp_path / "report.html", ROUNDS, [sample], LABELS)
     page = open(out).read()
     assert "champion" in page and "0.680" in page and "changed 20.8%" in page
+    # Every share of pixels is a percentage with one decimal; each sample names its round.
+    assert "<td>12.0%</td>" in page and "<td>7.0%</td>" in page and "0.120" not in page
+    assert "<td>round 2</td>" in page
     pictures = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
-    assert len(pictures) == 4  # round plots, class plot, two overlays
+    assert len(pictures) == 5  # round plots, class plot, two overlays, pixels changed
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+
+    # Overlays are drawn in the report colour of the legend, not the label's own green, and
+    # the pre-annotation and the refined mask differ visibly where people changed pixels.
+    (name, color), *_ = LABELS.legend()
+    assert name == "maize" and color == overlay_color(1) and color in page
+    rgb = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+    pre_pic, ref_pic, changes = (_picture(p) for p in pictures[2:])
+    assert pre_pic.shape == (48, 64, 3)
+    assert np.abs(pre_pic[15].astype(int) - rgb).sum(axis=1).max() > 150  # row 15: not in pre
+    assert np.abs(ref_pic[15, 5:-5].astype(int) - rgb).sum(axis=1).max() < 150  # in refined
+    assert (changes[10:20] == (255, 0, 255)).all() and not (changes[25:] == (255, 0, 255)).any()
+
+
+def test_loop_report_without_round_or_samples(tmp_path):
+    image = np.full((16, 16, 3), 90, np.uint8)
+    sample = write_sample(
+        tmp_path, "b", image, np.zeros((16, 16), np.uint8), np.ones((16, 16), np.uint8)
+    )
+    page = open(write_loop_report(tmp_path / "r.html", ROUNDS[:1], [sample], LABELS)).read()
+    assert "<td>round -</td>" in page and "changed 100.0%" in page
+    from components.report.loop_report import render_loop_report
+
+    empty = render_loop_report(ROUNDS, [], LABELS, "t", samples_note="No samples: because.")
+    assert "No samples: because." in empty and "class='sample'" not in empty
 
 
 def test_loop_report_stage_refuses_a_folder_that_is_no_download(tmp_path):

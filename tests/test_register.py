@@ -110,9 +110,19 @@ def test_promotion_rule_and_compare(evaluated, mlflow_env):
     assert "iou_weed" in rows[0] and rows[1]["aliases"] == "champion"
     assert "<table>" in (tmp / "cmp" / "compare.html").read_text()
     assert "> warning:" in (tmp / "cmp" / "compare.md").read_text()
+    # The delta says what it is measured against: the first version listed.
+    page = (tmp / "cmp" / "compare.html").read_text()
+    assert "delta_mean_iou (vs v1)</th>" in page and "deltas are against version 1" in page
+    assert "| delta_mean_iou (vs v1) |" in result.output
+    assert "delta_mean_iou: mean IoU minus that of version 1" in result.output
 
     by_alias = run_compare(cfg, out=str(tmp / "c2"), aliases=["champion", "challenger"])
     assert [r["version"] for r in by_alias["rows"]] == [2, 4] and by_alias["warnings"]
+    assert "deltas are against version 2" in (tmp / "c2" / "compare.html").read_text()
+    assert (
+        abs(by_alias["rows"][1]["delta_mean_iou"] - (0.999 - by_alias["rows"][0]["mean_iou"]))
+        < 1e-5
+    )
     same_split = run_compare(cfg, out=str(tmp / "c3"), versions=[1, 2, 3])
     assert not same_split["warnings"]
     last_two = run_compare(cfg, out=str(tmp / "c4"), last=2)["rows"]

@@ -19,7 +19,9 @@ Model URIs: a local folder (or `file://`), its `model.pt`/`model.json` file, `s3
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,31 @@ def log_checkpoint_to_mlflow(
     if mlflow.active_run() is None:
         raise SegloopError("log_checkpoint_to_mlflow needs an active MLflow run (mlflow.start_run)")
     metadata = {"segloop_spec": json.loads(spec.model_dump_json()), **kwargs.pop("metadata", {})}
+    with _pickle_warning_muted():
+        return _log_model(model, folder, name, metadata, **kwargs)
+
+
+@contextlib.contextmanager
+def _pickle_warning_muted():
+    """MLflow 3 warns on every pickled PyTorch model and recommends "pt2". segloop keeps the
+    pickle copy on purpose: segloop never loads it (it reads the weights-only model.pt beside
+    it), while "pt2" would add a torch.export trace of every architecture to each training run.
+    The warning says nothing a user can act on, so it stays out of their output."""
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+    pytorch_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        pytorch_log.removeFilter(keep)
+
+
+def _log_model(model: torch.nn.Module, folder: Path, name: str, metadata: dict, **kwargs):
+    import mlflow.pytorch
+
     return mlflow.pytorch.log_model(
         model,
         name=name,

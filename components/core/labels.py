@@ -2,6 +2,10 @@
 
 Format (YAML or JSON): `{"labels": [{"name": "background", "id": 0, "color": "#000000"}, ...]}`.
 Class 0 is background; ids are contiguous from 0 so that they index model outputs.
+
+The labels' own colours are for annotation tools (CVAT); reports draw masks over photos of soil
+and plants with `OVERLAY_COLORS` instead (`LabelSet.overlay_palette`, `LabelSet.legend`,
+`paint_overlay`), saturated hues that none of soil, green leaves or reddish leaves look like.
 """
 
 from __future__ import annotations
@@ -10,13 +14,20 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
+from PIL import Image
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from components.core import storage
 from components.core.errors import SegloopError
 
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+# Overlay colours of classes 1, 2, ... (cycled): blue, yellow, cyan, white, orange, violet,
+# red. They stand out against brown and grey soil and against green and reddish leaves; magenta
+# is left for error and change maps.
+OVERLAY_COLORS = ("#1f5fff", "#ffe600", "#00e5ff", "#ffffff", "#ff7f00", "#b84dff", "#ff2a2a")
+MARK_RGB = (255, 0, 255)  # magenta: wrong or changed pixels
 
 
 class Label(BaseModel):
@@ -67,6 +78,14 @@ class LabelSet(BaseModel):
     def palette(self) -> list[tuple[int, int, int]]:
         return [label.rgb for label in self.labels]
 
+    def overlay_palette(self) -> list[tuple[int, int, int]]:
+        """Report colours by class id (class 0, background, is never drawn)."""
+        return [(0, 0, 0)] + [_rgb(overlay_color(i)) for i in range(1, self.num_classes)]
+
+    def legend(self) -> list[tuple[str, str]]:
+        """(class name, overlay colour as #rrggbb) of the classes reports draw (not background)."""
+        return [(label.name, overlay_color(label.id)) for label in self.labels[1:]]
+
     @classmethod
     def load(cls, uri: str | Path) -> LabelSet:
         text = storage.read_text(uri)
@@ -88,3 +107,62 @@ class LabelSet(BaseModel):
             storage.write_json(uri, self.model_dump())
         else:
             storage.write_text(uri, yaml.safe_dump(self.model_dump(), sort_keys=False))
+
+
+# ---------------------------------------------------------------- overlays for reports
+
+
+def overlay_color(class_id: int) -> str:
+    """The report colour of class `class_id` (>= 1)."""
+    return OVERLAY_COLORS[(class_id - 1) % len(OVERLAY_COLORS)]
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def shrink(image: np.ndarray, masks: list[np.ndarray], max_side: int | None):
+    """An image (bilinear) and its masks (nearest) scaled down to `max_side`, so that outlines
+    drawn afterwards stay one pixel wide instead of being averaged away."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image, masks
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return small, [
+        np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in masks
+    ]
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of a class region that touch another class (4-neighbourhood)."""
+    edge = np.zeros(mask.shape, dtype=bool)
+    edge[1:, :] |= mask[1:, :] != mask[:-1, :]
+    edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    return edge
+
+
+def paint_overlay(
+    image: np.ndarray, mask: np.ndarray, palette: list[tuple[int, int, int]], alpha: float = 0.5
+) -> np.ndarray:
+    """Classes > 0 filled at `alpha` with solid outlines, over a dimmed copy of the image (so the
+    colours, not the plants, are what stands out); class 0 and 255 (ignore) stay uncoloured."""
+    lut = np.zeros((256, 3), dtype=np.float32)
+    lut[1 : len(palette)] = np.asarray(palette[1:], dtype=np.float32)
+    drawn = (mask > 0) & (mask != 255)
+    out = image.astype(np.float32) * 0.7
+    color = lut[mask]
+    out[drawn] = (1 - alpha) * out[drawn] + alpha * color[drawn]
+    edge = outline(np.where(drawn, mask, 0)) & drawn
+    out[edge] = color[edge]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def mark_pixels(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The image dimmed to a third, with the pixels `where` is true in magenta."""
+    out = image // 3
+    out[where] = MARK_RGB
+    return out

@@ -1,19 +1,66 @@
-"""The evaluation report: pictures (matplotlib, PNG) and the same content as Markdown and HTML."""
+"""The evaluation report: pictures (matplotlib, PNG) and the same content as Markdown and HTML.
+
+Masks are drawn in the report colours of `components.core.labels` (not the labels' own colours,
+which may look like the plants), filled and outlined, next to each other: image, ground truth,
+prediction, errors. The HTML comes from `templates/report.html` (Jinja2).
+"""
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from components.core.images import colorize, load_mask, load_rgb, overlay  # noqa: E402
-from components.core.labels import LabelSet  # noqa: E402
+from components.core.images import load_mask, load_rgb  # noqa: E402
+from components.core.labels import LabelSet, mark_pixels, paint_overlay, shrink  # noqa: E402
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("components.evaluate", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+PANEL_SIDE = 512  # images are drawn at most this large (outlines stay visible)
+BEST_CAPTION = (
+    "The test images with plants (foreground in the ground truth) that the model gets most "
+    "right. Images of bare soil are left out: predicting no plant on them scores a mean IoU "
+    "of 1.000 and shows nothing."
+)
+WORST_CAPTION = "The test images with the lowest mean IoU."
+
+
+def has_plants(row: dict[str, Any]) -> bool:
+    """Whether the ground truth of an evaluated image has any foreground (class > 0)."""
+    if "foreground" in row:
+        return bool(row["foreground"])
+    truth = load_mask(row["mask"])
+    return bool(((truth > 0) & (truth != 255)).any())
+
+
+def pick_images(
+    per_image: list[dict[str, Any]], k: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(best, worst) rows for the image grids: best are the `k` images with plants that score
+    highest (bare-soil images only when no test image has plants), worst the `k` lowest.
+    Masks are read lazily, down the ranking, until `k` images with plants are found."""
+    ranked = sorted(per_image, key=lambda r: (-r["mean_iou"], r["record_id"]))
+    best: list[dict[str, Any]] = []
+    for row in ranked:
+        if len(best) == k:
+            break
+        if has_plants(row):
+            best.append(row)
+    if not best:
+        best = ranked[:k]
+    worst = sorted(per_image, key=lambda r: (r["mean_iou"], r["record_id"]))[:k]
+    return best, worst
 
 
 def iou_bars(result: dict[str, Any], path: Path) -> None:
@@ -54,67 +101,69 @@ def confusion_plot(cm: np.ndarray, names: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def _legend_handles(labels: LabelSet) -> list[Patch]:
+    handles = [Patch(facecolor=c, edgecolor="#333", label=n) for n, c in labels.legend()]
+    return handles + [Patch(facecolor="#ff00ff", edgecolor="#333", label="error")]
+
+
 def image_grid(rows: list[dict[str, Any]], labels: LabelSet, path: Path, title: str) -> None:
-    """One row per image: image, truth overlay, prediction overlay, errors."""
-    palette = labels.palette()
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
+    """One row per image: image, truth overlay, prediction overlay, errors; a colour legend."""
+    palette = labels.overlay_palette()
+    fig, axes = plt.subplots(
+        len(rows), 4, figsize=(12, 3 * len(rows) + 0.6), squeeze=False, layout="constrained"
+    )
     for r, row in enumerate(rows):
-        image = load_rgb(row["image"])
-        truth = load_mask(row["mask"])
-        pred = load_mask(row["prediction"])
+        image, (truth, pred) = shrink(
+            load_rgb(row["image"]), [load_mask(row["mask"]), load_mask(row["prediction"])],
+            PANEL_SIDE,
+        )  # fmt: skip
+        plants = bool(((truth > 0) & (truth != 255)).any())
         wrong = (truth != pred) & (truth != 255)
-        errors = image.copy() // 3
-        errors[wrong] = (255, 0, 255)
         panels = [
-            (image, f"{row['record_id']}"),
-            (overlay(image, np.where(truth == 255, 0, truth), palette), "truth"),
-            (overlay(image, pred, palette), f"prediction (mIoU {row['mean_iou']:.3f})"),
-            (errors, "errors (magenta)"),
+            (image, f"{row['record_id']}" + ("" if plants else " (bare soil)")),
+            (paint_overlay(image, truth, palette), "ground truth"),
+            (paint_overlay(image, pred, palette), f"prediction (mIoU {row['mean_iou']:.3f})"),
+            (mark_pixels(image, wrong), f"errors: {wrong.mean():.1%} of pixels"),
         ]
         for c, (img, name) in enumerate(panels):
-            axes[r, c].imshow(img)
+            axes[r, c].imshow(img, interpolation="nearest")
             axes[r, c].set_title(name, fontsize=9)
             axes[r, c].axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
+    handles = _legend_handles(labels)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def legend_png(labels: LabelSet, path: Path) -> None:
-    swatches = colorize(np.arange(labels.num_classes, dtype=np.uint8)[None, :], labels.palette())
-    fig, ax = plt.subplots(figsize=(max(3, labels.num_classes * 1.2), 1))
-    ax.imshow(swatches, aspect="auto")
-    ax.set_xticks(range(labels.num_classes), labels.names)
-    ax.set_yticks([])
-    fig.tight_layout()
+    """The report colours as a picture (class name -> colour; background is not coloured)."""
+    handles = _legend_handles(labels)
+    fig = plt.figure(figsize=(max(3, 1.4 * len(handles)), 0.6))
+    fig.legend(handles=handles, loc="center", ncol=len(handles), fontsize=9, frameon=False)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def _table(result: dict[str, Any], names: list[str]) -> list[list[str]]:
-    def fmt(v):
-        return "n/a" if v is None else f"{v:.4f}"
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
-    return [
-        [n, fmt(result["iou"][n]), fmt(result["dice"][n]), fmt(result["precision"][n]),
-         fmt(result["recall"][n])]
-        for n in names
-    ]  # fmt: skip
+
+def _legend(names: list[str]) -> list[tuple[str, str]]:
+    return LabelSet.model_validate(
+        {"labels": [{"name": n, "id": i} for i, n in enumerate(names)]}
+    ).legend()
 
 
 def write_reports(folder: Path, summary: dict[str, Any], names: list[str]) -> None:
     """report.md and report.html next to figures/ (relative links)."""
     result = summary["scores"]
     header = ["class", "IoU", "Dice", "precision", "recall"]
-    rows = _table(result, names)
-    figures = [
-        ("Per-class IoU", "figures/iou_bars.png"),
-        ("Confusion matrix", "figures/confusion.png"),
-        ("Best images", "figures/best.png"),
-        ("Worst images", "figures/worst.png"),
-        ("Colours", "figures/legend.png"),
-    ]
+    rows = [
+        [n, _fmt(result["iou"][n]), _fmt(result["dice"][n]), _fmt(result["precision"][n]),
+         _fmt(result["recall"][n])]
+        for n in names
+    ]  # fmt: skip
     facts = [
         ("model", summary["model"]),
         ("test images", str(summary["images"])),
@@ -123,28 +172,25 @@ def write_reports(folder: Path, summary: dict[str, Any], names: list[str]) -> No
         ("mean Dice", f"{result['mean_dice']:.4f}"),
         ("pixel accuracy", f"{result['pixel_accuracy']:.4f}"),
     ]
+    legend = _legend(names)
+    figures = [
+        ("Per-class IoU", "figures/iou_bars.png", ""),
+        ("Confusion matrix", "figures/confusion.png", ""),
+        ("Best images", "figures/best.png", BEST_CAPTION),
+        ("Worst images", "figures/worst.png", WORST_CAPTION),
+    ]
     md = ["# Evaluation report", ""]
     md += [f"- **{k}**: `{v}`" for k, v in facts]
     md += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    for title, src in figures:
-        md += ["", f"## {title}", "", f"![{title}]({src})"]
+    md += ["", "## Colours", "", "Masks are filled and outlined in these colours; background "
+           "is not coloured; errors are magenta.", ""]  # fmt: skip
+    md += [f"- {name}: `{color}`" for name, color in legend]
+    md += ["", "![colours](figures/legend.png)"]
+    for title, src, caption in figures:
+        md += ["", f"## {title}", ""] + ([caption, ""] if caption else []) + [f"![{title}]({src})"]
     (folder / "report.md").write_text("\n".join(md) + "\n")
-
-    e = html.escape
-    body = ["<h1>Evaluation report</h1>", "<ul>"]
-    body += [f"<li><b>{e(k)}</b>: <code>{e(str(v))}</code></li>" for k, v in facts]
-    body += ["</ul>", "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
-    body += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-    body += ["</table>"]
-    for title, src in figures:
-        body += [f"<h2>{e(title)}</h2>", f'<img src="{e(src)}" alt="{e(title)}">']
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "img{max-width:100%}"
+    page = TEMPLATES.get_template("report.html").render(
+        facts=facts, header=header, rows=rows, legend=legend, figures=figures
     )
-    (folder / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
-    )
+    (folder / "report.html").write_text(page)

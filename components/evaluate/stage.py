@@ -142,12 +142,12 @@ def run_evaluate(cfg: EvaluateConfig, *, model: str, data: str, out: str) -> dic
         result = scores(total, labels.names)
         figures = root / "figures"
         figures.mkdir(exist_ok=True)
-        ranked = sorted(per_image, key=lambda r: (-r["mean_iou"], r["record_id"]))
-        k = min(s.grid_images, len(ranked))
+        # Best: images with plants (bare soil at IoU 1.000 tells a reader nothing).
+        best, worst = report.pick_images(per_image, min(s.grid_images, len(per_image)))
         report.iou_bars(result, figures / "iou_bars.png")
         report.confusion_plot(total, labels.names, figures / "confusion.png")
-        report.image_grid(ranked[:k], labels, figures / "best.png", "Best test images")
-        report.image_grid(ranked[::-1][:k], labels, figures / "worst.png", "Worst test images")
+        report.image_grid(best, labels, figures / "best.png", "Best test images with plants")
+        report.image_grid(worst, labels, figures / "worst.png", "Worst test images")
         report.legend_png(labels, figures / "legend.png")
         summary = {
             "model": str(model),

@@ -1,17 +1,19 @@
 """`run_compare`: registered model versions side by side (Markdown, CSV, HTML, and printed).
 
 Columns: version, aliases, run, split hash, mean IoU, Dice, per-class IoU, and the mean IoU
-delta against the first version listed (the baseline). Versions evaluated on different test
-splits are flagged: their scores are not comparable.
+delta against the first version listed (the baseline, the oldest when versions are chosen by
+--last). Versions evaluated on different test splits are flagged: their scores are not
+comparable. The Markdown and the HTML (`templates/compare.html`) say what each column is.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import logging
 from typing import Any
+
+import jinja2
 
 from components.core import storage, tracking
 from components.core.errors import SegloopError
@@ -19,6 +21,12 @@ from components.core.tracking import TAG
 from components.register.settings import RegisterConfig
 
 log = logging.getLogger(__name__)
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("components.register", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def _versions(client, name: str, versions, aliases, last) -> list:
@@ -101,9 +109,37 @@ def _fmt(value: Any, column: str) -> str:
     return str(value)
 
 
+def column_notes(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """What each column is; the delta names the version it is measured against."""
+    base = rows[0]["version"] if rows else "?"
+    notes = {
+        "version": "MLflow model version",
+        "aliases": "aliases the version holds now (champion, challenger)",
+        "run": "MLflow run that logged the model (first 12 characters)",
+        "split_hash": "hash of the test split it was evaluated on; equal hashes are comparable",
+        "mean_iou": "mean IoU over the classes on the test split",
+        "delta_mean_iou": f"mean IoU minus that of version {base}, the first version listed "
+        "(the baseline; not necessarily the champion)",
+        "mean_dice": "mean Dice over the classes on the test split",
+    }
+    for c in columns:
+        if c.startswith("iou_"):
+            notes[c] = f"IoU of class {c[4:]} on the test split"
+    return {c: notes[c] for c in columns if c in notes}
+
+
+def headers(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Column headers for people: the delta column says what it is measured against."""
+    base = rows[0]["version"] if rows else "?"
+    return {c: f"delta_mean_iou (vs v{base})" if c == "delta_mean_iou" else c for c in columns}
+
+
 def to_markdown(columns, rows, warnings) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    head = headers(columns, rows)
+    lines = ["| " + " | ".join(head[c] for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r[c], c) for c in columns) + " |" for r in rows]
+    if "delta_mean_iou" in columns:
+        lines += ["", f"delta_mean_iou: {column_notes(columns, rows)['delta_mean_iou']}."]
     lines += [f"\n> warning: {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
@@ -117,20 +153,14 @@ def to_csv(columns, rows) -> str:
 
 
 def to_html(name, columns, rows, warnings) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{e(_fmt(r[c], c))}</td>" for c in columns) + "</tr>" for r in rows
-    )
-    warn = "".join(f"<p class='warn'>warning: {e(w)}</p>" for w in warnings)
-    style = (
-        "body{font-family:sans-serif}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px}.warn{color:#b00}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>compare {e(name)}</title>"
-        f"<style>{style}</style></head><body><h1>Model versions of {e(name)}</h1>"
-        f"{warn}<table><tr>{head}</tr>{body}</table></body></html>\n"
+    return TEMPLATES.get_template("compare.html").render(
+        name=name,
+        columns=columns,
+        headers=headers(columns, rows),
+        notes=column_notes(columns, rows),
+        cells=[[_fmt(r[c], c) for c in columns] for r in rows],
+        baseline=rows[0]["version"] if rows else None,
+        warnings=warnings,
     )
 
 

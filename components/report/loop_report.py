@@ -1,28 +1,39 @@
 """The loop report: one self-contained HTML page (pictures embedded) about the rounds so far.
 
-It shows pre-annotations next to the refined masks for a sample of images, mean IoU and
-correction effort per round as plots, and per-class IoU per model version. Being one file,
-it can be written to the run folder, logged to MLflow and emitted as a KFP `HTML` artifact.
+It shows pre-annotations next to the refined masks for a sample of images (with the round they
+come from and the pixels people changed), mean IoU and correction effort per round as plots,
+and per-class IoU per model version. Masks are drawn in the report colours of
+`components.core.labels`, with a legend. Being one file, it can be written to the run folder,
+logged to MLflow and emitted as a KFP `HTML` artifact. The page is `templates/loop_report.html`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from components.core import storage  # noqa: E402
-from components.core.images import load_mask, load_rgb, overlay  # noqa: E402
-from components.core.labels import LabelSet  # noqa: E402
+from components.core.images import load_mask, load_rgb  # noqa: E402
+from components.core.labels import LabelSet, mark_pixels, paint_overlay, shrink  # noqa: E402
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("components.report", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+SAMPLE_SIDE = 320  # sample pictures are drawn at most this large
 
 
 @dataclass
@@ -43,6 +54,7 @@ class Sample:
     image_uri: str
     pre_mask_uri: str
     refined_mask_uri: str
+    round: int | None = None  # the round whose people refined it
 
 
 def _png(fig) -> str:
@@ -52,11 +64,9 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _array_png(array: np.ndarray, max_side: int = 320) -> str:
-    image = Image.fromarray(array)
-    image.thumbnail((max_side, max_side))
+def _array_png(array: np.ndarray) -> str:
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    Image.fromarray(array).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -65,10 +75,18 @@ def _round_plots(rounds: list[RoundSummary]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     axes[0].plot(xs, [r.test_miou or 0 for r in rounds], marker="o")
     axes[0].set(title="test mean IoU per round", xlabel="round", ylabel="mean IoU", ylim=(0, 1))
-    axes[1].bar(xs, [r.changed_share or 0 for r in rounds], color="#d95f02")
-    axes[1].set(title="correction effort: share of pixels changed", xlabel="round", ylabel="share")
+    shares = [100 * (r.changed_share or 0) for r in rounds]
+    bars = axes[1].bar(xs, shares, color="#d95f02")
+    axes[1].bar_label(
+        bars, labels=["-" if r.changed_share is None else f"{s:.1f}%" for r, s in zip(rounds, shares, strict=True)],
+        fontsize=8,
+    )  # fmt: skip
+    axes[1].set(title="correction effort: pixels changed", xlabel="round", ylabel="pixels changed")
+    axes[1].set_ylim(0, max([*shares, 1.0]) * 1.2)
+    axes[1].yaxis.set_major_formatter(PercentFormatter(decimals=1))
     for ax in axes:
         ax.set_xticks(xs)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -93,56 +111,63 @@ def _class_plot(rounds: list[RoundSummary]) -> str | None:
     return _png(fig)
 
 
+def _sample_row(s: Sample, palette) -> dict | None:
+    image = load_rgb(s.image_uri)
+    pre, refined = load_mask(s.pre_mask_uri), load_mask(s.refined_mask_uri)
+    if pre.shape != image.shape[:2] or refined.shape != image.shape[:2]:
+        return None
+    changed = float((pre != refined).mean())  # at full resolution
+    image, (pre, refined) = shrink(image, [pre, refined], SAMPLE_SIDE)
+    return {
+        "round": "-" if s.round is None else s.round,
+        "record_id": s.record_id,
+        "changed": percent(changed),
+        "pre": _array_png(paint_overlay(image, pre, palette)),
+        "refined": _array_png(paint_overlay(image, refined, palette)),
+        "changes": _array_png(mark_pixels(image, pre != refined)),
+    }
+
+
 def render_loop_report(
-    rounds: list[RoundSummary], samples: list[Sample], labels: LabelSet, title: str
+    rounds: list[RoundSummary],
+    samples: list[Sample],
+    labels: LabelSet,
+    title: str,
+    samples_note: str | None = None,
 ) -> str:
-    palette = labels.palette()
-    rows = []
-    for r in rounds:
-        cells = [
+    """The page; `samples_note` says why there are no samples when there are none."""
+    palette = labels.overlay_palette()
+    rows = [
+        [
             r.round,
             "-" if r.images_refined is None else r.images_refined,
             _fmt(r.correction_iou),
-            _fmt(r.changed_share),
+            percent(r.changed_share),
             _fmt(r.test_miou),
             r.model_version or "-",
             r.alias or "-",
         ]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    sample_rows = []
-    for s in samples:
-        image = load_rgb(s.image_uri)
-        pre, refined = load_mask(s.pre_mask_uri), load_mask(s.refined_mask_uri)
-        if pre.shape != image.shape[:2] or refined.shape != image.shape[:2]:
-            continue
-        changed = float((pre != refined).mean())
-        sample_rows.append(
-            f"<tr><td>{html.escape(s.record_id)}<br>changed {changed:.1%}</td>"
-            f"<td><img class='sample' src='data:image/png;base64,{_array_png(overlay(image, pre, palette))}'></td>"
-            f"<td><img class='sample' src='data:image/png;base64,{_array_png(overlay(image, refined, palette))}'></td></tr>"
-        )
-    class_plot = _class_plot(rounds)
-    legend = " ".join(
-        f"<span style='background:{lab.color};padding:0 8px;margin-right:4px'></span>{html.escape(lab.name)}"
-        for lab in labels.labels[1:]
+        for r in rounds
+    ]
+    sample_rows = [row for s in samples if (row := _sample_row(s, palette))]
+    return TEMPLATES.get_template("loop_report.html").render(
+        title=title,
+        rows=rows,
+        round_plots=_round_plots(rounds),
+        class_plot=_class_plot(rounds),
+        legend=labels.legend(),
+        samples=sample_rows,
+        samples_note=samples_note,
     )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:24px}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}} img{{max-width:320px}}
-img.sample{{width:256px;image-rendering:pixelated}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<h2>Rounds</h2>
-<table><tr><th>round</th><th>images refined</th><th>pre-annotation IoU vs refined</th><th>pixels changed</th>
-<th>test mean IoU</th><th>model version</th><th>alias</th></tr>{"".join(rows)}</table>
-<p><img style="max-width:900px" src="data:image/png;base64,{_round_plots(rounds)}"></p>
-{f'<p><img style="max-width:900px" src="data:image/png;base64,{class_plot}"></p>' if class_plot else ""}
-<h2>Pre-annotation and refined mask</h2><p>{legend}</p>
-<table><tr><th>image</th><th>pre-annotation (model)</th><th>refined (people)</th></tr>{"".join(sample_rows)}</table>
-</body></html>"""
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def percent(share: float | None) -> str:
+    """A share as the reports write it: a percentage with one decimal (0.0441 -> 4.4%)."""
+    return "-" if share is None else f"{share:.1%}"
 
 
 def write_loop_report(

@@ -73,19 +73,24 @@ def registry_rounds(cfg: SharedConfig, name: str) -> list[RoundSummary]:
     return rounds
 
 
-def download_samples(download: str, limit: int = SAMPLES) -> list[Sample]:
+def download_samples(
+    download: str, limit: int = SAMPLES, round_number: int | None = None
+) -> list[Sample]:
     """The images people changed most, next to the pre-annotation the download compared them
     with (kept in the upload-cvat output the download names; none if it names none)."""
     provenance = storage.read_json(storage.join(download, "provenance.json"))
     upload_dir = provenance.get("upload_dir")
     if not upload_dir or not storage.exists(storage.join(upload_dir, "tasks.json")):
         return []
-    return most_changed_samples(download, upload_dir, limit)
+    return most_changed_samples(download, upload_dir, limit, round_number=round_number)
 
 
-def most_changed_samples(download: str, upload_dir: str, limit: int = SAMPLES) -> list[Sample]:
+def most_changed_samples(
+    download: str, upload_dir: str, limit: int = SAMPLES, *, round_number: int | None = None
+) -> list[Sample]:
     """The download's images people changed most, each with its pre-annotation from the
-    upload-cvat output `upload_dir` (its tasks.json names the masks as uploaded)."""
+    upload-cvat output `upload_dir` (its tasks.json names the masks as uploaded); the samples
+    say they come from round `round_number`."""
     tasks = storage.read_json(storage.join(upload_dir, "tasks.json"))
     pre = {
         str(f["record_id"]): storage.join(upload_dir, f["preannotation"])
@@ -108,6 +113,7 @@ def most_changed_samples(download: str, upload_dir: str, limit: int = SAMPLES) -
             storage.join(download, e["image"]),
             pre[str(e["record_id"])],
             storage.join(download, e["mask"]),
+            round=round_number,
         )
         for e in entries[:limit]
     ]
@@ -132,21 +138,17 @@ def run_loop_report(
     if correction.get("images"):
         current.correction_iou = correction.get("mean_iou")
         current.changed_share = correction.get("changed_share")
-    samples = download_samples(download)
+    samples = download_samples(download, round_number=current.round)
     html = render_loop_report(
         rounds,
         samples,
         LabelSet.load(storage.join(download, "labels.json")),
         title=f"segloop loop report: registered model {name}",
-    )
-    if not samples:
         # The renderer shows pre-annotation next to refined; without the former, say why.
-        html = html.replace(
-            "<h2>Pre-annotation and refined mask</h2>",
-            "<h2>Pre-annotation and refined mask</h2><p>No samples: the download output names "
-            "no upload-cvat output with pre-annotations (download_cvat.upload_dir), so there "
-            "is nothing to compare the refined masks with.</p>",
-        )
+        samples_note="No samples: the download output names no upload-cvat output with "
+        "pre-annotations (download_cvat.upload_dir), so there is nothing to compare the refined "
+        "masks with.",
+    )
     summary = {
         "registered_model": name,
         "rounds": len(rounds),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import click
 
 from pipelines.cli.common import config_options
@@ -58,6 +61,12 @@ def demo(small, rounds, workdir, wait, wait_timeout_s, poll_s, config_path, over
     Ends with a summary table, the HTML loop report and the MLflow UI address.
     """
     from pipelines.demo import run_demo
+
+    # The demo tells its own story (one line per task); stage logs go to the task log files.
+    # `segloop -v` or SEGLOOP_LOG_LEVEL bring the in-process log lines back.
+    root = logging.getLogger()
+    if root.level > logging.DEBUG and "SEGLOOP_LOG_LEVEL" not in os.environ:
+        root.setLevel(logging.WARNING)
 
     run_demo(
         config_path,
