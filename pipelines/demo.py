@@ -270,160 +270,228 @@ def run_demo(
     poll_s: float = 10,
     echo: Echo = print,
 ) -> DemoResult:
+    """The loop as the module docstring tells it: stack, data, round 0, rounds 1..R, summary."""
     if rounds < 1:
         raise SegloopError(f"--rounds must be at least 1, got {rounds}")
-    started = time.monotonic()
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    size = SMALL if small else FULL
-    user = load_config(config_path, list(overrides))
-    use_cvat = bool(user.cvat.host or os.environ.get("CVAT_HOST"))
-    # Task names and the registered model are this run's own, so runs never mix.
-    run_name = f"{user.project.name}-{stamp}"
-    work = Path(workdir or Path("runs") / "demo" / stamp).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(
-        config_path, list(overrides), extra=demo_settings(size, work, run_name, use_cvat)
-    )
-    name = tracking.registered_model_name(cfg)
-    if use_cvat:
-        from components.core.cvat_client import connect
+    demo = DemoRun.configure(config_path, overrides, SMALL if small else FULL, workdir, echo)
+    demo.check_annotation_backend()
+    demo.start_stack()
+    demo.write_data(rounds)
+    demo.round_zero()
+    for number in range(1, rounds + 1):
+        if wait:
+            source = demo.wait_for_people(number, wait_timeout_s, poll_s)
+        else:
+            source = demo.simulate_people(number)
+        demo.learning_round(number, source)
+    return demo.finish()
 
-        with connect(cfg.cvat) as conn:  # fail now, not in round 0's upload, on a bad login
-            echo(f"annotation backend: CVAT at {conn.host} (user {conn.user})")
-    else:
-        echo(f"annotation backend: task folders under {cfg.cvat.folder} (no CVAT_HOST set)")
 
-    # 1. the embedded stack
-    s = cfg.stack
-    stack = Stack(s.dir, s.s3_port, s.mlflow_port, s.bucket, s.start_timeout_s)
-    state, started_now = stack.up()
-    # The demo is about this stack: its endpoint and MLflow win over stale settings in the shell.
-    os.environ.update(state.env())
-    echo(
-        f"embedded stack {'started' if started_now else 'already running'}: "
-        f"S3 {state.s3_endpoint} (bucket {state.bucket}), MLflow {state.mlflow_uri}"
-    )
-    echo(f"demo run {stamp}: run folder {work} (each task's full log under kfp/logs/)")
+@dataclass
+class DemoRun:
+    """One demo run's state, filled in step by step by `run_demo`."""
 
-    # 2. data
-    prefix = f"s3://{state.bucket}/demo/{stamp}"
-    data = make_demo_data(cfg, size, rounds, prefix)
-    cfg = _with(
-        cfg, project={"labels": data.labels_uri}, preprocess={"test_inputs": [data.testset_uri]}
-    )
-    echo(
-        f"synthetic dataset: {len(data.masks)} images of {size.image}x{size.image} px in "
-        f"{prefix}/data; fixed held-out test set {len(data.test)}, labelled seed set "
-        f"{len(data.seed)}, pool {size.window} images per round"
-    )
+    cfg: SegloopConfig
+    size: DemoSize
+    stamp: str
+    run_name: str  # task names and the registered model are this run's own
+    work: Path
+    echo: Echo
+    started: float
+    mlflow_uri: str = ""
+    data: DemoData | None = None
+    results: list[RoundResult] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)  # every round's download, for preprocess
+    upload_dir: str = ""  # the batch pre-annotated last, waiting for people
 
-    def batch_cfg(base: SegloopConfig, batch: int, **more: dict[str, Any]) -> SegloopConfig:
+    @classmethod
+    def configure(
+        cls,
+        config_path: str | None,
+        overrides: tuple[str, ...] | list[str],
+        size: DemoSize,
+        workdir: str | Path | None,
+        echo: Echo,
+    ) -> DemoRun:
+        started = time.monotonic()
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        user = load_config(config_path, list(overrides))
+        use_cvat = bool(user.cvat.host or os.environ.get("CVAT_HOST"))
+        run_name = f"{user.project.name}-{stamp}"
+        work = Path(workdir or Path("runs") / "demo" / stamp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        cfg = load_config(
+            config_path, list(overrides), extra=demo_settings(size, work, run_name, use_cvat)
+        )
+        return cls(cfg, size, stamp, run_name, work, echo, started)
+
+    @property
+    def registered_model(self) -> str:
+        return tracking.registered_model_name(self.cfg)
+
+    def check_annotation_backend(self) -> None:
+        if self.cfg.cvat.backend == "cvat":
+            from components.core.cvat_client import connect
+
+            with connect(self.cfg.cvat) as conn:  # fail now, not in round 0's upload
+                self.echo(f"annotation backend: CVAT at {conn.host} (user {conn.user})")
+        else:
+            self.echo(
+                f"annotation backend: task folders under {self.cfg.cvat.folder} (no CVAT_HOST set)"
+            )
+
+    def start_stack(self) -> None:
+        """1. The embedded stack, unless it runs already; it keeps running after the demo."""
+        s = self.cfg.stack
+        stack = Stack(s.dir, s.s3_port, s.mlflow_port, s.bucket, s.start_timeout_s)
+        state, started_now = stack.up()
+        # The demo is about this stack: its endpoint and MLflow win over stale shell settings.
+        os.environ.update(state.env())
+        self.mlflow_uri = state.mlflow_uri
+        self.echo(
+            f"embedded stack {'started' if started_now else 'already running'}: "
+            f"S3 {state.s3_endpoint} (bucket {state.bucket}), MLflow {state.mlflow_uri}"
+        )
+        self.echo(
+            f"demo run {self.stamp}: run folder {self.work} (each task's full log under kfp/logs/)"
+        )
+
+    def write_data(self, rounds: int) -> None:
+        """2. The synthetic dataset in S3, its image table, the fixed held-out test set."""
+        bucket = self.cfg.stack.bucket
+        prefix = f"s3://{bucket}/demo/{self.stamp}"
+        self.data = make_demo_data(self.cfg, self.size, rounds, prefix)
+        self.cfg = _with(
+            self.cfg,
+            project={"labels": self.data.labels_uri},
+            preprocess={"test_inputs": [self.data.testset_uri]},
+        )
+        size = self.size
+        self.echo(
+            f"synthetic dataset: {len(self.data.masks)} images of {size.image}x{size.image} px "
+            f"in {prefix}/data; fixed held-out test set {len(self.data.test)}, labelled seed set "
+            f"{len(self.data.seed)}, pool {size.window} images per round"
+        )
+
+    def batch_cfg(self, batch: int, **more: dict[str, Any]) -> SegloopConfig:
         """Pre-annotation settings for round `batch`'s images; task names differ per round."""
         return _with(
-            base,
-            query={"filters": window_filters(data.windows[batch - 1])},
-            upload_cvat={"task_name": f"{run_name}-round{batch}"},
+            self.cfg,
+            query={"filters": window_filters(self.data.windows[batch - 1])},
+            upload_cvat={"task_name": f"{self.run_name}-round{batch}"},
             **more,
         )
 
-    results: list[RoundResult] = []
-    samples: list[Sample] = []
+    def round_zero(self) -> None:
+        """3. The labelled seed set -> the first model (champion); pre-annotate batch 1."""
+        from components.upload_cvat.upload import run_upload_cvat
 
-    # 3. round 0: the labelled seed set -> first model -> champion; pre-annotate batch 1
-    _banner(
-        echo,
-        f"round 0: train a first model on {len(data.seed)} labelled seed images (ground truth, "
-        "standing in for labels a project already has), pre-annotate round 1's batch",
-    )
-    seed_cfg = _with(
-        cfg,
-        cvat={"backend": "folder"},
-        upload_cvat={"task_name": f"{run_name}-round0-seed"},
-        download_cvat={"job_state": None, "upload_dir": str(work / "round0" / "seed-tasks")},
-    )
-    from components.upload_cvat.upload import run_upload_cvat
-
-    predictions = write_seed_predictions(data, work / "round0" / "seed")
-    run_upload_cvat(seed_cfg, predictions=str(predictions), out=str(work / "round0" / "seed-tasks"))
-    seed_tasks = storage.read_json(work / "round0" / "seed-tasks" / "tasks.json")
-    simulate_annotator(seed_cfg, seed_tasks, data.truth, data.labels)
-    training = run_local("training", seed_cfg, params={"earlier_datasets": []})
-    datasets = [_out(training, "download-cvat", "dataset")]
-    pre = run_local("pre_annotation", batch_cfg(cfg, 1))
-    results.append(
-        collect_round(
-            0, "seed (ground truth)", training, [str(training.run_dir), str(pre.run_dir)], False
+        data = self.data
+        _banner(
+            self.echo,
+            f"round 0: train a first model on {len(data.seed)} labelled seed images (ground "
+            "truth, standing in for labels a project already has), pre-annotate round 1's batch",
         )
-    )
-    upload_dir = _out(pre, "upload-cvat", "tasks")
+        seed_tasks_dir = self.work / "round0" / "seed-tasks"
+        seed_cfg = _with(
+            self.cfg,
+            cvat={"backend": "folder"},
+            upload_cvat={"task_name": f"{self.run_name}-round0-seed"},
+            download_cvat={"job_state": None, "upload_dir": str(seed_tasks_dir)},
+        )
+        predictions = write_seed_predictions(data, self.work / "round0" / "seed")
+        run_upload_cvat(seed_cfg, predictions=str(predictions), out=str(seed_tasks_dir))
+        seed_tasks = storage.read_json(seed_tasks_dir / "tasks.json")
+        simulate_annotator(seed_cfg, seed_tasks, data.truth, data.labels)
+        training = run_local("training", seed_cfg, params={"earlier_datasets": []})
+        self.datasets.append(_out(training, "download-cvat", "dataset"))
+        pre = run_local("pre_annotation", self.batch_cfg(1))
+        runs = [str(training.run_dir), str(pre.run_dir)]
+        self.results.append(collect_round(0, "seed (ground truth)", training, runs, False))
+        self.upload_dir = _out(pre, "upload-cvat", "tasks")
 
-    # 4. rounds 1..R
-    for number in range(1, rounds + 1):
-        _banner(echo, f"round {number}: refine the pre-annotations, then one active-learning round")
-        tasks = storage.read_json(storage.join(upload_dir, "tasks.json"))
+    def _open_batch(self, number: int) -> tuple[dict[str, Any], str]:
+        _banner(
+            self.echo,
+            f"round {number}: refine the pre-annotations, then one active-learning round",
+        )
+        tasks = storage.read_json(storage.join(self.upload_dir, "tasks.json"))
         where = ", ".join(f"{t['name']} ({t['url']})" for t in tasks["tasks"])
-        if wait:
-            echo(f"people refine {tasks['counts']['images']} images in: {where}")
-            waited = wait_for_people(cfg, upload_dir, wait_timeout_s, poll_s, echo)
-            echo(f"people completed the tasks after {waited:.0f} s")
-            source = "refined by people"
-        else:
-            echo(
-                ">>> SIMULATED ANNOTATOR: this step stands in for people. It writes the synthetic "
-                f"ground truth into {tasks['counts']['images']} pre-annotated images of {where} "
-                "and marks the tasks completed (with --wait, people do this instead). <<<"
-            )
-            simulate_annotator(cfg, tasks, data.truth, data.labels)
-            source = "refined by the simulated annotator"
-        round_cfg = batch_cfg(cfg, number + 1, download_cvat={"upload_dir": upload_dir})
-        result = run_local("active_learning", round_cfg, params={"earlier_datasets": datasets})
-        datasets.append(_out(result, "download-cvat", "dataset"))
-        results.append(collect_round(number, source, result, [str(result.run_dir)]))
-        samples += most_changed_samples(
-            _out(result, "download-cvat", "dataset"), upload_dir, 2, round_number=number
-        )
-        upload_dir = _out(result, "upload-cvat", "tasks")
+        return tasks, where
 
-    # 5. summary, report, MLflow
-    aliases = current_aliases(cfg, name)
-    for r in results:
-        r.aliases = aliases.get(r.model_version, [])
-    mlflow_ui = f"{state.mlflow_uri}/#/models/{name}"
-    report = str(work / "loop_report.html")
-    write_loop_report(
-        report,
-        [
-            RoundSummary(
-                round=r.round,
-                images_refined=r.images_refined,
-                correction_iou=r.correction_iou,
-                changed_share=r.changed_share,
-                test_miou=r.test_mean_iou,
-                model_version=str(r.model_version),
-                alias=",".join(r.aliases) or None,
-                per_class_iou=r.per_class_iou,
-            )
-            for r in results
-        ],
-        samples,
-        data.labels,
-        title=f"segloop demo {stamp}: registered model {name}",
+    def wait_for_people(self, number: int, timeout_s: float, poll_s: float) -> str:
+        """4a. People refine the batch (`--wait`); returns where the labels came from."""
+        tasks, where = self._open_batch(number)
+        self.echo(f"people refine {tasks['counts']['images']} images in: {where}")
+        waited = wait_for_people(self.cfg, self.upload_dir, timeout_s, poll_s, self.echo)
+        self.echo(f"people completed the tasks after {waited:.0f} s")
+        return "refined by people"
+
+    def simulate_people(self, number: int) -> str:
+        """4a. The simulated annotator refines the batch, and says that it stands in for people."""
+        tasks, where = self._open_batch(number)
+        self.echo(
+            ">>> SIMULATED ANNOTATOR: this step stands in for people. It writes the synthetic "
+            f"ground truth into {tasks['counts']['images']} pre-annotated images of {where} "
+            "and marks the tasks completed (with --wait, people do this instead). <<<"
+        )
+        simulate_annotator(self.cfg, tasks, self.data.truth, self.data.labels)
+        return "refined by the simulated annotator"
+
+    def learning_round(self, number: int, source: str) -> None:
+        """4b. The active_learning pipeline: download -> ... -> pre-annotate the next batch."""
+        round_cfg = self.batch_cfg(number + 1, download_cvat={"upload_dir": self.upload_dir})
+        result = run_local("active_learning", round_cfg, params={"earlier_datasets": self.datasets})
+        dataset = _out(result, "download-cvat", "dataset")
+        self.datasets.append(dataset)
+        self.results.append(collect_round(number, source, result, [str(result.run_dir)]))
+        self.samples += most_changed_samples(dataset, self.upload_dir, 2, round_number=number)
+        self.upload_dir = _out(result, "upload-cvat", "tasks")
+
+    def finish(self) -> DemoResult:
+        """5. Aliases as the registry holds them, the loop report, summary.json, MLflow."""
+        name = self.registered_model
+        aliases = current_aliases(self.cfg, name)
+        for r in self.results:
+            r.aliases = aliases.get(r.model_version, [])
+        report = str(self.work / "loop_report.html")
+        write_loop_report(
+            report,
+            [round_summary(r) for r in self.results],
+            self.samples,
+            self.data.labels,
+            title=f"segloop demo {self.stamp}: registered model {name}",
+        )
+        demo = DemoResult(
+            stamp=self.stamp,
+            workdir=str(self.work),
+            registered_model=name,
+            mlflow_ui=f"{self.mlflow_uri}/#/models/{name}",
+            report=report,
+            summary=str(self.work / "summary.json"),
+            seconds=round(time.monotonic() - self.started, 1),
+            rounds=self.results,
+            next_batch=self.upload_dir,
+        )
+        storage.write_json(demo.summary, asdict(demo))
+        log_demo_run(self.cfg, demo)
+        self.echo(summary_text(demo))
+        return demo
+
+
+def round_summary(r: RoundResult) -> RoundSummary:
+    """A round as the loop report shows it."""
+    return RoundSummary(
+        round=r.round,
+        images_refined=r.images_refined,
+        correction_iou=r.correction_iou,
+        changed_share=r.changed_share,
+        test_miou=r.test_mean_iou,
+        model_version=str(r.model_version),
+        alias=",".join(r.aliases) or None,
+        per_class_iou=r.per_class_iou,
     )
-    demo = DemoResult(
-        stamp=stamp,
-        workdir=str(work),
-        registered_model=name,
-        mlflow_ui=mlflow_ui,
-        report=report,
-        summary=str(work / "summary.json"),
-        seconds=round(time.monotonic() - started, 1),
-        rounds=results,
-        next_batch=upload_dir,
-    )
-    storage.write_json(demo.summary, asdict(demo))
-    log_demo_run(cfg, demo)
-    echo(summary_text(demo))
-    return demo
 
 
 def current_aliases(cfg: SegloopConfig, name: str) -> dict[int, list[str]]:

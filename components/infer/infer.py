@@ -47,7 +47,7 @@ from components.core.precision import pick_amp
 from components.core.predictor import Predictor, SmpPredictor
 from components.core.progress import track
 from components.core.version import segloop_version
-from components.infer.settings import InferConfig
+from components.infer.settings import InferConfig, InferSettings
 from components.predictors.classmap import apply_class_handling
 from components.predictors.loading import make_predictor
 
@@ -357,112 +357,37 @@ def run_infer(
     `predictor` (an instance) overrides `infer.predictor`/`infer.model` (for library use).
     """
     s = cfg.infer
-    if (records is None) == (images is None):
-        raise SegloopError(
-            "give exactly one input: --records records.jsonl or --images DIR|s3://prefix"
-        )
-    inputs = records_from_jsonl(records) if records else records_from_images(images)
-    _check_ids(inputs)
+    inputs = read_inputs(records, images)
     out = out or stage_run_dir(cfg, "infer")
     device = pick_device(s.device)
-    amp_dtype = pick_amp(s.amp, device)
     model_uri = model or s.model
-    if predictor is None:
-        predictor = make_predictor(s.predictor, model_uri, device, s.predictor_params)
-    predictor = apply_class_handling(predictor, s.label_map, s.drop, cfg.project.labels)
-    predictor = predictor.to(device)
-    info = predictor.info
-    decider = Decider(info.num_classes, resolve_thresholds(s.threshold, info.labels))
-    engine = TileEngine(
-        predictor,
-        device,
-        tile_size=s.tile_size,
-        overlap=s.overlap,
-        window=s.window,
-        batch_size=s.batch_size,
-        amp_dtype=amp_dtype,
-        channels_last=s.channels_last,
-    )
+    predictor = load_predictor(cfg, model_uri, device, predictor)
+    engine = build_engine(s, predictor, device)
 
     with storage.output_dir(out) as folder:
-        save_resolved(cfg, folder)
-        info.labels.save(folder / "labels.json")
-        if isinstance(predictor, SmpPredictor):
-            storage.write_text(
-                folder / "model.json", predictor.spec.model_dump_json(indent=2) + "\n"
-            )
-        if s.overwrite:
-            (folder / "manifest.jsonl").unlink(missing_ok=True)
-        manifest = artifacts.Manifest(folder)
+        write_run_files(cfg, folder, predictor)
+        manifest = open_manifest(folder, s.overwrite)
         todo = [r for r in inputs if not manifest.done(r.record_id)]
         skipped = len(inputs) - len(todo)
         if skipped:
             log.info("skipping %d image(s) already done (use --overwrite to redo them)", skipped)
-        writer = _Writer(folder, s, info.labels, manifest)
-        start = time.perf_counter()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segloop-write")
-        in_flight: list[Future] = []
-
-        def finish_later(record: Record, acc: ImageAccumulator, image, started: float) -> None:
-            in_flight.append(pool.submit(writer.write, record, acc, image, started))
-            while len(in_flight) > 2:  # bound the finished images held in memory
-                in_flight.pop(0).result()
-
-        try:
-            for item in track(
-                decoded(todo, s.num_workers, s.prefetch), total=len(todo), desc="infer", unit="img"
-            ):
-                record = todo[item["index"]]
-                reason = _unsafe_id(record.record_id) or item["error"]
-                if reason:  # the manifest has one writer: the output thread
-                    in_flight.append(pool.submit(manifest.add, _failed(record, reason)))
-                    continue
-                image = item["image"].numpy()
-                started = time.perf_counter()
-                acc = ImageAccumulator(image.shape[0], image.shape[1], decider, s.uncertain_margin)
-                keep = image if s.overlays else None
-                engine.submit(
-                    image,
-                    acc,
-                    lambda r=record, a=acc, k=keep, t=started: finish_later(r, a, k, t),
-                )
-                del image, keep
-            engine.flush()
-            for future in in_flight:
-                future.result()
-        finally:
-            pool.shutdown(wait=True)
-        seconds = time.perf_counter() - start
+        labels = predictor.info.labels
+        decider = Decider(labels.num_classes, resolve_thresholds(s.threshold, labels))
+        writer = _Writer(folder, s, labels, manifest)
+        seconds = segment(todo, s, engine, decider, writer, manifest)
 
         # The manifest now describes exactly this input: images removed since an earlier run
         # (typically the bad files that failed there) leave it, so it agrees with the metrics.
         stale = manifest.retain(r.record_id for r in inputs)
         if stale:
             log.info("dropped %d manifest row(s) of images no longer in the input", len(stale))
-        failed = manifest.failed()
-        n_ann = write_coco(folder, inputs, manifest, info.labels, model_uri) if s.coco else 0
-        megapixels = writer.pixels_ok / 1e6
-        metrics = {
-            "images": len(inputs),
-            "processed": len(todo),
-            "skipped_done": skipped,
-            "ok": len(manifest.ok()),
-            "failed": len(failed),
-            "annotations": n_ann,
-            "megapixels": round(megapixels, 3),
-            "seconds": round(seconds, 3),
-            "mp_per_s": round(megapixels / seconds, 4) if seconds > 0 and megapixels else 0.0,
-            "tiles": engine.tiles_run,
-            "device": str(device),
-            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-            "batch_size": s.batch_size,
-            "tile_size": engine.tile,
-            "predictor": getattr(predictor, "name", type(predictor).__name__),
-            "model": model_uri,
-            "failures": [
-                {"record_id": e["record_id"], "reason": e.get("reason")} for e in failed[:50]
-            ],
-        }
+        n_ann = write_coco(folder, inputs, manifest, labels, model_uri) if s.coco else 0
+        metrics = infer_metrics(s, inputs, todo, manifest, writer, engine, seconds, n_ann)
+        metrics.update(
+            device=str(device),
+            predictor=getattr(predictor, "name", type(predictor).__name__),
+            model=model_uri,
+        )
         artifacts.write_metrics(folder, metrics)
         manifest.compact()
     log.info(
@@ -473,5 +398,131 @@ def run_infer(
         throughput(metrics),
         out,
     )
-    artifacts.check_failures("infer", failed, s.max_failures)
+    artifacts.check_failures("infer", manifest.failed(), s.max_failures)
     return metrics
+
+
+def read_inputs(records: str | None, images: str | None) -> list[Record]:
+    """The records to segment: a records.jsonl, or every image below a folder/prefix."""
+    if (records is None) == (images is None):
+        raise SegloopError(
+            "give exactly one input: --records records.jsonl or --images DIR|s3://prefix"
+        )
+    inputs = records_from_jsonl(records) if records else records_from_images(images)
+    _check_ids(inputs)
+    return inputs
+
+
+def load_predictor(
+    cfg: InferConfig, model_uri: str | None, device: torch.device, predictor: Predictor | None
+) -> Predictor:
+    """The configured predictor (or the given one), with label mapping/dropping, on `device`."""
+    s = cfg.infer
+    if predictor is None:
+        predictor = make_predictor(s.predictor, model_uri, device, s.predictor_params)
+    predictor = apply_class_handling(predictor, s.label_map, s.drop, cfg.project.labels)
+    return predictor.to(device)
+
+
+def build_engine(s: InferSettings, predictor: Predictor, device: torch.device) -> TileEngine:
+    return TileEngine(
+        predictor,
+        device,
+        tile_size=s.tile_size,
+        overlap=s.overlap,
+        window=s.window,
+        batch_size=s.batch_size,
+        amp_dtype=pick_amp(s.amp, device),
+        channels_last=s.channels_last,
+    )
+
+
+def write_run_files(cfg: InferConfig, folder: Path, predictor: Predictor) -> None:
+    """What describes this run beside its outputs: config, labels, the model's spec."""
+    save_resolved(cfg, folder)
+    predictor.info.labels.save(folder / "labels.json")
+    if isinstance(predictor, SmpPredictor):
+        storage.write_text(folder / "model.json", predictor.spec.model_dump_json(indent=2) + "\n")
+
+
+def open_manifest(folder: Path, overwrite: bool) -> artifacts.Manifest:
+    """The output's manifest; with `overwrite` an earlier run's rows are forgotten."""
+    if overwrite:
+        (folder / "manifest.jsonl").unlink(missing_ok=True)
+    return artifacts.Manifest(folder)
+
+
+def segment(
+    todo: list[Record],
+    s: InferSettings,
+    engine: TileEngine,
+    decider: Decider,
+    writer: _Writer,
+    manifest: artifacts.Manifest,
+) -> float:
+    """Decode (workers) -> tile engine (batches across images) -> one output thread that
+    writes masks and the manifest. Returns the seconds it took."""
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segloop-write")
+    in_flight: list[Future] = []
+
+    def finish_later(record: Record, acc: ImageAccumulator, image, started: float) -> None:
+        in_flight.append(pool.submit(writer.write, record, acc, image, started))
+        while len(in_flight) > 2:  # bound the finished images held in memory
+            in_flight.pop(0).result()
+
+    try:
+        for item in track(
+            decoded(todo, s.num_workers, s.prefetch), total=len(todo), desc="infer", unit="img"
+        ):
+            record = todo[item["index"]]
+            reason = _unsafe_id(record.record_id) or item["error"]
+            if reason:  # the manifest has one writer: the output thread
+                in_flight.append(pool.submit(manifest.add, _failed(record, reason)))
+                continue
+            image = item["image"].numpy()
+            started = time.perf_counter()
+            acc = ImageAccumulator(image.shape[0], image.shape[1], decider, s.uncertain_margin)
+            keep = image if s.overlays else None
+            engine.submit(
+                image,
+                acc,
+                lambda r=record, a=acc, k=keep, t=started: finish_later(r, a, k, t),
+            )
+            del image, keep
+        engine.flush()
+        for future in in_flight:
+            future.result()
+    finally:
+        pool.shutdown(wait=True)
+    return time.perf_counter() - start
+
+
+def infer_metrics(
+    s: InferSettings,
+    inputs: list[Record],
+    todo: list[Record],
+    manifest: artifacts.Manifest,
+    writer: _Writer,
+    engine: TileEngine,
+    seconds: float,
+    annotations: int,
+) -> dict[str, Any]:
+    failed = manifest.failed()
+    megapixels = writer.pixels_ok / 1e6
+    return {
+        "images": len(inputs),
+        "processed": len(todo),
+        "skipped_done": len(inputs) - len(todo),
+        "ok": len(manifest.ok()),
+        "failed": len(failed),
+        "annotations": annotations,
+        "megapixels": round(megapixels, 3),
+        "seconds": round(seconds, 3),
+        "mp_per_s": round(megapixels / seconds, 4) if seconds > 0 and megapixels else 0.0,
+        "tiles": engine.tiles_run,
+        "amp": str(engine.amp_dtype).replace("torch.", "") if engine.amp_dtype else "off",
+        "batch_size": s.batch_size,
+        "tile_size": engine.tile,
+        "failures": [{"record_id": e["record_id"], "reason": e.get("reason")} for e in failed[:50]],
+    }
