@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from tenacity import RetryError, Retrying, retry_if_result, wait_fixed
 
 from components.core import storage
 from components.core.errors import SegloopError
@@ -167,24 +168,34 @@ def wait_for_people(
 ) -> float:
     """Poll until people completed every task of the upload; returns the seconds waited."""
     start = time.monotonic()
-    last = None
-    while True:
+    last: list[tuple[str, str]] | None = None
+
+    def poll() -> list[tuple[str, str, str]]:
+        nonlocal last
         pending = pending_tasks(cfg, upload_dir)
-        if not pending:
-            return time.monotonic() - start
-        waited = time.monotonic() - start
         state = [(name, why) for name, _, why in pending]
-        if state != last:
+        if pending and state != last:
+            waited = time.monotonic() - start
             echo(f"waiting for people to complete {len(pending)} task(s) ({waited:.0f} s so far):")
             for name, url, why in pending:
                 echo(f"  {name}  {url}  ({why})")
             last = state
-        if waited + poll_s > timeout_s:
-            listing = "; ".join(f"{name} at {url}: {why}" for name, url, why in pending)
-            raise SegloopError(
-                f"people did not complete the annotation tasks within {timeout_s:g} s "
-                f"({listing}). Refine the masks, then finish each job (job state 'completed'; "
-                'for the folder backend set "status": "completed" in task.json), and run the '
-                "demo again with a longer --wait-timeout"
-            )
-        time.sleep(poll_s)
+        return pending
+
+    try:
+        Retrying(
+            retry=retry_if_result(bool),  # some task is still pending
+            wait=wait_fixed(poll_s),
+            # Give up when the next poll would come after the timeout.
+            stop=lambda rs: (rs.seconds_since_start or 0.0) + poll_s > timeout_s,
+        )(poll)
+    except RetryError as gave_up:
+        pending = gave_up.last_attempt.result()
+        listing = "; ".join(f"{name} at {url}: {why}" for name, url, why in pending)
+        raise SegloopError(
+            f"people did not complete the annotation tasks within {timeout_s:g} s "
+            f"({listing}). Refine the masks, then finish each job (job state 'completed'; "
+            'for the folder backend set "status": "completed" in task.json), and run the '
+            "demo again with a longer --wait-timeout"
+        ) from None
+    return time.monotonic() - start

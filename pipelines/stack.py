@@ -1,7 +1,9 @@
 """The embedded stack: real SeaweedFS (S3) and MLflow servers on 127.0.0.1, no cluster.
 
 `segloop up` starts them as background processes (each in its own session so that `down` can
-stop exactly what `up` started, by saved PID), waits until both answer, and writes
+stop exactly what `up` started, by saved PID: signalled only while that PID's start time and
+command line, recorded with psutil, still match, so a reused PID is never hit), waits until both
+answer (tenacity, bounded by the start timeout), and writes
 `.segloop/stack.env` with the endpoint, credentials and `MLFLOW_TRACKING_URI`. The same launchers
 start the throwaway servers that tests use.
 """
@@ -9,6 +11,7 @@ start the throwaway servers that tests use.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -16,15 +19,26 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import psutil
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from components.core.errors import SegloopError
+from components.core.storage import write_private_text
 
 HOST = "127.0.0.1"
+log = logging.getLogger("segloop.stack")
 
 
 # ---------------------------------------------------------------- ports and waiting
@@ -53,8 +67,8 @@ def wait_http(
     url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float, what: str
 ) -> None:
     """Poll `url` until it answers (any HTTP status), the process dies, or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def answers() -> None:
         if proc.poll() is not None:
             raise SegloopError(
                 f"{what} exited with code {proc.returncode} while starting; log {log_path}:\n{_tail(log_path)}"
@@ -63,55 +77,175 @@ def wait_http(
             with urllib.request.urlopen(url, timeout=2):
                 return
         except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
-    stop_process(proc.pid)
-    raise SegloopError(
-        f"{what} did not answer at {url} within {timeout_s:.0f} s; log {log_path}:\n{_tail(log_path)}"
-    )
+            return  # any HTTP status means it answers; other OSErrors are retried
+
+    try:
+        Retrying(
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(0.3),
+            retry=retry_if_exception_type(OSError),
+            reraise=True,
+        )(answers)
+    except OSError:
+        stop_process(proc.pid)
+        raise SegloopError(
+            f"{what} did not answer at {url} within {timeout_s:.0f} s; log {log_path}:\n{_tail(log_path)}"
+        ) from None
 
 
-def stop_process(pid: int, timeout_s: float = 15) -> bool:
-    """Stop a process group we started (SIGTERM, then SIGKILL). True if it was running."""
+# ---------------------------------------------------------------- processes and their identity
+
+# Identities of the processes this Python process started, by PID, so that `stop_process(pid)`
+# can check them too.
+_started: dict[int, tuple[float, list[str]]] = {}
+# psutil derives create_time from clock ticks (1/100 s) since boot: equal for the same process.
+_CREATE_TIME_TOLERANCE_S = 0.01
+
+
+def process_identity(pid: int) -> tuple[float, list[str]] | None:
+    """(create_time, command line) of a running process, or None if it is gone already."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return proc.create_time(), proc.cmdline()
+    except psutil.Error:
+        return None
+
+
+def _launch(
+    name: str, url: str, cmd: list[str], log_path: Path, **popen: Any
+) -> tuple[subprocess.Popen, Server]:
+    """Start `cmd` in its own session (a process group of its own), its identity recorded."""
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+    # Popen returns after the exec, so this is the server's own command line.
+    identity = process_identity(proc.pid)
+    if identity:
+        _started[proc.pid] = identity
+    create_time, cmdline = identity or (None, None)
+    return proc, Server(name, proc.pid, url, str(log_path), create_time, cmdline)
+
+
+def _identity_matches(proc: psutil.Process, create_time: float, cmdline: list[str]) -> bool:
+    with proc.oneshot():
+        return (
+            abs(proc.create_time() - create_time) < _CREATE_TIME_TOLERANCE_S
+            and proc.cmdline() == cmdline
+        )
+
+
+def _same_process(
+    pid: int, identity: tuple[float | None, list[str] | None], what: str
+) -> psutil.Process | None:
+    """The process at `pid` if it is still the one that was started there; else None, and why."""
+    create_time, cmdline = identity
+    if create_time is None or cmdline is None:
+        log.warning(
+            "%s: not stopped: no process identity (start time, command line) was recorded for "
+            "it (a stack.json from an older segloop, or a PID this process did not start), so it "
+            "cannot be verified that the PID is still the process that was started; if it is, "
+            "stop it yourself",
+            what,
+        )
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            log.info("%s: the process has exited already; nothing to stop", what)
+            _reap(proc)
+            return None
+        same = _identity_matches(proc, create_time, cmdline)
+    except psutil.NoSuchProcess:
+        log.info("%s: the process is gone; nothing to stop", what)
+        return None
+    except psutil.AccessDenied:
+        same = False  # another user's process: not the one that was started
+    if not same:
+        log.warning(
+            "%s: not stopped: the process that was started there is gone and the PID was reused "
+            "by another program (its start time or command line differs)",
+            what,
+        )
+        return None
+    return proc
+
+
+def _reap(proc: psutil.Process) -> None:
+    """Reap our own child if it is one, so that it does not linger as a zombie."""
+    try:
+        proc.wait(timeout=0)
+    except (psutil.Error, ChildProcessError):
+        pass
+
+
+def stop_process(target: int | Server, timeout_s: float = 15) -> bool:
+    """Stop a process group we started (SIGTERM, then SIGKILL). True if it was running.
+
+    `target` is a `Server` (its recorded identity is checked) or the PID of a process that this
+    Python process started (its identity was recorded at start). No signal is sent unless the
+    PID is still that process: not when it is gone, not when the PID was reused, and not when
+    no identity was recorded (cannot verify).
+    """
+    if isinstance(target, Server):
+        pid, identity = target.pid, (target.create_time, target.cmdline)
+        what = f"{target.name} (pid {pid})"
+    else:
+        pid, identity, what = target, _started.get(target, (None, None)), f"pid {target}"
+    proc = _same_process(pid, identity, what)
+    if proc is None:
+        return False
+    _started.pop(pid, None)
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     except PermissionError:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # Reap our own child if it is one, so it does not linger as a zombie.
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
+        proc.wait(timeout=timeout_s)  # reaps it too when it is our own child
+        return True
+    except psutil.TimeoutExpired:
         pass
+    except psutil.Error:
+        return True
+    # is_running() checks that the PID is still the same process (create_time) before SIGKILL.
+    if proc.is_running():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(proc)
     return True
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process runs at `pid` (a zombie counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    # A zombie counts as gone.
+
+
+def server_alive(server: Server) -> bool:
+    """Whether the process that was started for `server` still runs (not a reused PID).
+
+    Without a recorded identity (an older stack.json) only the PID can be checked.
+    """
+    if server.create_time is None or server.cmdline is None:
+        return pid_alive(server.pid)
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+        proc = psutil.Process(server.pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and _identity_matches(
+            proc, server.create_time, server.cmdline
+        )
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return False  # another user's process: not the one that was started
 
 
 def _tool(name: str) -> str:
@@ -136,6 +270,10 @@ class Server:
     pid: int
     url: str
     log: str
+    # Identity of the process that was started (psutil), checked before any signal is sent.
+    # None in stack.json files from before it was recorded: cannot verify, so never signalled.
+    create_time: float | None = None
+    cmdline: list[str] | None = None
 
 
 def start_seaweed(
@@ -179,14 +317,11 @@ def start_seaweed(
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True
-        )
     url = f"http://{HOST}:{s3_port}"
+    proc, server = _launch("seaweedfs", url, cmd, log_path, env=env, cwd=data_dir)
     wait_http(url, proc, log_path, timeout_s, "SeaweedFS")
     _wait_bucket(url, access_key, secret_key, bucket, proc, log_path, timeout_s)
-    return Server("seaweedfs", proc.pid, url, str(log_path))
+    return server
 
 
 def _wait_bucket(url, access_key, secret_key, bucket, proc, log_path, timeout_s) -> None:
@@ -202,27 +337,32 @@ def _wait_bucket(url, access_key, secret_key, bucket, proc, log_path, timeout_s)
         region_name="us-east-1",
         config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
     )
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+
+    def writable() -> None:
         if proc.poll() is not None:
             raise SegloopError(
                 f"SeaweedFS exited while starting; log {log_path}:\n{_tail(log_path)}"
             )
         try:
-            try:
-                client.head_bucket(Bucket=bucket)
-            except Exception:  # noqa: BLE001 - created on the next try
-                client.create_bucket(Bucket=bucket)
-            client.put_object(Bucket=bucket, Key=".segloop-ready", Body=b"ok")
-            return
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-            time.sleep(0.5)
-    stop_process(proc.pid)
-    raise SegloopError(
-        f"SeaweedFS bucket {bucket} not writable within {timeout_s:.0f} s ({last}); log {log_path}"
-    )
+            client.head_bucket(Bucket=bucket)
+        except Exception:  # noqa: BLE001 - created on the next try
+            client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key=".segloop-ready", Body=b"ok")
+
+    try:
+        Retrying(
+            stop=stop_after_delay(timeout_s),
+            wait=wait_fixed(0.5),
+            retry=retry_if_not_exception_type(SegloopError),  # retried until the deadline
+            reraise=True,
+        )(writable)
+    except SegloopError:
+        raise
+    except Exception as last:  # noqa: BLE001 - reported with the log
+        stop_process(proc.pid)
+        raise SegloopError(
+            f"SeaweedFS bucket {bucket} not writable within {timeout_s:.0f} s ({last}); log {log_path}"
+        ) from None
 
 
 def start_mlflow(
@@ -250,13 +390,10 @@ def start_mlflow(
         "1",
     ]
     full_env = {**os.environ, **(env or {})}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
-        )
     url = f"http://{HOST}:{port}"
+    proc, server = _launch("mlflow", url, cmd, log_path, env=full_env)
     wait_http(f"{url}/health", proc, log_path, timeout_s, "MLflow server")
-    return Server("mlflow", proc.pid, url, str(log_path))
+    return server
 
 
 # ---------------------------------------------------------------- the stack
@@ -314,7 +451,7 @@ class Stack:
 
     def running(self) -> StackState | None:
         state = self.load()
-        if state and state.servers and all(pid_alive(s.pid) for s in state.servers):
+        if state and state.servers and all(server_alive(s) for s in state.servers):
             return state
         return None
 
@@ -325,8 +462,7 @@ class Stack:
             data = json.loads(cred.read_text())
             return data["access_key"], data["secret_key"]
         access, secret = "segloop", secrets.token_urlsafe(24)
-        cred.write_text(json.dumps({"access_key": access, "secret_key": secret}))
-        cred.chmod(0o600)
+        write_private_text(cred, json.dumps({"access_key": access, "secret_key": secret}))
         return access, secret
 
     def up(self) -> tuple[StackState, bool]:
@@ -374,31 +510,29 @@ class Stack:
             servers.append(ml)
         except BaseException:
             for server in servers:
-                stop_process(server.pid)
+                stop_process(server)
             raise
         self._save(state)
         return state, True
 
     def _save(self, state: StackState) -> None:
-        self.state_path.write_text(json.dumps(asdict(state), indent=2))
-        self.state_path.chmod(0o600)
+        # Both hold the S3 secret key: 0600 from the first byte.
+        write_private_text(self.state_path, json.dumps(asdict(state), indent=2))
         lines = [f"export {k}={v}" for k, v in state.env().items()]
-        self.env_path.write_text(
-            "# written by `segloop up`; use with: source "
-            + str(self.env_path)
-            + "\n"
-            + "\n".join(lines)
-            + "\n"
-        )
-        self.env_path.chmod(0o600)
+        header = f"# written by `segloop up`; use with: source {self.env_path}"
+        write_private_text(self.env_path, "\n".join([header, *lines]) + "\n")
 
     def down(self) -> list[str]:
-        """Stop exactly the processes `up` started; returns what was stopped."""
+        """Stop exactly the processes `up` started; returns what was stopped.
+
+        A process is signalled only if its PID still has the start time and command line that
+        `up` recorded; a PID that is gone, reused or unverifiable is left alone (and said so).
+        """
         state = self.load()
         stopped = []
         if state:
             for server in reversed(state.servers):
-                if pid_alive(server.pid) and stop_process(server.pid):
+                if stop_process(server):
                     stopped.append(f"{server.name} (pid {server.pid})")
             self.state_path.unlink(missing_ok=True)
             self.env_path.unlink(missing_ok=True)
@@ -408,7 +542,7 @@ class Stack:
         state = self.load()
         if not state:
             return []
-        return [(s.name, s.pid, s.url, pid_alive(s.pid)) for s in state.servers]
+        return [(s.name, s.pid, s.url, server_alive(s)) for s in state.servers]
 
 
 def apply_stack_env(directory: str | Path = ".segloop") -> bool:

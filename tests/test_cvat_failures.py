@@ -17,6 +17,8 @@ import pytest
 from cvat_sdk import make_client, models
 from cvat_server.synthetic import make_predictions
 
+from components.core.config import CvatSettings
+from components.core.cvat_client import MAX_BACKOFF_S, TransientCvatError, retrying
 from components.core.errors import SegloopError
 from components.download_cvat.convert import safe_extract
 from components.download_cvat.download import run_download_cvat
@@ -326,3 +328,51 @@ def test_if_exists_policies_and_name_pattern_selection(cvat_env, tmp_path):
     metrics = run_download_cvat(cfg, str(tmp_path / "down"))
     assert metrics["tasks"] == 2 and metrics["images"] == 2  # two copies of the same records merge
     assert metrics["correction"]["images"] == 0  # no upload_dir: nothing to compare with
+
+
+def test_retrying_backs_off_exponentially_on_transient_errors_only(monkeypatch, caplog):
+    """`cvat.retries` retries, delays doubling from `cvat.backoff_s` up to MAX_BACKOFF_S."""
+    slept: list[float] = []
+    monkeypatch.setattr("tenacity.nap.time.sleep", slept.append)
+    caplog.set_level(logging.WARNING, logger="segloop.cvat")
+    calls: list[int] = []
+
+    def failing(times: int, error: Exception | None = None):
+        def fn():
+            calls.append(1)
+            if len(calls) <= times:
+                raise error or TransientCvatError(f"HTTP 503: try {len(calls)}")
+            return "done"
+
+        return fn
+
+    settings = CvatSettings(retries=3, backoff_s=0.5)
+    assert retrying("http://cvat", settings, "reach the server", failing(2)) == "done"
+    assert (len(calls), slept) == (3, [0.5, 1.0])
+    assert "CVAT at http://cvat: reach the server failed (HTTP 503: try 1); retry 1/3 in 0.5 s" in (
+        caplog.text
+    )
+
+    calls.clear()
+    slept.clear()
+    settings = CvatSettings(retries=3, backoff_s=20)
+    with pytest.raises(SegloopError) as gave_up:
+        retrying("http://cvat", settings, "log in", failing(100))
+    assert str(gave_up.value) == (
+        "CVAT at http://cvat is unreachable or failing: could not log in after 4 attempts "
+        "(last: HTTP 503: try 4); check that the server is up and CVAT_HOST is right"
+    )
+    assert (len(calls), slept) == (4, [20, MAX_BACKOFF_S, MAX_BACKOFF_S])
+
+    calls.clear()
+    slept.clear()
+    with pytest.raises(SegloopError, match="after 1 attempts"):
+        retrying("http://cvat", CvatSettings(retries=0), "log in", failing(100))
+    assert (len(calls), slept) == (1, [])
+
+    # Anything but a connection error or a 5xx answer is not retried.
+    calls.clear()
+    refused = SegloopError("CVAT at http://cvat refused to log in (HTTP 400: bad)")
+    with pytest.raises(SegloopError, match="HTTP 400") as raised:
+        retrying("http://cvat", settings, "log in", failing(100, refused))
+    assert raised.value is refused and (len(calls), slept) == (1, [])

@@ -77,10 +77,15 @@ def test_no_source_file_imports_against_the_layers():
             # (component.py) also uses the wrapper helpers at the top of components/.
             if here in STAGES and target in STAGES - {here, "predictors"}:
                 wrong.append(f"{path.relative_to(ROOT)} imports another stage: {name}")
-            if here in STAGES and path.name != "component.py" and target in (
-                "config",
-                "images",
-                "component_io",
+            if (
+                here in STAGES
+                and path.name != "component.py"
+                and target
+                in (
+                    "config",
+                    "images",
+                    "component_io",
+                )
             ):
                 wrong.append(f"{path.relative_to(ROOT)} imports the root/wrapper module {name}")
     assert not wrong, "\n".join(wrong)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from skimage.filters import threshold_otsu
 
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_rgb
@@ -109,6 +110,20 @@ def test_otsu_splits_two_modes_in_the_middle():
     values = np.concatenate([rng.normal(0.0, 0.02, 5000), rng.normal(0.6, 0.05, 1000)])
     assert 0.1 < otsu_threshold(values) < 0.45
     assert otsu_threshold(np.full(10, 0.3)) == pytest.approx(0.3)
+
+
+def test_otsu_is_skimages_split_moved_to_the_middle_of_an_empty_gap():
+    rng = np.random.default_rng(1)
+    # Overlapping modes, no empty bins: skimage's split (the upper edge of its bin).
+    values = np.concatenate([rng.normal(0.0, 0.1, 4000), rng.normal(0.4, 0.1, 2000)])
+    width = np.ptp(values) / 256
+    assert otsu_threshold(values) == pytest.approx(threshold_otsu(values) + width / 2)
+    # Separated modes: skimage's split hugs the lower mode; ours lies in the middle of the gap.
+    low, high = rng.normal(0.0, 0.02, 5000), rng.normal(0.6, 0.05, 1000)
+    values = np.concatenate([low, high])
+    width = np.ptp(values) / 256
+    assert threshold_otsu(values) < low.max() + width
+    assert abs(otsu_threshold(values) - (low.max() + high.min()) / 2) <= width
 
 
 def test_exg_pre_annotates_synthetic_field_images(tmp_path):

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,13 @@ from cvat_sdk.core.client import AccessTokenCredentials, Client, Config
 from cvat_sdk.core.exceptions import BackgroundRequestException, CvatSdkException
 from cvat_sdk.core.helpers import make_request_headers
 from cvat_sdk.core.uploading import DataUploader
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from components.core.config import CvatSettings
 from components.core.errors import SegloopError
@@ -183,28 +189,35 @@ class CvatConnection:
 
 
 def retrying(host: str, settings: CvatSettings, what: str, fn: Callable[[], T]) -> T:
+    """`fn` again after transient failures: `settings.retries` retries, backoff doubling from
+    `settings.backoff_s` (at most MAX_BACKOFF_S), then a SegloopError naming the host."""
+    # tenacity, not urllib3's Retry: a retry repeats a whole unit of work, not one request.
     attempts = settings.retries + 1
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except TransientCvatError as exc:
-            if attempt == attempts:
-                raise SegloopError(
-                    f"CVAT at {host} is unreachable or failing: could not {what} after {attempts} "
-                    f"attempts (last: {exc}); check that the server is up and CVAT_HOST is right"
-                ) from None
-            delay = min(settings.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-            log.warning(
-                "CVAT at %s: %s failed (%s); retry %d/%d in %.1f s",
-                host,
-                what,
-                exc,
-                attempt,
-                attempts - 1,
-                delay,
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+
+    def warn(state: RetryCallState) -> None:
+        log.warning(
+            "CVAT at %s: %s failed (%s); retry %d/%d in %.1f s",
+            host,
+            what,
+            state.outcome.exception() if state.outcome else None,
+            state.attempt_number,
+            attempts - 1,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
+    try:
+        return Retrying(
+            retry=retry_if_exception_type(TransientCvatError),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=settings.backoff_s, max=MAX_BACKOFF_S),
+            before_sleep=warn,
+            reraise=True,
+        )(fn)
+    except TransientCvatError as exc:
+        raise SegloopError(
+            f"CVAT at {host} is unreachable or failing: could not {what} after {attempts} "
+            f"attempts (last: {exc}); check that the server is up and CVAT_HOST is right"
+        ) from None
 
 
 def cvat_host(settings: CvatSettings) -> str:

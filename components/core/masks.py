@@ -80,6 +80,7 @@ def cvat_mask_to_bitmap(points: list[float], height: int, width: int) -> np.ndar
 # ---------------------------------------------------------------- polygons
 
 
+# Hand-written: skimage/OpenCV contours trace pixel centres, not the edges that CVAT fills back.
 def _trace(region: np.ndarray) -> list[list[tuple[int, int]]]:
     """The outline of a 4-connected region without holes, along pixel edges (corner points).
 

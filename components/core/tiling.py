@@ -116,6 +116,7 @@ def window_2d(grid: Grid, y: int, x: int, kind: str) -> torch.Tensor:
 BandCallback = Callable[[int, torch.Tensor], None]
 
 
+# Hand-written: library tile mergers (MONAI, toolbelt) hold the whole image; this streams bands.
 class StreamingBlender:
     """Blend one image's tile probabilities row band by row band (see the module docstring).
 

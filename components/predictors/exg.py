@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
+from skimage.filters import threshold_otsu
 
 from components.core.labels import Label, LabelSet
 from components.core.predictor import Predictor, PredictorInfo, register_predictor
@@ -75,25 +76,21 @@ def excess_green(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the histogram split that maximizes the between-class variance."""
+    """Otsu's threshold (skimage) of a `bins`-bin histogram, split in the middle of a gap."""
     values = values[np.isfinite(values)].ravel()
     if values.size == 0 or values.min() == values.max():
         return float(values.max()) if values.size else 0.0
     hist, edges = np.histogram(values, bins=bins)
     centers = (edges[:-1] + edges[1:]) / 2
-    weight = hist.astype(np.float64)
-    w0 = np.cumsum(weight)  # pixels at or below each bin
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(weight * centers)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = (w0 * w1 * (mean0 - mean1) ** 2)[:-1]
-    # Two well-separated modes leave a run of empty bins with the same (maximal) variance: take
-    # the middle of that run, not its first bin (which hugs the lower mode). The split lies at
-    # the upper edge of bin k.
-    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
-    k = (int(best[0]) + int(best[-1])) // 2
-    return float(edges[k + 1])
+    # skimage splits after bin k and returns the center of bin k: the last bin of the lower class.
+    k = int(np.argmin(np.abs(centers - threshold_otsu(hist=(hist, centers)))))
+    # Two well-separated modes leave a run of empty bins after k with the same (maximal)
+    # between-class variance; skimage takes its first bin (hugging the lower mode): take the
+    # middle of that run instead. The split lies at the upper edge of the middle bin.
+    end = k
+    while end + 1 < len(hist) - 1 and hist[end + 1] == 0:
+        end += 1
+    return float(edges[(k + end) // 2 + 1])
 
 
 def _disk(radius: int) -> np.ndarray:

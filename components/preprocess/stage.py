@@ -23,6 +23,7 @@ import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,8 @@ from components.core.images import decode_rgb, encode_png, load_mask
 from components.core.labels import LabelSet
 from components.core.metrics import IGNORE_INDEX
 from components.core.progress import track
-from components.preprocess.datasets import Record, label_lut, merge, read_dataset
-from components.preprocess.settings import PreprocessConfig
+from components.preprocess.datasets import Dataset, Record, label_lut, merge, read_dataset
+from components.preprocess.settings import PreprocessConfig, PreprocessSettings
 from components.preprocess.split import (
     SPLITS,
     assign_splits,
@@ -136,6 +137,47 @@ def _materialize(
     return entry, stats
 
 
+# ---------------------------------------------------------------- state between the steps
+
+
+@dataclass
+class _Sources:
+    """The input datasets merged into one record per id, with their label remapping."""
+
+    inputs: list[str]
+    test_inputs: list[str]
+    datasets: list[Dataset]
+    fixed_test: set[str]  # record ids pinned to the test split by `test_inputs`
+    labels: LabelSet
+    luts: dict[str, np.ndarray]  # dataset uri -> its class ids onto `labels`
+    records: dict[str, Record]
+    duplicates: list[dict[str, Any]]  # what the newest copies replaced
+
+
+@dataclass
+class _Tiled:
+    """What pass 2 added up over the images it wrote."""
+
+    stats: ChannelStats = field(default_factory=ChannelStats)  # train tiles only
+    tiles: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    dropped: int = 0
+
+
+@dataclass
+class _SplitDigest:
+    """The hashes that identify the split, and the record ids in each part."""
+
+    content: list[dict[str, Any]]  # per record: split, id, image and mask sha256
+    hash: str
+    test_hash: str
+    data_hash: str
+    params: dict[str, Any]  # the tiling parameters (also in stats.json)
+    by_split: dict[str, list[str]]
+
+
+# ---------------------------------------------------------------- the steps
+
+
 def run_preprocess(
     cfg: PreprocessConfig, *, inputs: list[str] | None = None, out: str
 ) -> dict[str, Any]:
@@ -148,7 +190,29 @@ def run_preprocess(
             "or set preprocess.inputs"
         )
     start = time.monotonic()
-    test_inputs = list(s.test_inputs)
+    src = _merge_inputs(cfg, inputs)
+
+    with storage.output_dir(out, resume=False) as root:
+        _clear_previous_outputs(root)
+        manifest = Manifest(root)
+        # Pairs a dataset already left out (image without mask, not ok there) are failures too.
+        for skip in (x for ds in src.datasets for x in ds.skipped):
+            manifest.add({**skip, "status": FAILED})
+        info = _inspect_all(s, src, manifest)
+        strata, assignment = _assign(s, info, src.fixed_test)
+        tiled = _tile_all(cfg, src, info, strata, assignment, manifest, root)
+        digest = _digest(s, manifest.ok(), src.labels)
+        _write_split_files(s, root, src, tiled, strata, digest)
+        metrics = _metrics(src, tiled, digest, manifest, start)
+        write_metrics(root, metrics)
+        save_resolved(cfg, root)
+    log.info("preprocess: %s", {k: metrics[k] for k in ("images", "tiles", "split_hash")})
+    return metrics
+
+
+def _merge_inputs(cfg: PreprocessConfig, inputs: list[str]) -> _Sources:
+    """Read every dataset, remap class ids by label name, keep the newest copy of each id."""
+    test_inputs = list(cfg.preprocess.test_inputs)
     # Fixed test datasets come last so that, for a record id they share with a training
     # dataset, the test copy wins (never the same image in train and test).
     datasets = [read_dataset(uri, i) for i, uri in enumerate(inputs + test_inputs)]
@@ -164,172 +228,211 @@ def run_preprocess(
         len(datasets),
         len(duplicates),
     )
+    return _Sources(inputs, test_inputs, datasets, fixed_test, labels, luts, records, duplicates)
 
-    with storage.output_dir(out, resume=False) as root:
-        for stale in (*SPLITS, "manifest.jsonl"):
-            # Our own outputs from an earlier run: a new split must not mix with old tiles.
-            target = root / stale
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        manifest = Manifest(root)
-        for skip in (x for ds in datasets for x in ds.skipped):
-            manifest.add({**skip, "status": FAILED})
 
-        def inspect(rec: Record) -> tuple[Record, dict[str, Any] | None, str | None]:
-            try:
-                return rec, _inspect(rec, luts[rec.dataset], labels.num_classes), None
-            except SegloopError as exc:
-                return rec, None, str(exc)
+def _clear_previous_outputs(root: Path) -> None:
+    """Our own outputs from an earlier run: a new split must not mix with old tiles."""
+    for stale in (*SPLITS, "manifest.jsonl"):
+        target = root / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
-        info: dict[str, dict[str, Any]] = {}
-        with ThreadPoolExecutor(max_workers=s.workers) as pool:
-            for rec, meta, err in track(
-                pool.map(inspect, records.values()), total=len(records), desc="inspect"
-            ):
-                if err:
-                    manifest.add(
-                        {
-                            "record_id": rec.record_id,
-                            "dataset": rec.dataset,
-                            "status": FAILED,
-                            "reason": err,
-                        }
-                    )
-                else:
-                    info[rec.record_id] = meta
-        check_failures("preprocess", manifest.failed(), s.max_failures)
-        if not info:
-            raise SegloopError("preprocess: every record failed; see manifest.jsonl")
 
-        strata = {rid: m["stratum"] if s.stratify else 0 for rid, m in info.items()}
-        if fixed_test:
-            rest = {rid: st for rid, st in strata.items() if rid not in fixed_test}
-            assignment = assign_splits(rest, s.val_fraction, 0.0, s.seed)
-            assignment.update({rid: "test" for rid in strata if rid in fixed_test})
-        else:
-            assignment = assign_splits(strata, s.val_fraction, s.test_fraction, s.seed)
+def _inspect_all(
+    s: PreprocessSettings, src: _Sources, manifest: Manifest
+) -> dict[str, dict[str, Any]]:
+    """Pass 1 over every record (threads): sizes, stratum, hashes; a bad pair is a failed line."""
 
-        def materialize(
-            rid: str,
-        ) -> tuple[str, dict[str, Any] | None, ChannelStats | None, str | None]:
-            try:
-                entry, st = _materialize(
-                    records[rid], assignment[rid], luts[records[rid].dataset], cfg, root
-                )
-                return rid, entry, st, None
-            except SegloopError as exc:
-                return rid, None, None, str(exc)
+    def inspect(rec: Record) -> tuple[Record, dict[str, Any] | None, str | None]:
+        try:
+            return rec, _inspect(rec, src.luts[rec.dataset], src.labels.num_classes), None
+        except SegloopError as exc:
+            return rec, None, str(exc)
 
-        totals = ChannelStats()
-        tiles = dict.fromkeys(SPLITS, 0)
-        dropped = 0
-        with ThreadPoolExecutor(max_workers=s.workers) as pool:
-            for rid, entry, st, err in track(
-                pool.map(materialize, sorted(info)), total=len(info), desc="tile", unit="img"
-            ):
-                rec, split = records[rid], assignment[rid]
-                base = {
-                    "record_id": rid,
-                    "split": split,
-                    "dataset": rec.dataset,
-                    "stratum": strata[rid],
-                    **info[rid],
-                }
-                if err:
-                    manifest.add({**base, "status": FAILED, "reason": err})
-                    continue
-                totals.merge(st)
-                tiles[split] += entry["tiles"]
-                dropped += entry["dropped_tiles"]
-                manifest.add({**base, **entry, "status": OK})
-        manifest.compact()
-        check_failures("preprocess", manifest.failed(), s.max_failures)
-
-        ok = [e for e in manifest.ok()]
-        hash_entries = [
-            {
-                "split": e["split"],
-                "record_id": e["record_id"],
-                "image_sha256": e["image_sha256"],
-                "mask_sha256": e["mask_sha256"],
-            }
-            for e in ok
-        ]
-        digest = split_hash(hash_entries)
-        # What evaluation depends on: models scored on the same test_hash are comparable even
-        # when their training data differ (e.g. successive active-learning rounds).
-        test_digest = split_hash([e for e in hash_entries if e["split"] == "test"])
-        params = {
-            "tile_size": s.tile_size,
-            "mode": s.mode,
-            "overlap": s.overlap,
-            "min_foreground": s.min_foreground,
-            "tile_format": s.tile_format,
-            "labels": labels.names,
-            "ignore_index": IGNORE_INDEX,
-        }
-        dhash = data_hash(digest, params)
-        by_split = {
-            name: sorted(e["record_id"] for e in ok if e["split"] == name) for name in SPLITS
-        }
-        if not by_split["train"]:
-            raise SegloopError(
-                "preprocess: no images left for training; add data or lower the fractions"
-            )
-        storage.write_json(
-            root / "split.json",
-            {
-                "hash": digest,
-                "test_hash": test_digest,
-                "data_hash": dhash,
-                "seed": s.seed,
-                "val_fraction": s.val_fraction,
-                "test_fraction": s.test_fraction,
-                "stratify": s.stratify,
-                "params": params,
-                "records": by_split,
-                "strata": {
-                    rid: strata[rid]
-                    for rid in sorted(by_split["train"] + by_split["val"] + by_split["test"])
-                },
-                "content": sorted(hash_entries, key=lambda e: (e["split"], e["record_id"])),
-            },
-        )
-        storage.write_json(root / "stats.json", {**totals.result(), **params})
-        labels.save(str(root / "labels.json"))
-        storage.write_json(
-            root / "provenance.json",
-            {
-                "inputs": inputs,
-                "test_inputs": test_inputs,
-                "records": {
-                    rid: {
+    info: dict[str, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=s.workers) as pool:
+        for rec, meta, err in track(
+            pool.map(inspect, src.records.values()), total=len(src.records), desc="inspect"
+        ):
+            if err:
+                manifest.add(
+                    {
+                        "record_id": rec.record_id,
                         "dataset": rec.dataset,
-                        "updated_date": rec.updated_date,
-                        "provenance": rec.provenance,
-                        "replaced": rec.replaced,
+                        "status": FAILED,
+                        "reason": err,
                     }
-                    for rid, rec in records.items()
-                },
-            },
-        )
-        seconds = time.monotonic() - start
-        metrics = {
-            "records": len(records),
-            "images": {name: len(ids) for name, ids in by_split.items()},
-            "tiles": tiles,
-            "dropped_tiles": dropped,
-            "duplicates": len(duplicates),
-            "failed": len(manifest.failed()),
-            "split_hash": digest,
-            "test_hash": test_digest,
-            "data_hash": dhash,
-            "seconds": round(seconds, 3),
-            "images_per_s": round(len(ok) / seconds, 3) if seconds else None,
+                )
+            else:
+                info[rec.record_id] = meta
+    check_failures("preprocess", manifest.failed(), s.max_failures)
+    if not info:
+        raise SegloopError("preprocess: every record failed; see manifest.jsonl")
+    return info
+
+
+def _assign(
+    s: PreprocessSettings, info: dict[str, dict[str, Any]], fixed_test: set[str]
+) -> tuple[dict[str, int], dict[str, str]]:
+    """Split by image (stratified by dominant class, seeded): (strata, split per record id)."""
+    strata = {rid: m["stratum"] if s.stratify else 0 for rid, m in info.items()}
+    if not fixed_test:
+        return strata, assign_splits(strata, s.val_fraction, s.test_fraction, s.seed)
+    # A pinned test set: the rest is split into train and val only.
+    rest = {rid: st for rid, st in strata.items() if rid not in fixed_test}
+    assignment = assign_splits(rest, s.val_fraction, 0.0, s.seed)
+    assignment.update({rid: "test" for rid in strata if rid in fixed_test})
+    return strata, assignment
+
+
+def _tile_all(
+    cfg: PreprocessConfig,
+    src: _Sources,
+    info: dict[str, dict[str, Any]],
+    strata: dict[str, int],
+    assignment: dict[str, str],
+    manifest: Manifest,
+    root: Path,
+) -> _Tiled:
+    """Pass 2 over the inspected records (threads): write tiles, one manifest line each."""
+    records = src.records
+
+    def materialize(
+        rid: str,
+    ) -> tuple[str, dict[str, Any] | None, ChannelStats | None, str | None]:
+        try:
+            entry, st = _materialize(
+                records[rid], assignment[rid], src.luts[records[rid].dataset], cfg, root
+            )
+            return rid, entry, st, None
+        except SegloopError as exc:
+            return rid, None, None, str(exc)
+
+    tiled = _Tiled()
+    # In id order, so the manifest and the stats do not depend on the input order.
+    with ThreadPoolExecutor(max_workers=cfg.preprocess.workers) as pool:
+        for rid, entry, st, err in track(
+            pool.map(materialize, sorted(info)), total=len(info), desc="tile", unit="img"
+        ):
+            rec, split = records[rid], assignment[rid]
+            base = {
+                "record_id": rid,
+                "split": split,
+                "dataset": rec.dataset,
+                "stratum": strata[rid],
+                **info[rid],
+            }
+            if err:
+                manifest.add({**base, "status": FAILED, "reason": err})
+                continue
+            tiled.stats.merge(st)
+            tiled.tiles[split] += entry["tiles"]
+            tiled.dropped += entry["dropped_tiles"]
+            manifest.add({**base, **entry, "status": OK})
+    manifest.compact()
+    check_failures("preprocess", manifest.failed(), cfg.preprocess.max_failures)
+    return tiled
+
+
+def _digest(s: PreprocessSettings, ok: list[dict[str, Any]], labels: LabelSet) -> _SplitDigest:
+    """Hash the split that was written (records that made it through both passes)."""
+    content = [
+        {
+            "split": e["split"],
+            "record_id": e["record_id"],
+            "image_sha256": e["image_sha256"],
+            "mask_sha256": e["mask_sha256"],
         }
-        write_metrics(root, metrics)
-        save_resolved(cfg, root)
-    log.info("preprocess: %s", {k: metrics[k] for k in ("images", "tiles", "split_hash")})
-    return metrics
+        for e in ok
+    ]
+    digest = split_hash(content)
+    # What evaluation depends on: models scored on the same test_hash are comparable even
+    # when their training data differ (e.g. successive active-learning rounds).
+    test_digest = split_hash([e for e in content if e["split"] == "test"])
+    params = {
+        "tile_size": s.tile_size,
+        "mode": s.mode,
+        "overlap": s.overlap,
+        "min_foreground": s.min_foreground,
+        "tile_format": s.tile_format,
+        "labels": labels.names,
+        "ignore_index": IGNORE_INDEX,
+    }
+    by_split = {name: sorted(e["record_id"] for e in ok if e["split"] == name) for name in SPLITS}
+    if not by_split["train"]:
+        raise SegloopError(
+            "preprocess: no images left for training; add data or lower the fractions"
+        )
+    return _SplitDigest(content, digest, test_digest, data_hash(digest, params), params, by_split)
+
+
+def _write_split_files(
+    s: PreprocessSettings,
+    root: Path,
+    src: _Sources,
+    tiled: _Tiled,
+    strata: dict[str, int],
+    digest: _SplitDigest,
+) -> None:
+    """split.json, stats.json, labels.json and provenance.json."""
+    by_split = digest.by_split
+    storage.write_json(
+        root / "split.json",
+        {
+            "hash": digest.hash,
+            "test_hash": digest.test_hash,
+            "data_hash": digest.data_hash,
+            "seed": s.seed,
+            "val_fraction": s.val_fraction,
+            "test_fraction": s.test_fraction,
+            "stratify": s.stratify,
+            "params": digest.params,
+            "records": by_split,
+            "strata": {
+                rid: strata[rid]
+                for rid in sorted(by_split["train"] + by_split["val"] + by_split["test"])
+            },
+            "content": sorted(digest.content, key=lambda e: (e["split"], e["record_id"])),
+        },
+    )
+    storage.write_json(root / "stats.json", {**tiled.stats.result(), **digest.params})
+    src.labels.save(str(root / "labels.json"))
+    storage.write_json(
+        root / "provenance.json",
+        {
+            "inputs": src.inputs,
+            "test_inputs": src.test_inputs,
+            "records": {
+                rid: {
+                    "dataset": rec.dataset,
+                    "updated_date": rec.updated_date,
+                    "provenance": rec.provenance,
+                    "replaced": rec.replaced,
+                }
+                for rid, rec in src.records.items()
+            },
+        },
+    )
+
+
+def _metrics(
+    src: _Sources, tiled: _Tiled, digest: _SplitDigest, manifest: Manifest, start: float
+) -> dict[str, Any]:
+    """metrics.json: counts per split, hashes, throughput (images written since `start`)."""
+    seconds = time.monotonic() - start
+    return {
+        "records": len(src.records),
+        "images": {name: len(ids) for name, ids in digest.by_split.items()},
+        "tiles": tiled.tiles,
+        "dropped_tiles": tiled.dropped,
+        "duplicates": len(src.duplicates),
+        "failed": len(manifest.failed()),
+        "split_hash": digest.hash,
+        "test_hash": digest.test_hash,
+        "data_hash": digest.data_hash,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(manifest.ok()) / seconds, 3) if seconds else None,
+    }

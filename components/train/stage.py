@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from components.train.engine import (
     validate,
 )
 from components.train.losses import CombinedLoss
-from components.train.settings import TrainConfig
+from components.train.settings import TrainConfig, TrainSettings
 
 log = logging.getLogger(__name__)
 STATE = "state.pt"
@@ -138,267 +139,475 @@ def _init_distributed() -> tuple[int, int, int | None]:
     return torch.distributed.get_rank(), world, local_rank
 
 
+# ---------------------------------------------------------------- state between the steps
+
+
+@dataclass(frozen=True)
+class _Context:
+    """This process: its rank in a torchrun job (world 1 without one), device, precision."""
+
+    rank: int
+    world: int
+    local_rank: int | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes files and talks to MLflow."""
+        return self.rank == 0
+
+
+@dataclass
+class _Data:
+    """The preprocess output as training sees it."""
+
+    split: dict
+    labels: LabelSet
+    spec: ModelSpec
+    train_ds: TileDataset
+    val_ds: TileDataset
+    train_loader: DataLoader
+    val_loader: DataLoader | None  # None: no validation tiles (no early stop, last = best)
+
+
+@dataclass
+class _Trainer:
+    """What one optimization step needs."""
+
+    model: torch.nn.Module  # wrapped in DistributedDataParallel under torchrun
+    net: torch.nn.Module  # the bare model: what checkpoints hold
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # CosineAnnealingLR, ReduceLROnPlateau or None
+    rt: Runtime
+    loss_fn: CombinedLoss
+
+
+@dataclass
+class _Progress:
+    """The epoch count and early-stop state; saved in last/state.pt so a resume continues it."""
+
+    start_epoch: int = 1
+    best_miou: float = -1.0
+    stale: int = 0  # epochs since the last improvement
+    epochs_run: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def observe(self, miou: float) -> bool:
+        """Count an epoch's val mean IoU; True when it is a new best."""
+        improved = miou > self.best_miou + 1e-6
+        if improved:
+            self.best_miou, self.stale = miou, 0
+        else:
+            self.stale += 1
+        return improved
+
+
+@dataclass
+class _Tracker:
+    """Rank 0's outputs: the output folder, the MLflow run and the per-epoch manifest."""
+
+    root: Path
+    mlflow: Any
+    run: Any
+    manifest: Manifest
+
+
+# ---------------------------------------------------------------- the steps
+
+
 def run_train(
     cfg: TrainConfig, *, data: str, out: str, resume: str | None = None
 ) -> dict[str, Any]:
     """Train on a preprocess output; returns metrics (best val mean IoU, run id, model URI)."""
     s = cfg.train
     resume = resume or s.resume
-    rank, world, local_rank = _init_distributed()
-    distributed = world > 1
-    main = rank == 0
-    seed_everything(s.seed + rank)
-    device = pick_device(s.device, local_rank)
-    amp_dtype = pick_amp(s.amp, device)
-    channels_last = s.channels_last if s.channels_last is not None else True
+    ctx = _setup_context(s)
 
     with ExitStack() as stack:
         data_root = stack.enter_context(storage.local_input(data))
-        root = stack.enter_context(storage.output_dir(out, resume=False)) if main else None
-        split, stats, labels = read_prepared(data_root)
-        spec = make_spec(cfg, split, stats, labels)
-
-        train_ds = TileDataset(
-            data_root, "train", build_transforms(s.augment, spec.tile_size, True), s.cache_images
-        )
-        val_ds = TileDataset(data_root, "val", None, s.cache_images)
-        if not len(train_ds):
-            raise SegloopError(f"{data}: no training tiles under train/images")
-        per_rank_batch = max(1, s.batch_size // world)
-        train_loader = _loader(
-            train_ds,
-            per_rank_batch,
-            True,
-            pick_workers(s.workers, device),
-            device,
-            s.seed,
-            distributed,
-            True,
-        )
-        val_loader = (
-            _loader(val_ds, per_rank_batch, False, 0, device, s.seed, distributed, False)
-            if len(val_ds)
-            else None
-        )
-        if val_loader is None:
-            log.warning("train: no validation tiles; the last epoch is kept as best, no early stop")
-
+        # Rank 0 alone writes: the other ranks have no output folder (root None).
+        root = stack.enter_context(storage.output_dir(out, resume=False)) if ctx.main else None
+        d = _load_splits(cfg, data, data_root, ctx)
+        spec = d.spec
         model = build_model(
             spec.arch, spec.encoder_name, s.encoder_weights, 3, spec.classes, **spec.model_kwargs
         )
-        state: dict[str, Any] = {}
-        if resume:
-            folder = _find_state(
-                resume,
-                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segloop-train-"))),
-            )
-            resumed, old_spec = load_checkpoint(folder, "cpu")
-            if old_spec.classes != spec.classes or old_spec.arch != spec.arch:
-                raise SegloopError(
-                    f"--resume {resume}: that run trained {old_spec.arch}/{old_spec.classes} "
-                    f"outputs, this config asks for {spec.arch}/{spec.classes}"
-                )
-            model.load_state_dict(resumed.state_dict())
-            state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-            if main and resume.rstrip("/") != str(out).rstrip("/"):
-                best = storage.join(resume, "best")
-                if storage.exists(storage.join(best, "model.pt")):
-                    storage.download_dir(best, root / "best")
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        if distributed:
-            ids = [local_rank] if device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        net = model.module if distributed else model
+        state = _resume(resume, out, model, spec, root, ctx) if resume else {}
+        trainer = _build_trainer(s, model, d, ctx)
+        progress = _restore_progress(s, state, trainer)
+        tracker = _start_tracking(cfg, data, d, ctx, state, root, stack) if ctx.main else None
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-        if s.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=s.epochs, eta_min=s.lr * 0.01
-            )
-        elif s.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=0.5, patience=max(1, s.patience // 3)
-            )
-        else:
-            scheduler = None
-        rt = Runtime(
-            device,
-            amp_dtype,
-            channels_last,
-            binary=spec.binary,
-            num_classes=labels.num_classes,
-            normalizer=Normalizer(spec.mean, spec.std).to(device),
-        )
-        loss_fn = CombinedLoss(s, spec.binary)
-        start_epoch, best_miou, stale = 1, -1.0, 0
-        if state:
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-                if s.scheduler == "cosine":
-                    scheduler.T_max = s.epochs
-            rt.scaler.load_state_dict(state["scaler"])
-            start_epoch = int(state["epoch"]) + 1
-            best_miou, stale = float(state["best_miou"]), int(state["stale"])
-            log.info("train: resuming at epoch %d (best val mean IoU %.4f)", start_epoch, best_miou)
-
-        run = None
-        mlflow = None
-        if main:
-            mlflow = tracking.setup(cfg)
-            run_id = state.get("run_id") or None
-            run = stack.enter_context(
-                mlflow.start_run(run_id=run_id)
-                if run_id
-                else mlflow.start_run(run_name=f"train-{cfg.project.subname}")
-            )
-            if not run_id:
-                mlflow.log_params(tracking.params_flat(s.model_dump(mode="json"), "train."))
-                mlflow.log_params(
-                    {
-                        "data.uri": data,
-                        "data.train_tiles": len(train_ds),
-                        "data.val_tiles": len(val_ds),
-                        "data.labels": ",".join(labels.names),
-                        "data.tile_size": spec.tile_size,
-                        "runtime.device": str(device),
-                        "runtime.amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
-                        "runtime.world_size": world,
-                    }
-                )
-                mlflow.set_tags(
-                    {
-                        "segloop.stage": "train",
-                        "segloop.split_hash": split["hash"],
-                        "segloop.data_hash": split.get("data_hash", ""),
-                        "segloop.project": cfg.project.name,
-                        "segloop.subname": cfg.project.subname,
-                    }
-                )
-                tracking.log_split_input(split, source=str(data))
-            save_resolved(cfg, root)
-            mlflow.log_artifact(str(root / "cfg.yaml"))
-            manifest = Manifest(root, key="epoch")
-
-        history: list[dict[str, Any]] = []
-        epochs_run = 0
         start = time.monotonic()
-        for epoch in range(start_epoch, s.epochs + 1):
-            if distributed:
-                train_loader.sampler.set_epoch(epoch)
-            bar = tqdm(
-                total=min(len(train_loader), s.max_steps_per_epoch or len(train_loader)),
-                desc=f"epoch {epoch}/{s.epochs}",
-                disable=not (main and sys.stderr.isatty()),
-                dynamic_ncols=True,
-                leave=False,
-            )
-
-            def on_step(step: int, loss: float, bar=bar, best=best_miou) -> None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", best_iou=f"{max(best, 0):.3f}")
-
-            tr = train_epoch(
-                model, train_loader, optimizer, loss_fn, rt, s.accumulate,
-                s.max_steps_per_epoch, on_step,
-            )  # fmt: skip
-            bar.close()
-            lr = optimizer.param_groups[0]["lr"]
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": tr["loss"],
-                "lr": lr,
-                "images_per_s": tr["images_per_s"],
-            }
-            if val_loader is not None:
-                cm, val_loss = validate(model, val_loader, loss_fn, rt)
-                sc = scores(cm, labels.names)
-                row.update({"val_loss": val_loss, **flat_metrics(sc, "val_")})
-                miou = sc["mean_iou"]
-            else:
-                miou = best_miou + 1.0  # no validation: every epoch is "best"
-            improved = miou > best_miou + 1e-6
-            if improved:
-                best_miou, stale = miou, 0
-            else:
-                stale += 1
-            if scheduler is not None:
-                scheduler.step(miou) if s.scheduler == "plateau" else scheduler.step()
-            epochs_run += 1
-            history.append(row)
-            if main:
-                log.info(
-                    "epoch %d/%d: train_loss %.4f val_mean_iou %s lr %.2e (%.1f img/s)%s",
-                    epoch, s.epochs, tr["loss"], f"{row.get('val_mean_iou', float('nan')):.4f}",
-                    lr, tr["images_per_s"], " *best*" if improved else "",
-                )  # fmt: skip
-                mlflow.log_metrics(
-                    {k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch
-                )
-                if improved:
-                    save_checkpoint(net, spec, root / "best")
-                save_checkpoint(net, spec, root / "last")
-                torch.save(
-                    {
-                        "epoch": epoch,
-                        "best_miou": best_miou,
-                        "stale": stale,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                        "scaler": rt.scaler.state_dict(),
-                        "run_id": run.info.run_id,
-                    },
-                    root / "last" / STATE,
-                )
-                manifest.add({**row, "status": OK, "best": improved})
-            if s.patience and val_loader is not None and stale >= s.patience:
-                log.info("train: early stop at epoch %d (no gain for %d epochs)", epoch, stale)
-                break
-
-        if distributed:
-            torch.distributed.barrier()
-        if not main:
+        _fit(s, d, trainer, progress, tracker, ctx)
+        if ctx.distributed:
+            torch.distributed.barrier()  # every rank done before rank 0 wraps up
+        if not ctx.main:
             torch.distributed.destroy_process_group()
-            return {"rank": rank}
+            return {"rank": ctx.rank}
         seconds = time.monotonic() - start
-        best_dir = root / "best"
-        if not (best_dir / "model.pt").exists():
-            save_checkpoint(net, spec, best_dir)
-        model_uri = None
-        if s.log_model:
-            best_model, best_spec = load_checkpoint(best_dir, "cpu")
-            info = log_checkpoint_to_mlflow(best_model, best_spec, best_dir, name="model")
-            model_uri = info.model_uri
-            mlflow.set_tag("segloop.model_uri", model_uri)
-        mlflow.log_metric("best_val_mean_iou", max(best_miou, 0.0))
-        last_epoch = start_epoch + epochs_run - 1
-        metrics = {
-            "best_val_mean_iou": max(best_miou, 0.0),
-            "epochs_run": epochs_run,
-            "last_epoch": last_epoch,
-            "start_epoch": start_epoch,
-            "seconds": round(seconds, 3),
-            "images_per_s": (
-                sum(r["images_per_s"] for r in history) / len(history) if history else None
-            ),
-            "split_hash": split["hash"],
-            "data_hash": split.get("data_hash"),
+
+        model_uri = _save_best_model(s, trainer.net, spec, tracker)
+        metrics = _write_outputs(cfg, tracker, d.split, progress, seconds, model_uri)
+    if ctx.distributed:
+        torch.distributed.destroy_process_group()
+    return metrics
+
+
+def _setup_context(s: TrainSettings) -> _Context:
+    """Join the torchrun job (if any), seed, and pick the device and AMP dtype."""
+    rank, world, local_rank = _init_distributed()
+    # A different seed per rank: each rank draws its own augmentations.
+    seed_everything(s.seed + rank)
+    device = pick_device(s.device, local_rank)
+    return _Context(
+        rank=rank,
+        world=world,
+        local_rank=local_rank,
+        device=device,
+        amp_dtype=pick_amp(s.amp, device),
+        channels_last=s.channels_last if s.channels_last is not None else True,
+    )
+
+
+def _load_splits(cfg: TrainConfig, data: str, data_root: Path, ctx: _Context) -> _Data:
+    """Read split/stats/labels, describe the model, and build the train and val loaders."""
+    s = cfg.train
+    split, stats, labels = read_prepared(data_root)
+    spec = make_spec(cfg, split, stats, labels)
+    train_ds = TileDataset(
+        data_root, "train", build_transforms(s.augment, spec.tile_size, True), s.cache_images
+    )
+    val_ds = TileDataset(data_root, "val", None, s.cache_images)
+    if not len(train_ds):
+        raise SegloopError(f"{data}: no training tiles under train/images")
+    # batch_size is the global batch: each rank takes its share.
+    per_rank_batch = max(1, s.batch_size // ctx.world)
+    train_loader = _loader(
+        train_ds,
+        per_rank_batch,
+        True,
+        pick_workers(s.workers, ctx.device),
+        ctx.device,
+        s.seed,
+        ctx.distributed,
+        True,
+    )
+    val_loader = (
+        _loader(val_ds, per_rank_batch, False, 0, ctx.device, s.seed, ctx.distributed, False)
+        if len(val_ds)
+        else None
+    )
+    if val_loader is None:
+        log.warning("train: no validation tiles; the last epoch is kept as best, no early stop")
+    return _Data(split, labels, spec, train_ds, val_ds, train_loader, val_loader)
+
+
+def _resume(
+    resume: str,
+    out: str,
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    root: Path | None,
+    ctx: _Context,
+) -> dict[str, Any]:
+    """Load the previous run's last weights into `model`; return its state.pt."""
+    with tempfile.TemporaryDirectory(prefix="segloop-train-") as tmp:
+        folder = _find_state(resume, Path(tmp))
+        resumed, old_spec = load_checkpoint(folder, "cpu")
+        if old_spec.classes != spec.classes or old_spec.arch != spec.arch:
+            raise SegloopError(
+                f"--resume {resume}: that run trained {old_spec.arch}/{old_spec.classes} "
+                f"outputs, this config asks for {spec.arch}/{spec.classes}"
+            )
+        model.load_state_dict(resumed.state_dict())
+        state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
+    if ctx.main and resume.rstrip("/") != str(out).rstrip("/"):
+        _copy_previous_best(resume, root)
+    return state
+
+
+def _copy_previous_best(resume: str, root: Path) -> None:
+    """Resuming into a new folder: the restored best score must come with its weights, so
+    that best/ is right even when no later epoch beats it."""
+    best = storage.join(resume, "best")
+    if storage.exists(storage.join(best, "model.pt")):
+        storage.download_dir(best, root / "best")
+
+
+def _build_trainer(s: TrainSettings, model: torch.nn.Module, d: _Data, ctx: _Context) -> _Trainer:
+    """Place the model on the device (DDP under torchrun), then optimizer, scheduler, loss."""
+    model.to(ctx.device)
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if ctx.distributed:
+        ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    net = model.module if ctx.distributed else model
+    optimizer, scheduler = _build_optimizer(s, model)
+    rt = Runtime(
+        ctx.device,
+        ctx.amp_dtype,
+        ctx.channels_last,
+        binary=d.spec.binary,
+        num_classes=d.labels.num_classes,
+        normalizer=Normalizer(d.spec.mean, d.spec.std).to(ctx.device),
+    )
+    return _Trainer(model, net, optimizer, scheduler, rt, CombinedLoss(s, d.spec.binary))
+
+
+def _build_optimizer(s: TrainSettings, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW and the configured scheduler (None for `scheduler=none`)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    if s.scheduler == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=s.epochs, eta_min=s.lr * 0.01
+        )
+    elif s.scheduler == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=max(1, s.patience // 3)
+        )
+    else:
+        scheduler = None
+    return optimizer, scheduler
+
+
+def _restore_progress(s: TrainSettings, state: dict[str, Any], trainer: _Trainer) -> _Progress:
+    """Put a resumed run's optimizer, scheduler and scaler back; continue its epoch count."""
+    if not state:
+        return _Progress()
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None and state.get("scheduler"):
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        if s.scheduler == "cosine":
+            # `epochs` is the total: a resume may extend it.
+            trainer.scheduler.T_max = s.epochs
+    trainer.rt.scaler.load_state_dict(state["scaler"])
+    progress = _Progress(
+        start_epoch=int(state["epoch"]) + 1,
+        best_miou=float(state["best_miou"]),
+        stale=int(state["stale"]),
+    )
+    log.info(
+        "train: resuming at epoch %d (best val mean IoU %.4f)",
+        progress.start_epoch,
+        progress.best_miou,
+    )
+    return progress
+
+
+def _start_tracking(
+    cfg: TrainConfig,
+    data: str,
+    d: _Data,
+    ctx: _Context,
+    state: dict[str, Any],
+    root: Path,
+    stack: ExitStack,
+) -> _Tracker:
+    """Open the MLflow run (a resumed run continues its own, so metric steps continue)."""
+    mlflow = tracking.setup(cfg)
+    run_id = state.get("run_id") or None
+    run = stack.enter_context(
+        mlflow.start_run(run_id=run_id)
+        if run_id
+        else mlflow.start_run(run_name=f"train-{cfg.project.subname}")
+    )
+    if not run_id:
+        _log_run_inputs(mlflow, cfg, data, d, ctx)
+    save_resolved(cfg, root)
+    mlflow.log_artifact(str(root / "cfg.yaml"))
+    return _Tracker(root, mlflow, run, Manifest(root, key="epoch"))
+
+
+def _log_run_inputs(mlflow, cfg: TrainConfig, data: str, d: _Data, ctx: _Context) -> None:
+    """A new run's params, tags and dataset input: what it was trained with and on."""
+    mlflow.log_params(tracking.params_flat(cfg.train.model_dump(mode="json"), "train."))
+    mlflow.log_params(
+        {
+            "data.uri": data,
+            "data.train_tiles": len(d.train_ds),
+            "data.val_tiles": len(d.val_ds),
+            "data.labels": ",".join(d.labels.names),
+            "data.tile_size": d.spec.tile_size,
+            "runtime.device": str(ctx.device),
+            "runtime.amp": str(ctx.amp_dtype).replace("torch.", "") if ctx.amp_dtype else "off",
+            "runtime.world_size": ctx.world,
+        }
+    )
+    mlflow.set_tags(
+        {
+            "segloop.stage": "train",
+            "segloop.split_hash": d.split["hash"],
+            "segloop.data_hash": d.split.get("data_hash", ""),
+            "segloop.project": cfg.project.name,
+            "segloop.subname": cfg.project.subname,
+        }
+    )
+    tracking.log_split_input(d.split, source=str(data))
+
+
+def _fit(
+    s: TrainSettings,
+    d: _Data,
+    trainer: _Trainer,
+    progress: _Progress,
+    tracker: _Tracker | None,
+    ctx: _Context,
+) -> None:
+    """The epoch loop: train, validate, step the scheduler, record; stop early on a plateau."""
+    for epoch in range(progress.start_epoch, s.epochs + 1):
+        if ctx.distributed:
+            # A different shuffle per epoch, the same on every rank.
+            d.train_loader.sampler.set_epoch(epoch)
+        row, miou = _run_epoch(s, epoch, d, trainer, progress.best_miou, ctx.main)
+        improved = progress.observe(miou)
+        if trainer.scheduler is not None:
+            if s.scheduler == "plateau":
+                trainer.scheduler.step(miou)
+            else:
+                trainer.scheduler.step()
+        progress.epochs_run += 1
+        progress.history.append(row)
+        if tracker is not None:
+            _log_epoch(s, tracker, row, improved)
+            _save_epoch_checkpoints(tracker, trainer, d.spec, progress, epoch, improved)
+            tracker.manifest.add({**row, "status": OK, "best": improved})
+        if s.patience and d.val_loader is not None and progress.stale >= s.patience:
+            log.info("train: early stop at epoch %d (no gain for %d epochs)", epoch, progress.stale)
+            break
+
+
+def _run_epoch(
+    s: TrainSettings, epoch: int, d: _Data, trainer: _Trainer, best_miou: float, main: bool
+) -> tuple[dict[str, Any], float]:
+    """One epoch of training and validation: the manifest row and the val mean IoU."""
+    bar = tqdm(
+        total=min(len(d.train_loader), s.max_steps_per_epoch or len(d.train_loader)),
+        desc=f"epoch {epoch}/{s.epochs}",
+        disable=not (main and sys.stderr.isatty()),
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", best_iou=f"{max(best_miou, 0):.3f}")
+
+    tr = train_epoch(
+        trainer.model, d.train_loader, trainer.optimizer, trainer.loss_fn, trainer.rt,
+        s.accumulate, s.max_steps_per_epoch, on_step,
+    )  # fmt: skip
+    bar.close()
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": tr["loss"],
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "images_per_s": tr["images_per_s"],
+    }
+    if d.val_loader is None:
+        # No validation: every epoch is "best".
+        return row, best_miou + 1.0
+    cm, val_loss = validate(trainer.model, d.val_loader, trainer.loss_fn, trainer.rt)
+    sc = scores(cm, d.labels.names)
+    row.update({"val_loss": val_loss, **flat_metrics(sc, "val_")})
+    return row, sc["mean_iou"]
+
+
+def _log_epoch(s: TrainSettings, tracker: _Tracker, row: dict[str, Any], improved: bool) -> None:
+    """One log line and the epoch's MLflow metrics (step = epoch)."""
+    log.info(
+        "epoch %d/%d: train_loss %.4f val_mean_iou %s lr %.2e (%.1f img/s)%s",
+        row["epoch"], s.epochs, row["train_loss"], f"{row.get('val_mean_iou', float('nan')):.4f}",
+        row["lr"], row["images_per_s"], " *best*" if improved else "",
+    )  # fmt: skip
+    tracker.mlflow.log_metrics(
+        {k: float(v) for k, v in row.items() if k != "epoch"}, step=row["epoch"]
+    )
+
+
+def _save_epoch_checkpoints(
+    tracker: _Tracker,
+    trainer: _Trainer,
+    spec: ModelSpec,
+    progress: _Progress,
+    epoch: int,
+    improved: bool,
+) -> None:
+    """best/ on a new best; last/ and its state.pt every epoch, so `--resume` can continue."""
+    if improved:
+        save_checkpoint(trainer.net, spec, tracker.root / "best")
+    save_checkpoint(trainer.net, spec, tracker.root / "last")
+    torch.save(
+        {
+            "epoch": epoch,
+            "best_miou": progress.best_miou,
+            "stale": progress.stale,
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else {},
+            "scaler": trainer.rt.scaler.state_dict(),
+            "run_id": tracker.run.info.run_id,
+        },
+        tracker.root / "last" / STATE,
+    )
+
+
+def _save_best_model(
+    s: TrainSettings, net: torch.nn.Module, spec: ModelSpec, tracker: _Tracker
+) -> str | None:
+    """Make sure best/ exists and log it to MLflow as the run's model; returns its URI."""
+    best_dir = tracker.root / "best"
+    if not (best_dir / "model.pt").exists():
+        # No epoch saved one (e.g. a resume already at `epochs`): keep the current weights.
+        save_checkpoint(net, spec, best_dir)
+    if not s.log_model:
+        return None
+    best_model, best_spec = load_checkpoint(best_dir, "cpu")
+    info = log_checkpoint_to_mlflow(best_model, best_spec, best_dir, name="model")
+    tracker.mlflow.set_tag("segloop.model_uri", info.model_uri)
+    return info.model_uri
+
+
+def _write_outputs(
+    cfg: TrainConfig,
+    tracker: _Tracker,
+    split: dict,
+    progress: _Progress,
+    seconds: float,
+    model_uri: str | None,
+) -> dict[str, Any]:
+    """The final metric, metrics.json, mlflow.json and cfg.yaml; returns the metrics."""
+    root, mlflow, run = tracker.root, tracker.mlflow, tracker.run
+    history = progress.history
+    mlflow.log_metric("best_val_mean_iou", max(progress.best_miou, 0.0))
+    metrics = {
+        "best_val_mean_iou": max(progress.best_miou, 0.0),
+        "epochs_run": progress.epochs_run,
+        "last_epoch": progress.start_epoch + progress.epochs_run - 1,
+        "start_epoch": progress.start_epoch,
+        "seconds": round(seconds, 3),
+        "images_per_s": (
+            sum(r["images_per_s"] for r in history) / len(history) if history else None
+        ),
+        "split_hash": split["hash"],
+        "data_hash": split.get("data_hash"),
+        "run_id": run.info.run_id,
+        "model_uri": model_uri,
+    }
+    storage.write_json(
+        root / "mlflow.json",
+        {
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "experiment_id": run.info.experiment_id,
             "run_id": run.info.run_id,
             "model_uri": model_uri,
-        }
-        storage.write_json(
-            root / "mlflow.json",
-            {
-                "tracking_uri": mlflow.get_tracking_uri(),
-                "experiment_id": run.info.experiment_id,
-                "run_id": run.info.run_id,
-                "model_uri": model_uri,
-            },
-        )
-        write_metrics(root, metrics)
-        save_resolved(cfg, root)
-    if distributed:
-        torch.distributed.destroy_process_group()
+        },
+    )
+    write_metrics(root, metrics)
+    save_resolved(cfg, root)
     return metrics
