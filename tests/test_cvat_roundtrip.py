@@ -19,6 +19,7 @@ from cvat_sdk.core.proxies.annotations import AnnotationUpdateAction
 from cvat_sdk.masks import decode_mask, encode_mask
 from cvat_server.synthetic import make_predictions
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from components.core.images import load_mask
 from components.core.labels import LabelSet
@@ -40,6 +41,16 @@ def cvat_env(cvat_server, monkeypatch):
     for key, value in cvat_server.env().items():
         monkeypatch.setenv(key, value)
     return cvat_server
+
+
+def coco_mean_iou(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    """Mean over the classes in either mask of pycocotools' per-class RLE IoU."""
+    ious = []
+    for c in range(num_classes):
+        a, b = (mask_utils.encode(np.asfortranarray(m == c, dtype=np.uint8)) for m in (truth, pred))
+        if mask_utils.area(a) or mask_utils.area(b):
+            ious.append(float(mask_utils.iou([b], [a], [0])[0][0]))
+    return float(np.mean(ious))
 
 
 def person(server, org: str | None = None):
@@ -167,6 +178,10 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
         assert entry["correction"]["changed_pixels"] == changed
         iou = scores(confusion_matrix(refined, pre, num_classes))["mean_iou"]
         assert entry["correction"]["iou"] == pytest.approx(iou, abs=1e-6)
+        # And against pycocotools' RLE IoU, computed without the product's metrics.
+        assert entry["correction"]["iou"] == pytest.approx(
+            coco_mean_iou(refined, pre, num_classes), abs=1e-6
+        )
         per_task[entry["task_id"]] = per_task.get(entry["task_id"], 0) + changed
 
     metrics = json.loads((down / "metrics.json").read_text())

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from PIL import Image
 
 from components.core.images import load_mask
-from components.core.metrics import confusion_matrix, scores
+from components.core.metrics import IGNORE_INDEX, confusion_matrix, scores
 from components.preprocess.stage import run_preprocess
 from components.train.stage import run_train
 from components.train.toydata import write_toy_dataset
@@ -50,7 +51,13 @@ def test_evaluate_full_resolution_report_and_mlflow(tmp_path, mlflow_env):
     # Predictions are full resolution (the test images are larger than the 64 px tile) and the
     # metrics are exactly those of the confusion matrix of predictions vs. masks.
     full = tmp_path / "pre" / "test" / "full"
+    names = ["background", "weed", "crop"]
     total = np.zeros((3, 3), np.int64)
+    inter, union, sizes = np.zeros(3), np.zeros(3), np.zeros(3)  # the independent oracle
+    per_image = {
+        e["record_id"]: e["mean_iou"]
+        for e in map(json.loads, (ev / "manifest.jsonl").read_text().splitlines())
+    }
     ids = sorted(p.stem for p in (full / "images").glob("*"))
     assert ids and metrics["images"] == len(ids)
     assert any(max(Image.open(full / "images" / f"{i}.png").size) > 64 for i in ids)
@@ -59,10 +66,31 @@ def test_evaluate_full_resolution_report_and_mlflow(tmp_path, mlflow_env):
         pred = load_mask(ev / "predictions" / f"{rid}.png")
         assert pred.shape == truth.shape
         total += confusion_matrix(truth, pred, 3)
+        # Plain set arithmetic per class on the scored pixels, not the product's helpers.
+        keep = truth != IGNORE_INDEX
+        image_iou = []
+        for c in range(3):
+            a, b = (truth == c) & keep, (pred == c) & keep
+            inter[c] += (a & b).sum()
+            union[c] += (a | b).sum()
+            sizes[c] += a.sum() + b.sum()
+            if (a | b).any():
+                image_iou.append((a & b).sum() / (a | b).sum())
+        assert per_image[rid] == pytest.approx(np.mean(image_iou), abs=1e-12), rid
     assert metrics["confusion_matrix"] == total.tolist()
-    expected = scores(total, ["background", "weed", "crop"])
+    expected = scores(total, names)
     assert abs(metrics["mean_iou"] - expected["mean_iou"]) < 1e-12
     assert set(metrics["iou"]) == {"background", "weed", "crop"}
+    # The whole matrix adds up to the scored pixels, its diagonal to the agreeing ones.
+    assert np.trace(total) == inter.sum() and total.sum() == sizes.sum() / 2
+    for c, name in enumerate(names):
+        if union[c]:
+            assert metrics["iou"][name] == pytest.approx(inter[c] / union[c], abs=1e-12), name
+            assert metrics["dice"][name] == pytest.approx(2 * inter[c] / sizes[c], abs=1e-12)
+        else:
+            assert metrics["iou"][name] is None and metrics["dice"][name] is None
+    defined = [inter[c] / union[c] for c in range(3) if union[c]]
+    assert metrics["mean_iou"] == pytest.approx(np.mean(defined), abs=1e-12)
     # Models are compared on the hash of the test split (images + masks) they were scored on.
     split = json.loads((tmp_path / "pre" / "split.json").read_text())
     assert metrics["split_hash"] == split.get("test_hash", split["hash"])
