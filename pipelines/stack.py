@@ -98,8 +98,10 @@ def wait_http(
 # Identities of the processes this Python process started, by PID, so that `stop_process(pid)`
 # can check them too.
 _started: dict[int, tuple[float, list[str]]] = {}
-# psutil derives create_time from clock ticks (1/100 s) since boot: equal for the same process.
-_CREATE_TIME_TOLERANCE_S = 0.01
+# psutil adds the start ticks to the boot time, which Linux reports as now minus uptime: it
+# drifts by up to a second as the clock is adjusted. A reused PID also needs the same command
+# line, and a process started within 2 s of the original at the same PID is not a real case.
+_CREATE_TIME_TOLERANCE_S = 2.0
 
 
 def process_identity(pid: int) -> tuple[float, list[str]] | None:
