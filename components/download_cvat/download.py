@@ -7,6 +7,13 @@ to its record by name (through the upload's frame map when given, else the file 
 by position. Several tasks merge into one dataset. Unchanged tasks (same updated date) are
 not exported again on a re-run.
 
+A record found in several selected tasks (an upload repeated with `--if-exists new`, tasks
+made by hand) is taken from one task only, chosen before anything is exported or written:
+`download_cvat.on_duplicate=newest` (default) keeps the task with the newest `updated_date`
+(on a tie, the higher task id), so its image, mask, manifest entry and correction effort all
+come from that task's frame; `error` stops, naming the record and the tasks, and writes
+nothing. `provenance.json` lists each such record with the task kept and the tasks dropped.
+
 Output folder: `images/<record>.<ext>` (when images are included), `masks/<record>.png`
 (class ids), `labels.json`, `provenance.json` (task ids, updated dates, job stages and
 states), `manifest.jsonl`, `metrics.json` (with the correction effort: per image, IoU and
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -104,11 +112,153 @@ def _summary(entries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Claim:
+    """One frame of one task that holds a record."""
+
+    task: TaskInfo
+    frame: dict[str, Any]
+
+
+def _updated(task: TaskInfo) -> datetime:
+    try:
+        when = datetime.fromisoformat(str(task.updated_date))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def recency(task: TaskInfo) -> tuple:
+    """Sort key: the newest updated_date last; on a tie, the higher task id."""
+    tid = task.id
+    return (_updated(task), (0, tid, "") if isinstance(tid, int) else (1, 0, str(tid)))
+
+
+def _task_ref(claim: Claim) -> dict[str, Any]:
+    return {
+        "task_id": claim.task.id,
+        "task_name": claim.task.name,
+        "updated_date": claim.task.updated_date,
+        "frame": claim.frame["frame"],
+        "frame_name": claim.frame["name"],
+    }
+
+
+def _describe(task: TaskInfo) -> str:
+    return f"task {task.id} {task.name!r} (updated {task.updated_date})"
+
+
+def resolve_duplicates(
+    claims: dict[str, list[Claim]], on_duplicate: str
+) -> tuple[dict[str, Claim], list[dict[str, Any]]]:
+    """The frame each record is taken from, and the records found in several tasks.
+
+    With `on_duplicate="error"` a record in several tasks is an error (raised before anything
+    is written); with "newest" the task updated last wins.
+    """
+    winners: dict[str, Claim] = {}
+    duplicates: list[dict[str, Any]] = []
+    for record_id, found in claims.items():
+        # Within one task the last frame of a record wins, as it always did.
+        ordered = sorted(found, key=lambda c: (recency(c.task), c.frame["frame"]))
+        winner = ordered[-1]
+        winners[record_id] = winner
+        losers = []
+        for claim in reversed(ordered[:-1]):
+            if str(claim.task.id) != str(winner.task.id) and not any(
+                str(lost.task.id) == str(claim.task.id) for lost in losers
+            ):
+                losers.append(claim)
+        if losers:
+            duplicates.append(
+                {
+                    "record_id": record_id,
+                    "winner": _task_ref(winner),
+                    "losers": [_task_ref(c) for c in losers],
+                    "_claims": [winner, *losers],
+                }
+            )
+    duplicates.sort(key=lambda d: d["record_id"])
+    if duplicates and on_duplicate == "error":
+        first = duplicates[0]
+        tasks = " and ".join(_describe(c.task) for c in sorted(first["_claims"], key=_claim_id))
+        more = ""
+        if len(duplicates) > 1:
+            others = [d["record_id"] for d in duplicates[1:]]
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            more = f"; other records in several tasks: {shown} ({len(others)})"
+        raise SegloopError(
+            f"record {first['record_id']!r} is in {len(first['_claims'])} selected tasks: {tasks}{more}. "
+            "download_cvat.on_duplicate=error, so nothing was downloaded. Select one task per record "
+            "(--task-id, --name-pattern, or leave only one of them completed), or download with "
+            "--on-duplicate newest (download_cvat.on_duplicate=newest) to keep the annotation of the "
+            "task updated last"
+        )
+    for entry in duplicates:
+        del entry["_claims"]
+    return winners, duplicates
+
+
+def _claim_id(claim: Claim) -> tuple:
+    return recency(claim.task)[1]
+
+
+def _warn_duplicates(duplicates: list[dict[str, Any]]) -> None:
+    """One log line for all records found in several tasks, grouped by the tasks involved."""
+    if not duplicates:
+        return
+    groups: dict[tuple, list[str]] = {}
+    for entry in duplicates:
+        key = tuple(
+            (str(t["task_id"]), t["task_name"], t["updated_date"])
+            for t in (entry["winner"], *entry["losers"])
+        )
+        groups.setdefault(key, []).append(entry["record_id"])
+    parts = []
+    for key, records in groups.items():
+        (won, *lost) = (f"task {tid} {name!r} (updated {when})" for tid, name, when in key)
+        shown = ", ".join(records[:5]) + (", ..." if len(records) > 5 else "")
+        parts.append(f"{won} over {' and '.join(lost)} for {len(records)} ({shown})")
+    log.warning(
+        "download-cvat: %d records are in more than one selected task; kept the newest task's "
+        "annotation (download_cvat.on_duplicate=newest): %s; provenance.json lists them under "
+        "'duplicates'",
+        len(duplicates),
+        "; ".join(parts),
+    )
+
+
+@dataclass
+class Plan:
+    """Which frame each record is taken from, settled before anything is exported."""
+
+    winners: dict[str, Claim]
+    won: dict[str, list[dict[str, Any]]]  # task id -> the frames it is the source of
+    lost: dict[str, int]  # task id -> records taken from a newer task instead
+    duplicates: list[dict[str, Any]]
+
+    @classmethod
+    def make(
+        cls, claims: dict[str, list[Claim]], chosen: list[TaskInfo], on_duplicate: str
+    ) -> Plan:
+        winners, duplicates = resolve_duplicates(claims, on_duplicate)
+        won: dict[str, list[dict[str, Any]]] = {str(t.id): [] for t in chosen}
+        for claim in winners.values():
+            won[str(claim.task.id)].append(claim.frame)
+        for frames in won.values():
+            frames.sort(key=lambda f: f["frame"])
+        lost = {str(t.id): 0 for t in chosen}
+        for entry in duplicates:
+            for loser in entry["losers"]:
+                lost[str(loser["task_id"])] += 1
+        return cls(winners, won, lost, duplicates)
+
+
 class Downloader:
     def __init__(
         self,
         cfg: DownloadCvatConfig,
-        out_dir: Path,
+        out_dir: Path | None,
         upload: dict[str, Any] | None,
         labels: LabelSet,
     ):
@@ -128,16 +278,35 @@ class Downloader:
             return known
         return {"record_id": frame["name"].rsplit(".", 1)[0], "image_uri": None}
 
-    def task(self, source, task: TaskInfo, manifest: artifacts.Manifest) -> None:
+    def claims(self, tasks: list[TaskInfo]) -> dict[str, list[Claim]]:
+        """Record id -> every frame of the selected tasks that holds it."""
+        found: dict[str, list[Claim]] = {}
+        for task in tasks:
+            for frame in task.frames:
+                record_id = str(self.record_of(task, frame)["record_id"])
+                found.setdefault(record_id, []).append(Claim(task, frame))
+        return found
+
+    def task(
+        self,
+        source,
+        task: TaskInfo,
+        manifest: artifacts.Manifest,
+        frames: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Export `task` and write `frames` (default: all its frames; the ones it won)."""
         where = f"task {task.id} ({task.name})"
+        frames = task.frames if frames is None else frames
         with tempfile.TemporaryDirectory(prefix="segloop-download-") as tmp:
             root = source.materialize(
                 task, self.settings.format, self.settings.include_images, Path(tmp)
             )
-            masks = convert(root, self.settings.format, task.frames, self.labels, where)
-            for frame in track(
-                task.frames, total=len(task.frames), desc=f"convert {where}", unit="img"
-            ):
+            masks = convert(root, self.settings.format, frames, self.labels, where)
+            for frame in track(frames, total=len(frames), desc=f"convert {where}", unit="img"):
+                record_id = str(self.record_of(task, frame)["record_id"])
+                # The files of whatever held this record before go first, so an image or mask
+                # of another task (or another file type) can never stay beside this one.
+                _unlink_files(self.out_dir, manifest.entries.get(record_id))
                 manifest.add(self._frame(task, frame, masks[frame["name"]], root))
 
     def _frame(
@@ -189,16 +358,7 @@ def run_download_cvat(cfg: DownloadCvatConfig, out: str) -> dict[str, Any]:
     upload = load_upload(settings.upload_dir)
     labels = load_labels(cfg, upload)
     source = FolderSource(cfg) if cfg.cvat.backend == "folder" else CvatSource(cfg)
-    with storage.output_dir(out, resume=settings.resume) as out_dir, source:
-        previous = {}
-        if settings.resume and (out_dir / "provenance.json").exists():
-            previous = {
-                str(t["id"]): t
-                for t in storage.read_json(out_dir / "provenance.json").get("tasks", [])
-            }
-        if not settings.resume:
-            (out_dir / "manifest.jsonl").unlink(missing_ok=True)
-        manifest = artifacts.Manifest(out_dir)
+    with source:
         candidates = source.select(cfg, upload)
         chosen, rejected = [], []
         for task in candidates:
@@ -216,91 +376,158 @@ def run_download_cvat(cfg: DownloadCvatConfig, out: str) -> dict[str, Any]:
                 or "none found"
             )
             raise SegloopError(f"no task to download from {source.location}: {listing}")
-        downloader = Downloader(cfg, out_dir, upload, labels)
-        exported, reused = [], []
-        # Oldest first, so a record found in several tasks keeps the most recent annotation.
-        for task in sorted(chosen, key=lambda t: t.updated_date):
-            before = previous.get(str(task.id))
-            done = [e for e in manifest.entries.values() if str(e.get("task_id")) == str(task.id)]
-            if (
-                before
-                and before.get("updated_date") == task.updated_date
-                and len(done) == len(task.frames)
-                and all(
-                    e["status"] == artifacts.OK and (out_dir / e["mask"]).exists() for e in done
-                )
-            ):
-                reused.append(task.id)
-                log.info("task %s unchanged since the last download; keeping its files", task.id)
-                continue
-            downloader.task(source, task, manifest)
-            exported.append(task.id)
-        _drop_stale(manifest, out_dir, {str(t.id) for t in chosen})
-        entries = list(manifest.entries.values())
-        per_task = {
-            str(t.id): _summary([e for e in entries if str(e.get("task_id")) == str(t.id)])
-            for t in chosen
-        }
-        labels.save(out_dir / "labels.json")
-        storage.write_json(
-            out_dir / "provenance.json",
-            {
-                "backend": cfg.cvat.backend,
-                "source": source.location,
-                "format": settings.format,
-                "downloaded_at": datetime.now(UTC).isoformat(),
-                "segloop_version": segloop_version(),
-                "upload_dir": settings.upload_dir,
-                "tasks": [
-                    {
-                        "id": t.id,
-                        "name": t.name,
-                        "url": t.url,
-                        "project_id": t.project_id,
-                        "status": t.status,
-                        "updated_date": t.updated_date,
-                        "jobs": t.jobs,
-                        "images": len(t.frames),
-                    }
-                    for t in chosen
-                ],
-                "rejected": rejected,
-            },
-        )
-        seconds = time.monotonic() - started
-        metrics = {
-            "backend": cfg.cvat.backend,
-            "format": settings.format,
-            "tasks": len(chosen),
-            "tasks_exported": len(exported),
-            "tasks_unchanged": len(reused),
-            "tasks_rejected": len(rejected),
-            "images": sum(1 for e in entries if e["status"] == artifacts.OK),
-            "images_failed": sum(1 for e in entries if e["status"] != artifacts.OK),
-            "seconds": round(seconds, 3),
-            "correction": {**_summary(entries), "per_task": per_task},
-        }
-        manifest.compact()
-        artifacts.write_metrics(out_dir, metrics)
-        save_resolved(cfg, out_dir)
-        artifacts.check_failures("download-cvat", manifest.failed(), settings.max_failures)
+        # Which task each record comes from is settled before anything is written, so that
+        # on_duplicate=error leaves the output as it was.
+        downloader = Downloader(cfg, None, upload, labels)
+        plan = Plan.make(downloader.claims(chosen), chosen, settings.on_duplicate)
+        _warn_duplicates(plan.duplicates)
+        with storage.output_dir(out, resume=settings.resume) as out_dir:
+            downloader.out_dir = out_dir
+            metrics = _write(cfg, downloader, source, chosen, rejected, plan, started)
     log.info(
         "download-cvat: %d images from %d tasks (%d exported, %d unchanged) in %.1f s",
         metrics["images"],
         metrics["tasks"],
-        len(exported),
-        len(reused),
-        seconds,
+        metrics["tasks_exported"],
+        metrics["tasks_unchanged"],
+        metrics["seconds"],
     )
     return metrics
 
 
-def _drop_stale(manifest: artifacts.Manifest, out_dir: Path, task_ids: set[str]) -> None:
-    """Forget records of tasks no longer selected (and their files)."""
-    for record_id, entry in list(manifest.entries.items()):
-        if str(entry.get("task_id")) in task_ids:
+def _write(
+    cfg: DownloadCvatConfig,
+    downloader: Downloader,
+    source,
+    chosen: list[TaskInfo],
+    rejected: list[dict[str, Any]],
+    plan: Plan,
+    started: float,
+) -> dict[str, Any]:
+    settings = cfg.download_cvat
+    out_dir, labels = downloader.out_dir, downloader.labels
+    previous = {}
+    if settings.resume and (out_dir / "provenance.json").exists():
+        previous = {
+            str(t["id"]): t for t in storage.read_json(out_dir / "provenance.json").get("tasks", [])
+        }
+    earlier: dict[str, dict[str, Any]] = {}
+    if not settings.resume:
+        # Nothing is reused, but the files the last run wrote are still known, to clear them.
+        earlier = artifacts.Manifest(out_dir).entries
+        (out_dir / "manifest.jsonl").unlink(missing_ok=True)
+    manifest = artifacts.Manifest(out_dir)
+    exported, reused, superseded = [], [], []
+    for task in sorted(chosen, key=recency):
+        frames = plan.won[str(task.id)]
+        if not frames:
+            superseded.append(task.id)
+            log.info("task %s: every record is taken from a newer task; not exported", task.id)
             continue
-        for key in ("mask", "image"):
-            if entry.get(key):
-                (out_dir / entry[key]).unlink(missing_ok=True)
-        del manifest.entries[record_id]
+        before = previous.get(str(task.id))
+        mine = [
+            manifest.entries.get(str(downloader.record_of(task, f)["record_id"])) for f in frames
+        ]
+        if (
+            before
+            and before.get("updated_date") == task.updated_date
+            and all(
+                e
+                and str(e.get("task_id")) == str(task.id)
+                and e["status"] == artifacts.OK
+                and (out_dir / e["mask"]).exists()
+                and (not e.get("image") or (out_dir / e["image"]).exists())
+                for e in mine
+            )
+        ):
+            reused.append(task.id)
+            log.info("task %s unchanged since the last download; keeping its files", task.id)
+            continue
+        downloader.task(source, task, manifest, frames)
+        exported.append(task.id)
+    _drop_stale(manifest, out_dir, set(plan.winners), earlier)
+    entries = list(manifest.entries.values())
+    per_task = {
+        str(t.id): _summary([e for e in entries if str(e.get("task_id")) == str(t.id)])
+        for t in chosen
+    }
+    labels.save(out_dir / "labels.json")
+    storage.write_json(
+        out_dir / "provenance.json",
+        {
+            "backend": cfg.cvat.backend,
+            "source": source.location,
+            "format": settings.format,
+            "downloaded_at": datetime.now(UTC).isoformat(),
+            "segloop_version": segloop_version(),
+            "upload_dir": settings.upload_dir,
+            "tasks": [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "url": t.url,
+                    "project_id": t.project_id,
+                    "status": t.status,
+                    "updated_date": t.updated_date,
+                    "jobs": t.jobs,
+                    "images": len(t.frames),
+                    "images_kept": len(plan.won[str(t.id)]),
+                    "images_superseded": plan.lost[str(t.id)],
+                }
+                for t in chosen
+            ],
+            "rejected": rejected,
+            "on_duplicate": settings.on_duplicate,
+            "duplicates": plan.duplicates,
+        },
+    )
+    seconds = time.monotonic() - started
+    metrics = {
+        "backend": cfg.cvat.backend,
+        "format": settings.format,
+        "tasks": len(chosen),
+        "tasks_exported": len(exported),
+        "tasks_unchanged": len(reused),
+        "tasks_superseded": len(superseded),
+        "tasks_rejected": len(rejected),
+        "images": sum(1 for e in entries if e["status"] == artifacts.OK),
+        "images_failed": sum(1 for e in entries if e["status"] != artifacts.OK),
+        "duplicates": len(plan.duplicates),
+        "frames_superseded": sum(plan.lost.values()),
+        "seconds": round(seconds, 3),
+        "correction": {**_summary(entries), "per_task": per_task},
+    }
+    manifest.compact()
+    artifacts.write_metrics(out_dir, metrics)
+    save_resolved(cfg, out_dir)
+    artifacts.check_failures("download-cvat", manifest.failed(), settings.max_failures)
+    return metrics
+
+
+def _unlink_files(
+    out_dir: Path, entry: dict[str, Any] | None, keep: set[str] = frozenset()
+) -> None:
+    for key in ("mask", "image"):
+        rel = (entry or {}).get(key)
+        if rel and rel not in keep:
+            (out_dir / rel).unlink(missing_ok=True)
+
+
+def _drop_stale(
+    manifest: artifacts.Manifest,
+    out_dir: Path,
+    record_ids: set[str],
+    earlier: dict[str, dict[str, Any]],
+) -> None:
+    """Forget records no selected task holds any more (and their files), and clear the files of
+    an earlier run's entries (`earlier`, with --no-resume) that no current entry uses."""
+    stale = [manifest.entries.pop(r) for r in list(manifest.entries) if r not in record_ids]
+    used = {
+        e[k]
+        for e in manifest.entries.values()
+        if e.get("status") == artifacts.OK
+        for k in ("mask", "image")
+        if e.get(k)
+    }
+    for entry in [*stale, *earlier.values()]:
+        _unlink_files(out_dir, entry, used)

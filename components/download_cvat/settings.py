@@ -31,6 +31,11 @@ class DownloadCvatSettings(Section):
     format: Literal["Segmentation mask 1.1", "COCO 1.0"] = "Segmentation mask 1.1"
     include_images: bool = Field(True, description="take the images from the export")
     resume: bool = Field(True, description="skip tasks whose updated_date did not change")
+    on_duplicate: Literal["newest", "error"] = Field(
+        "newest",
+        description="a record in several selected tasks: newest (take it from the task with the "
+        "newest updated_date; on a tie, the higher task id) or error (stop; nothing is written)",
+    )
     max_failures: int = Field(0, ge=0)
 
 

@@ -141,6 +141,13 @@ def upload_cvat_command(
     "--no-images", is_flag=True, default=False, help="Masks only; images stay where they are."
 )
 @click.option("--no-resume", is_flag=True, default=False, help="Export every task again.")
+@click.option(
+    "--on-duplicate",
+    type=click.Choice(["newest", "error"]),
+    default=None,
+    help="A record in several selected tasks: take it from the task updated last (newest, the "
+    "default) or stop without writing anything (error).",
+)
 @backend_options
 @click.option(
     "--out-dir",
@@ -160,6 +167,7 @@ def download_cvat_command(
     fmt,
     no_images,
     no_resume,
+    on_duplicate,
     backend,
     folder,
     organization,
@@ -181,6 +189,7 @@ def download_cvat_command(
         job_stage=job_stage,
         job_state=job_state,
         format=fmt,
+        on_duplicate=on_duplicate,
     )
     if no_images:
         section["include_images"] = False
