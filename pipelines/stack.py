@@ -28,8 +28,10 @@ from typing import Any
 import psutil
 from tenacity import (
     Retrying,
+    retry,
     retry_if_exception_type,
     retry_if_not_exception_type,
+    retry_if_result,
     stop_after_delay,
     wait_fixed,
 )
@@ -107,11 +109,23 @@ _CREATE_TIME_TOLERANCE_S = 2.0
 def process_identity(pid: int) -> tuple[float, list[str]] | None:
     """(create_time, command line) of a running process, or None if it is gone already."""
     try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            return proc.create_time(), proc.cmdline()
+        return _read_identity(psutil.Process(pid))
     except psutil.Error:
         return None
+
+
+# Right after an exec the kernel can show an empty command line for a moment (the old file
+# descriptors close, which lets Popen return, before the new arguments are in place).
+@retry(
+    stop=stop_after_delay(2),
+    wait=wait_fixed(0.01),
+    retry=retry_if_result(lambda identity: not identity[1]),
+    retry_error_callback=lambda state: state.outcome.result(),
+    reraise=True,
+)
+def _read_identity(proc: psutil.Process) -> tuple[float, list[str]]:
+    with proc.oneshot():
+        return proc.create_time(), proc.cmdline()
 
 
 def _launch(
