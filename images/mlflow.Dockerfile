@@ -8,10 +8,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # mlflow and boto3 at the versions in requirements.lock (segloop's tests ran against them);
-# the PostgreSQL driver is the server's alone, so it is pinned here.
+# the PostgreSQL driver and Flask-WTF (the `auth` extra: CSRF protection of the basic-auth app,
+# manifests/components/mlflow-auth) are the server's alone, so they are pinned here.
 COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --constraint /tmp/requirements.lock \
-        mlflow boto3 psycopg2-binary==2.9.13
+        "mlflow[auth]" boto3 psycopg2-binary==2.9.13 Flask-WTF==1.3.0
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="segloop-mlflow" \
@@ -24,4 +25,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/home/mlflow
 WORKDIR /home/mlflow
 USER 10001:10001
 EXPOSE 5000
-CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
+# Safe default: localhost only, since the server has no authentication of its own. The
+# Kubernetes manifests (manifests/base/mlflow.yaml) bind all addresses behind a NetworkPolicy
+# and can add `--app-name=basic-auth` (manifests/components/mlflow-auth); to serve from a
+# plain container, pass `mlflow server --host 0.0.0.0 --app-name basic-auth ...` yourself.
+CMD ["mlflow", "server", "--host", "127.0.0.1", "--port", "5000"]

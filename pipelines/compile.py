@@ -1,59 +1,123 @@
-"""Compile a pipeline to KFP IR YAML (what CI builds and `segloop submit` uploads)."""
+"""Compile a pipeline to KFP IR YAML (what CI builds and `segloop submit` uploads).
+
+`check_no_credentials` is the one check, shared by `compile`, `submit`, `deploy` and `launch`,
+that keeps credentials out of what travels in clear text (the YAML, `config_json` and the
+other run parameters): they belong in the Kubernetes Secrets listed under `kfp.env_from`.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
-
-from kfp import compiler
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from urllib.parse import parse_qsl, urlsplit
 
 from components.core.config import SECRET_WORDS
 from components.core.errors import SegloopError
 from pipelines.config import SegloopConfig
-from pipelines.graphs import build
+
+# scheme://user:password@ (the password may hold '/' when it was not percent-encoded).
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
 
 
-def _credential_keys(data: Any, prefix: str = "") -> list[str]:
-    found = []
+def _looks_secret(name: str) -> bool:
+    return any(w in name.lower() for w in SECRET_WORDS)
+
+
+def url_credential(value: str) -> str | None:
+    """What makes `value` a URL that carries a credential (None when it is not one)."""
+    if "://" not in value:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        password = parts.password
+        query = parse_qsl(parts.query, keep_blank_values=False)
+    except ValueError:
+        password, query = None, []
+    if password:
+        return "a password inside the URL"
+    m = _USERINFO.match(value.strip())
+    # user:password@ with a '/' in the password; `host:8080/path@x` is a port, not a password.
+    if m and m["pw"] and not re.match(r"\d+(/|$)", m["pw"]):
+        return "a password inside the URL"
+    names = [name for name, val in query if val and _looks_secret(name)]
+    if names:
+        return f"a credential in the URL's query ({', '.join(names)})"
+    return None
+
+
+def find_credentials(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, why) for every credential in `data`: a non-empty value under a key that looks like
+    a secret (password, secret, token, access_key, credential), or a URL that carries one."""
+    found: list[tuple[str, str]] = []
     if isinstance(data, dict):
         for key, value in data.items():
             name = f"{prefix}{key}"
-            if (
-                any(w in str(key).lower() for w in SECRET_WORDS)
-                and isinstance(value, str)
-                and value
-            ):
-                found.append(name)
+            if _looks_secret(str(key)) and isinstance(value, str) and value:
+                found.append((name, "a value under a key that names a credential"))
             else:
-                found += _credential_keys(value, f"{name}.")
+                found += find_credentials(value, f"{name}.")
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            found += find_credentials(value, f"{prefix.rstrip('.')}[{i}].")
+    elif isinstance(data, str):
+        why = url_credential(data)
+        if why:
+            found.append((prefix.rstrip("."), why))
     return found
 
 
-def check_no_credentials(cfg: SegloopConfig) -> None:
-    """The config becomes a pipeline parameter in clear text: refuse one that holds credentials."""
-    try:
-        url = make_url(cfg.db.url)
-    except ArgumentError:
-        url = None
-    if url is not None and url.password:
-        raise SegloopError(
-            "db.url contains a password, which would be written into the pipeline YAML and the "
-            "run's parameters; remove it from the URL and give the database password to the "
-            "pods from a Kubernetes Secret instead (e.g. PGPASSWORD for PostgreSQL, listed under "
-            "kfp.env_from.extra)"
+def _secret_for(key: str, cfg: SegloopConfig) -> str:
+    """Where the credential under `key` belongs instead."""
+    secrets = cfg.kfp.env_from
+    section = key.split(".", 1)[0].split("[", 1)[0]
+    if key == "db.url" or section == "db":
+        return (
+            "remove it and give the database password to the pods from a Kubernetes Secret "
+            "listed under kfp.env_from.extra (PGPASSWORD for PostgreSQL, e.g. "
+            "{name: segloop-db, keys: [PGPASSWORD], stages: [query]})"
         )
-    keys = _credential_keys(cfg.model_dump(mode="json"))
-    if keys:
-        raise SegloopError(
-            f"config keys {keys} hold credentials, which would be written into the pipeline YAML; "
-            "pass them to the pods from a Kubernetes Secret (kfp.env_from) instead"
+    if section == "mlflow":
+        return (
+            f"remove it; the Secret {secrets.mlflow.name} (kfp.env_from.mlflow) carries "
+            "MLFLOW_TRACKING_URI (without the password), MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD"
         )
+    if section == "cvat":
+        return (
+            f"remove it; the Secret {secrets.cvat.name} (kfp.env_from.cvat) carries CVAT_HOST "
+            "(without the password), CVAT_USERNAME and CVAT_PASSWORD, or CVAT_ACCESS_TOKEN"
+        )
+    if key == "kfp.host":
+        return "remove it; authenticate with --token ($KFP_TOKEN) or --sa-token-path"
+    if section == "io" or "s3" in key.lower() or "aws" in key.lower():
+        return (
+            f"remove it; the Secret {secrets.s3.name} (kfp.env_from.s3) carries "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    return "remove it and give it to the pods from a Kubernetes Secret (kfp.env_from.extra)"
+
+
+def check_no_credentials(cfg: SegloopConfig, params: dict[str, Any] | None = None) -> None:
+    """Refuse a config (and run parameters) holding credentials: the config is compiled into
+    the pipeline YAML and sent as the run's `config_json`, both in clear text."""
+    found = find_credentials(cfg.model_dump(mode="json"))
+    found += [(f"parameter {k}", why) for k, why in find_credentials(params or {})]
+    if not found:
+        return
+    lines = [f"- {key}: {why}; {_secret_for(key, cfg)}" for key, why in found]
+    raise SegloopError(
+        "the config holds credentials, which would be written in clear text into the pipeline "
+        "YAML and the run's parameters:\n" + "\n".join(lines)
+    )
 
 
 def compile_pipeline(name: str, cfg: SegloopConfig, output: str | Path) -> Path:
     """Write pipeline `name`, built from `cfg`, to `output` (parent folders created)."""
+    from kfp import compiler
+
+    from pipelines.graphs import build
+
     check_no_credentials(cfg)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """Compile-time platform options for pipeline tasks, all from the config's `kfp` section.
 
-Every task gets its image, CPU/memory requests and limits, caching, plain env vars and the
-Kubernetes Secrets it needs as env vars (only references: a Secret's values never enter the
-YAML). The GPU stages (infer and train by default) also get the accelerator type and count,
-node selector labels and tolerations; network stages get retries with exponential backoff.
+Every task gets its image, CPU/memory requests and limits, caching, plain env vars, the pod
+labels the manifests' NetworkPolicy selects and the Kubernetes Secrets it needs as env vars
+(only references: a Secret's values never enter the YAML; required unless marked optional,
+plus per-Secret `optional_keys` that may be absent). The GPU stages (infer and train by
+default) also get the accelerator type and count, node selector labels, tolerations and the
+CUDA image; network stages get retries with exponential backoff.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ def is_gpu_stage(cfg: SegloopConfig, stage: str) -> bool:
 
 
 def image_for(cfg: SegloopConfig, stage: str) -> str:
+    """The CUDA image only where the task gets a GPU (accelerator_count 0 runs it on CPU)."""
     cpu, cuda = images_from_config(cfg.kfp.images)
-    return cuda if stage in cfg.kfp.gpu.stages else cpu
+    return cuda if is_gpu_stage(cfg, stage) else cpu
 
 
 def apply(task: PipelineTask, stage: str, cfg: SegloopConfig) -> PipelineTask:
@@ -87,12 +90,24 @@ def apply(task: PipelineTask, stage: str, cfg: SegloopConfig) -> PipelineTask:
 
     for name, value in sorted(k.env.items()):
         task.set_env_variable(name, value)
+    for label, value in sorted(k.pod_labels.items()):
+        kubernetes.add_pod_label(task, label_key=label, label_value=value)
     for secret in k.env_from.all():
-        if stage in secret.stages:
+        if stage not in secret.stages:
+            continue
+        if secret.keys:
             kubernetes.use_secret_as_env(
                 task,
                 secret_name=secret.name,
                 secret_key_to_env={key: key for key in secret.keys},
                 optional=secret.optional,
+            )
+        extra = [key for key in secret.optional_keys if key not in secret.keys]
+        if extra:
+            kubernetes.use_secret_as_env(
+                task,
+                secret_name=secret.name,
+                secret_key_to_env={key: key for key in extra},
+                optional=True,
             )
     return task

@@ -88,7 +88,15 @@ class SecretRef(Section):
     # A list, not a mapping: each Secret key becomes the env var of the same name (and the
     # config's secret masking, which looks at mapping keys, leaves the names readable).
     keys: list[str] = Field(description="Secret keys, each exposed as the env var of that name")
+    # Keys a task reads when present (e.g. credentials of a server that may run without auth):
+    # exposed like `keys`, but always optional, so a Secret without them still starts the pod.
+    optional_keys: list[str] = Field(
+        default_factory=list, description="Secret keys exposed when present (always optional)"
+    )
     stages: list[StageName]
+    # Required by default: a pod whose Secret (or one of its `keys`) is missing fails at once
+    # (CreateContainerConfigError) instead of running without it. `optional: true` also lets
+    # `keys` be missing (then the task sees no such env var).
     optional: bool = False
 
 
@@ -107,32 +115,28 @@ class S3Secret(SecretRef):
 
 class MLflowSecret(SecretRef):
     name: str = Field("segloop-mlflow", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    keys: list[str] = Field(
-        default_factory=lambda: [
-            "MLFLOW_TRACKING_URI",
-            "MLFLOW_TRACKING_USERNAME",
-            "MLFLOW_TRACKING_PASSWORD",
-        ]
+    # Required: without a tracking URI a pod would log runs and register models into a
+    # SQLite file inside itself, lost when the pod ends.
+    keys: list[str] = Field(default_factory=lambda: ["MLFLOW_TRACKING_URI"])
+    # Absent on a tracking server without authentication.
+    optional_keys: list[str] = Field(
+        default_factory=lambda: ["MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
     )
     stages: list[StageName] = Field(
         default_factory=lambda: ["infer", "train", "evaluate", "register", "loop_report"]
     )
-    # Username/password are absent on an open tracking server.
-    optional: bool = True
 
 
 class CvatSecret(SecretRef):
     name: str = Field("segloop-cvat", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    keys: list[str] = Field(
-        default_factory=lambda: [
-            "CVAT_HOST",
-            "CVAT_USERNAME",
-            "CVAT_PASSWORD",
-        ]
+    keys: list[str] = Field(default_factory=lambda: ["CVAT_HOST"])
+    # A user and password, or an access token: whichever the Secret holds.
+    optional_keys: list[str] = Field(
+        default_factory=lambda: ["CVAT_USERNAME", "CVAT_PASSWORD", "CVAT_ACCESS_TOKEN"]
     )
     stages: list[StageName] = Field(default_factory=lambda: ["upload_cvat", "download_cvat"])
-    # The `folder` annotation backend runs without CVAT.
-    optional: bool = True
+    # Required by default; with the `folder` annotation backend (no CVAT) set
+    # `kfp.env_from.cvat.optional: true` or `kfp.env_from.cvat.stages: []`.
 
 
 class SecretsSettings(Section):
@@ -163,6 +167,13 @@ UNCACHED = ("query", "upload_cvat", "download_cvat", "register", "loop_report")
 DEFAULT_CACHING = {stage: stage not in UNCACHED for stage in STAGES}
 
 
+# What manifests/base/network-policy.yaml selects as "a segloop pipeline pod".
+POD_LABELS = {
+    "app.kubernetes.io/part-of": "segloop",
+    "app.kubernetes.io/component": "pipeline-task",
+}
+
+
 class KfpSettings(Section):
     pipeline_root: str | None = Field(
         None, description="s3://bucket/prefix for artifacts; default: the cluster's kfp-launcher"
@@ -178,6 +189,12 @@ class KfpSettings(Section):
     env_from: SecretsSettings = SecretsSettings()
     env: dict[str, str] = Field(
         default_factory=dict, description="plain (non-secret) env vars for every task"
+    )
+    # Every task pod carries these labels (kfp.kubernetes.add_pod_label; KFP >= 2.1 applies
+    # them). manifests/base/network-policy.yaml admits pods with the default pair to MLflow.
+    pod_labels: dict[str, str] = Field(
+        default_factory=lambda: dict(POD_LABELS),
+        description="labels of every task pod (the MLflow NetworkPolicy selects the defaults)",
     )
     caching: dict[StageName, bool] = Field(
         default_factory=dict, description="per stage; unlisted stages keep DEFAULT_CACHING"

@@ -174,6 +174,10 @@ def submit(
 
     `version`: an uploaded (pipeline id, version id, version name) to run instead of uploading.
     """
+    from pipelines.compile import check_no_credentials
+
+    # Before anything reaches the server: config_json and params travel in clear text.
+    check_no_credentials(cfg, params)
     pipeline_id, version_id, version_name = version or upload(client, name, cfg, namespace, host)
     experiment_name = experiment or cfg.kfp.experiment or cfg.project.name
     exp = api_call(

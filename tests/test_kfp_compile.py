@@ -17,9 +17,9 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from components.config import config_from_json
 from components.core.errors import ConfigError, SegloopError
 from pipelines.cli import cli
-from pipelines.compile import compile_pipeline
+from pipelines.compile import check_no_credentials, compile_pipeline
 from pipelines.config import load_config
-from pipelines.settings import PIPELINE_NAMES
+from pipelines.settings import PIPELINE_NAMES, POD_LABELS
 
 GPU_TASKS = {"infer", "train"}
 STAGES_OF = {
@@ -70,6 +70,24 @@ def parse(path: Path):
             for name, cfg in executors.items()
         }
     return spec, deployment, k8s
+
+
+def secret_refs(platform) -> dict[str, set[str]]:
+    """{Secret name: env vars} over all of a task's secretAsEnv entries."""
+    refs: dict[str, set[str]] = {}
+    for s in platform.secret_as_env:
+        refs.setdefault(s.secret_name, set()).update(m.env_var for m in s.key_to_env)
+    return refs
+
+
+def required_keys(platform) -> dict[str, set[str]]:
+    """{Secret name: env vars} of the entries that are not optional."""
+    refs: dict[str, set[str]] = {}
+    for s in platform.secret_as_env:
+        keys = refs.setdefault(s.secret_name, set())
+        if not s.optional:
+            keys.update(m.env_var for m in s.key_to_env)
+    return refs
 
 
 def executor_of(spec, task: str) -> str:
@@ -151,10 +169,7 @@ def test_secrets_are_references_never_values(compiled):
             assert value not in text, f"{name}: a secret value leaked into the YAML"
         spec, _, k8s = parse(path)
         for task in spec.root.dag.tasks:
-            refs = {
-                s.secret_name: {m.env_var for m in s.key_to_env}
-                for s in k8s[executor_of(spec, task)].secret_as_env
-            }
+            refs = secret_refs(k8s[executor_of(spec, task)])
             assert refs["segloop-s3"] == {
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",
@@ -164,6 +179,29 @@ def test_secrets_are_references_never_values(compiled):
             assert ("segloop-mlflow" in refs) == (
                 task in {"infer", "train", "evaluate", "register", "loop-report"}
             ), task
+            # Required by default: a missing Secret (or tracking URI / CVAT host) stops the pod
+            # at once instead of letting it log into a SQLite file that dies with it. Only
+            # the credentials of a server without auth may be absent.
+            required = required_keys(k8s[executor_of(spec, task)])
+            assert required["segloop-s3"] == refs["segloop-s3"]
+            if "segloop-mlflow" in refs:
+                assert refs["segloop-mlflow"] == {
+                    "MLFLOW_TRACKING_URI",
+                    "MLFLOW_TRACKING_USERNAME",
+                    "MLFLOW_TRACKING_PASSWORD",
+                }
+                assert required["segloop-mlflow"] == {"MLFLOW_TRACKING_URI"}
+            if "segloop-cvat" in refs:
+                assert refs["segloop-cvat"] == {
+                    "CVAT_HOST",
+                    "CVAT_USERNAME",
+                    "CVAT_PASSWORD",
+                    "CVAT_ACCESS_TOKEN",
+                }
+                assert required["segloop-cvat"] == {"CVAT_HOST"}
+            # The label the manifests' NetworkPolicy admits to MLflow.
+            labels = dict(k8s[executor_of(spec, task)].pod_metadata.labels)
+            assert labels == POD_LABELS, task
 
 
 def test_caching_and_retries_per_stage(compiled):
@@ -211,11 +249,14 @@ def test_cli_compile_with_overrides(tmp_path):
     assert result.exit_code == 0, result.output
     spec, deployment, k8s = parse(out)
     # Renaming a Secret keeps its default keys and stages.
-    refs = {
-        s.secret_name: sorted(m.env_var for m in s.key_to_env)
-        for s in k8s[executor_of(spec, "download-cvat")].secret_as_env
-    }
-    assert refs["team-cvat"] == ["CVAT_HOST", "CVAT_PASSWORD", "CVAT_USERNAME"]
+    refs = secret_refs(k8s[executor_of(spec, "download-cvat")])
+    assert sorted(refs["team-cvat"]) == [
+        "CVAT_ACCESS_TOKEN",
+        "CVAT_HOST",
+        "CVAT_PASSWORD",
+        "CVAT_USERNAME",
+    ]
+    assert required_keys(k8s[executor_of(spec, "download-cvat")])["team-cvat"] == {"CVAT_HOST"}
     res = deployment.executors[executor_of(spec, "train")].container.resources
     assert res.accelerator.resource_count == "4"
     assert not spec.root.dag.tasks["train"].caching_options.enable_cache
@@ -234,3 +275,67 @@ def test_a_config_with_credentials_is_not_compiled(tmp_path):
     # Without the password (libpq reads PGPASSWORD from a Secret) it compiles.
     cfg = load_config(None, ["db.url=postgresql://segloop@db.example.com/images"])
     compile_pipeline("pre_annotation", cfg, tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "secret"),
+    [
+        (
+            "mlflow.tracking_uri=https://u:pw@mlflow.example.com",
+            "mlflow.tracking_uri",
+            "segloop-mlflow",
+        ),
+        ("cvat.host=https://bot:pw@cvat.example.com", "cvat.host", "segloop-cvat"),
+        ("io.out_root=s3://bucket/x?X-Amz-Credential=AKIA123", "io.out_root", "segloop-s3"),
+        ("kfp.host=https://admin:pw@kfp.example.com", "kfp.host", "--token"),
+        ("db.url=postgresql://u:pass/word@db/images", "db.url", "PGPASSWORD"),
+    ],
+)
+def test_a_password_in_any_url_is_not_compiled(tmp_path, override, key, secret):
+    cfg = load_config(None, [override])
+    with pytest.raises(SegloopError) as err:
+        compile_pipeline("training", cfg, tmp_path / "t.yaml")
+    message = str(err.value)
+    assert f"- {key}:" in message and secret in message
+    assert "pw" not in message.replace("password", "")  # the value itself is not echoed
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_credential_checks_cover_run_parameters_and_secret_like_keys():
+    cfg = load_config(None, ["mlflow.tracking_uri=https://mlflow.example.com:5000/x@y"])
+    check_no_credentials(cfg)  # a port and an @ in the path: no password
+    with pytest.raises(SegloopError, match=r"parameter model_uri: a password inside the URL"):
+        check_no_credentials(cfg, {"model_uri": "https://u:pw@host/model.pt"})
+    cfg = load_config(None, ["kfp.pod_labels={api_token: abc}"])
+    with pytest.raises(SegloopError, match=r"kfp.pod_labels.api_token: a value under a key"):
+        check_no_credentials(cfg)
+
+
+def test_gpu_stages_without_gpus_get_the_cpu_image(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "kfp.images.registry=registry.example.com/agri",
+            "kfp.images.tag=1.2.3",
+            "kfp.gpu.accelerator_count=0",
+        ],
+    )
+    path = compile_pipeline("active_learning", cfg, tmp_path / "al.yaml")
+    spec, deployment, k8s = parse(path)
+    for task in spec.root.dag.tasks:
+        container = deployment.executors[executor_of(spec, task)].container
+        assert container.image == "registry.example.com/agri/segloop:1.2.3", task
+        assert not container.resources.accelerator.resource_count, task
+        assert not k8s[executor_of(spec, task)].tolerations, task
+
+
+def test_mlflow_and_cvat_secrets_can_be_marked_optional(tmp_path):
+    cfg = load_config(
+        None, ["kfp.env_from.mlflow.optional=true", "kfp.env_from.cvat.optional=true"]
+    )
+    path = compile_pipeline("training", cfg, tmp_path / "t.yaml")
+    spec, _, k8s = parse(path)
+    for task in ("download-cvat", "train", "register"):
+        required = required_keys(k8s[executor_of(spec, task)])
+        assert required["segloop-s3"]  # the others keep their default
+        assert not required.get("segloop-mlflow") and not required.get("segloop-cvat"), task

@@ -181,3 +181,46 @@ def test_errors_are_clear(kfp_api, tmp_path):
     unknown = segloop("runs", "get", "run-404", "--host", kfp_api.host)
     assert isinstance(unknown.exception, SegloopError)
     assert "HTTP 404" in str(unknown.exception)
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "key", "secret"),
+    [
+        (
+            "submit",
+            ["-o", "mlflow.tracking_uri=https://u:pw-0123@mlflow.example.com"],
+            "mlflow.tracking_uri",
+            "segloop-mlflow",
+        ),
+        (
+            "submit",
+            ["--model-uri", "https://u:pw-0123@models.example.com/m.pt"],
+            "parameter model_uri",
+            "Secret",
+        ),
+        (
+            "launch",
+            ["-o", "cvat.host=https://bot:pw-0123@cvat.example.com"],
+            "cvat.host",
+            "segloop-cvat",
+        ),
+        (
+            "launch",
+            ["--upload", "-o", "db.url=postgresql://u:pw-0123@db/x"],
+            "db.url",
+            "PGPASSWORD",
+        ),
+    ],
+)
+def test_credentials_are_refused_before_anything_is_sent(kfp_api, command, extra, key, secret):
+    """config_json and the run parameters travel in clear text: submit and launch refuse a
+    password in any URL (the same check as compile) before uploading or starting a run."""
+    args = [command, "pre_annotation", "--host", kfp_api.host, "--token", TOKEN, *extra]
+    result = segloop(*args)
+    assert isinstance(result.exception, SegloopError), result.output
+    message = str(result.exception)
+    assert f"- {key}: a password inside the URL" in message and secret in message
+    assert "pw-0123" not in message + result.output
+    assert not kfp_api.calls("POST", "/pipelines/upload")
+    assert not kfp_api.calls("POST", "/pipelines/upload_version")
+    assert not kfp_api.calls("POST", "/runs")

@@ -1,10 +1,13 @@
 """Deployment files: every kustomize overlay renders and each object loads as its Kubernetes
 type (the `kubernetes` client's models, strictly: no unknown fields); services run as non-root
-with requests and limits; Secrets are templates; the Dockerfiles pass hadolint."""
+with requests and limits; Secrets come only from git-ignored env files (no render without
+them); MLflow admits only pipeline pods, with basic auth as an option; the pipeline Role is
+least privilege; the Dockerfiles pass hadolint."""
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -18,11 +21,13 @@ import yaml
 
 from pipelines.config import load_config
 from pipelines.platform import is_gpu_stage
+from pipelines.settings import POD_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ("local", "gpu", "aws")
 KUBECTL = shutil.which("kubectl")
 PLACEHOLDERS = {"CHANGE_ME", ""}
+CREDENTIAL_WORDS = ("PASSWORD", "SECRET", "ACCESS_KEY", "TOKEN", "USERNAME", "USER")
 
 
 class _Response:
@@ -56,21 +61,73 @@ def load_as_model(obj: dict):
     return model
 
 
+def read_env(path: Path) -> dict[str, str]:
+    """A kustomize env file: KEY=value lines, # comments."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value
+    return pairs
+
+
+def fake_value(key: str) -> str:
+    return f"test-{key.lower().replace('_', '-')}-0123"
+
+
+def kustomize(path: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [KUBECTL, "kustomize", *flags, str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def copy_manifests(dst: Path, with_env: bool) -> Path:
+    """manifests/ copied to `dst`, without any *.env of this checkout; `with_env`: each
+    *.env.example becomes its *.env with test values for the placeholders (what a user does)."""
+    shutil.copytree(ROOT / "manifests", dst, ignore=shutil.ignore_patterns("*.env"))
+    if with_env:
+        for example in dst.rglob("*.env.example"):
+            values = {
+                k: fake_value(k) if v in PLACEHOLDERS else v for k, v in read_env(example).items()
+            }
+            env = example.with_name(example.name.removesuffix(".example"))
+            env.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return dst
+
+
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, list[dict]]:
+def manifests_copy(tmp_path_factory) -> Path:
     if not KUBECTL:
         pytest.skip("kubectl is not installed: cannot render the kustomize overlays")
+    return copy_manifests(tmp_path_factory.mktemp("m") / "manifests", with_env=True)
+
+
+@pytest.fixture(scope="module")
+def rendered(manifests_copy) -> dict[str, list[dict]]:
     out = {}
     for overlay in OVERLAYS:
-        proc = subprocess.run(
-            [KUBECTL, "kustomize", str(ROOT / "manifests" / "overlays" / overlay)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = kustomize(manifests_copy / "overlays" / overlay)
         assert proc.returncode == 0, f"{overlay}: {proc.stderr}"
         out[overlay] = [d for d in yaml.safe_load_all(proc.stdout) if d]
     return out
+
+
+@pytest.fixture(scope="module")
+def with_auth(manifests_copy) -> list[dict]:
+    """An overlay of the user's: local plus the mlflow-auth component."""
+    mine = manifests_copy.parent / "my-cluster"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": ["../manifests/overlays/local"],
+                "components": ["../manifests/components/mlflow-auth"],
+            }
+        )
+    )
+    proc = kustomize(mine)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 def by_kind(objs, kind):
@@ -113,27 +170,70 @@ def secret_values(secret: dict) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_secrets_are_templates_with_placeholders(rendered, overlay):
-    secrets = by_kind(rendered[overlay], "Secret")
-    assert {"segloop-mlflow", "segloop-cvat", "segloop-postgres"} <= set(secrets)
-    for name, secret in secrets.items():
-        for key, value in secret_values(secret).items():
-            if any(w in key for w in ("PASSWORD", "SECRET", "ACCESS_KEY", "USERNAME", "USER")):
-                # A user name like `mlflow` is not a credential; anything else must be a placeholder.
-                assert value in PLACEHOLDERS | {"mlflow"}, f"{name}.{key} is not a placeholder"
-            else:
-                assert "@" not in value, f"{name}.{key}: no credentials in URLs"
-
-
-def test_an_overlay_replaces_a_secret_template_from_a_file(tmp_path):
-    """The documented way to supply real values: secretGenerator with behavior: replace."""
+def test_no_overlay_renders_without_the_secret_env_files(tmp_path, overlay):
+    """Nothing can be applied with placeholder credentials: without the git-ignored env files
+    the render fails and names the file to write."""
     if not KUBECTL:
         pytest.skip("kubectl is not installed: cannot render the kustomize overlays")
+    bare = copy_manifests(tmp_path / "manifests", with_env=False)
+    proc = kustomize(bare / "overlays" / overlay)
+    assert proc.returncode != 0
+    assert "secrets/" in proc.stderr and ".env" in proc.stderr, proc.stderr
+    assert "CHANGE_ME" not in "".join(p.read_text() for p in bare.rglob("*.yaml"))
+
+
+def test_secret_env_files_are_git_ignored_and_examples_hold_placeholders():
+    examples = sorted((ROOT / "manifests").rglob("*.env.example"))
+    names = {p.name for p in examples}
+    assert names == {
+        "s3.env.example",
+        "mlflow.env.example",
+        "cvat.env.example",
+        "postgres.env.example",
+        "mlflow-auth.env.example",
+    }
+    for example in examples:
+        for key, value in read_env(example).items():
+            if any(w in key for w in CREDENTIAL_WORDS) and value not in ("mlflow", "admin"):
+                assert value in PLACEHOLDERS, f"{example.name}: {key} is not a placeholder"
+            assert "@" not in value, f"{example.name}: {key}: no credentials in URLs"
+        env = example.with_name(example.name.removesuffix(".example"))
+        rel = env.relative_to(ROOT)
+        if (ROOT / ".git").exists() and shutil.which("git"):
+            ignored = subprocess.run(
+                ["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", str(rel)],
+                timeout=30,
+            )
+            assert ignored.returncode == 0, f"{rel} is not git-ignored"
+        else:
+            assert "manifests/**/*.env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_hold_exactly_the_env_file_values(rendered, manifests_copy, overlay):
+    secrets = by_kind(rendered[overlay], "Secret")
+    files = {
+        "segloop-mlflow": manifests_copy / "secrets" / "mlflow.env",
+        "segloop-cvat": manifests_copy / "secrets" / "cvat.env",
+        "segloop-postgres": manifests_copy / "secrets" / "postgres.env",
+    }
+    if overlay != "aws":  # Amazon S3 through IRSA: no key Secret
+        files["segloop-s3"] = manifests_copy / "secrets" / "s3" / "s3.env"
+    assert set(secrets) == set(files)
+    for name, path in files.items():
+        assert secret_values(secrets[name]) == read_env(path), name
+    text = yaml.safe_dump_all(rendered[overlay])
+    assert "CHANGE_ME" not in text
+    assert fake_value("POSTGRES_PASSWORD") in secret_values(secrets["segloop-postgres"]).values()
+
+
+def test_an_overlay_replaces_a_secret_template_from_a_file(tmp_path, manifests_copy):
+    """An overlay of one's own can still swap a Secret: secretGenerator with behavior: replace."""
     (tmp_path / "cvat.env").write_text("CVAT_HOST=https://cvat.internal\nCVAT_USERNAME=bot\n")
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
-                "resources": [os.path.relpath(ROOT / "manifests" / "overlays" / "local", tmp_path)],
+                "resources": [os.path.relpath(manifests_copy / "overlays" / "local", tmp_path)],
                 "secretGenerator": [
                     {"name": "segloop-cvat", "behavior": "replace", "envs": ["cvat.env"]}
                 ],
@@ -172,6 +272,116 @@ def test_object_store_mlflow_and_launcher_config(rendered):
     assert set(secret_rule["resourceNames"]) == {"segloop-s3", "segloop-mlflow", "segloop-cvat"}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pipeline_role_is_least_privilege(rendered, overlay):
+    """Pods and logs read-only (no `patch`: Argo >= 3.4 reports outputs through
+    workflowtaskresults); every rule names its verbs, nothing is a wildcard."""
+    role = by_kind(rendered[overlay], "Role")["segloop-pipeline-runner"]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+        if rule.get("apiGroups") == [""] and set(rule["resources"]) & {"pods", "pods/log"}:
+            assert set(rule["verbs"]) <= {"get", "watch", "list"}, rule
+        if rule["resources"] in (["secrets"], ["configmaps"]):
+            assert rule["verbs"] == ["get"] and rule["resourceNames"], rule
+    results = next(r for r in role["rules"] if r["resources"] == ["workflowtaskresults"])
+    assert set(results["verbs"]) == {"create", "patch"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_admits_only_pipeline_pods(rendered, overlay):
+    objs = rendered[overlay]
+    policies = by_kind(objs, "NetworkPolicy")
+    mlflow = by_kind(objs, "Deployment")["segloop-mlflow"]["spec"]["template"]
+    policy = policies["segloop-mlflow"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    selected = policy["podSelector"]["matchLabels"]
+    assert selected.items() <= mlflow["metadata"]["labels"].items()
+    (rule,) = policy["ingress"]
+    # The labels every compiled task carries (kfp.pod_labels), nothing wider: no namespace
+    # selector, no ipBlock, no empty selector that would admit every pod.
+    assert rule["from"] == [{"podSelector": {"matchLabels": POD_LABELS}}]
+    assert load_config(None).kfp.pod_labels == POD_LABELS
+    port = mlflow["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+    # No segloop service carries the pipeline labels itself.
+    for obj in objs:
+        if obj["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        name, pod = obj["metadata"]["name"], obj["spec"]["template"]
+        assert not POD_LABELS.items() <= pod["metadata"].get("labels", {}).items(), name
+    # PostgreSQL: only MLflow.
+    pg = policies["segloop-postgres"]["spec"]
+    assert pg["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}],
+            "ports": [{"protocol": "TCP", "port": 5432}],
+        }
+    ]
+
+
+def test_mlflow_auth_component(with_auth, manifests_copy, tmp_path, monkeypatch):
+    """The basic-auth switch: MLflow starts as `mlflow server --app-name=basic-auth` with the
+    Deployment's args, admin credentials and Flask key from the generated Secret, and an auth
+    config that MLflow's own reader accepts."""
+    for obj in with_auth:
+        load_as_model(obj)
+    secret = by_kind(with_auth, "Secret")["segloop-mlflow-auth"]
+    assert secret_values(secret) == read_env(
+        manifests_copy / "components" / "mlflow-auth" / "mlflow-auth.env"
+    )
+    spec = by_kind(with_auth, "Deployment")["segloop-mlflow"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        ref = env[key]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "segloop-mlflow-auth", "key": key}
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in env
+    assert "--workers=1" in container["args"]  # the local overlay's patch still applies
+    assert container["command"][:2] == ["python", "-c"]
+
+    # Run the start script with a stand-in `mlflow` that records how it was called.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "mlflow"
+    fake.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$MLFLOW_AUTH_CONFIG_PATH" "$@" > {tmp_path}/argv\n'
+    )
+    fake.chmod(0o755)
+    uri = "postgresql://mlflow:p%40ss%25word@segloop-postgres:5432/mlflow"
+    proc = subprocess.run(
+        [sys.executable, "-c", container["command"][2], *container["args"]],
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "TMPDIR": str(tmp_path),
+            "MLFLOW_BACKEND_STORE_URI": uri,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    config_path, *argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv == ["server", "--app-name=basic-auth", *container["args"]]
+    assert (Path(config_path).stat().st_mode & 0o777) == 0o600
+    # MLflow's own reader of the file (loaded alone: the auth package needs Flask-WTF, which
+    # the MLflow image installs and the test environment need not have).
+    import mlflow
+
+    spec = importlib.util.spec_from_file_location(
+        "mlflow_auth_config", Path(mlflow.__file__).parent / "server" / "auth" / "config.py"
+    )
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    read_auth_config = config.read_auth_config
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", config_path)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "from-the-secret")
+    auth = read_auth_config()
+    assert auth.database_uri == uri
+    assert auth.admin_password == "from-the-secret"
+    assert auth.default_permission == "READ"
+
+
 def test_aws_overlay_uses_irsa_and_amazon_s3(rendered):
     aws = rendered["aws"]
     for sa in by_kind(aws, "ServiceAccount").values():
@@ -180,6 +390,7 @@ def test_aws_overlay_uses_irsa_and_amazon_s3(rendered):
         )
     assert "segloop-seaweedfs" not in by_kind(aws, "Deployment")
     assert "segloop-s3" not in by_kind(aws, "Secret")
+    # No S3 keys are asked for: the aws overlay renders without manifests/secrets/s3/s3.env.
     s3 = yaml.safe_load(by_kind(aws, "ConfigMap")["kfp-launcher"]["data"]["providers"])["s3"]
     assert s3["default"]["credentials"] == {"fromEnv": True}
     mlflow = by_kind(aws, "Deployment")["segloop-mlflow"]["spec"]["template"]["spec"]
@@ -221,4 +432,8 @@ def test_images_run_as_non_root_and_install_from_the_lock():
         assert "--constraint /tmp/requirements.lock ." in text
     mlflow = (ROOT / "images" / "mlflow.Dockerfile").read_text()
     assert "--constraint /tmp/requirements.lock" in mlflow
+    # The basic-auth app (manifests/components/mlflow-auth) needs the `auth` extra.
+    assert '"mlflow[auth]"' in mlflow and "Flask-WTF==" in mlflow
+    # Without Kubernetes' NetworkPolicy around it, the image's default binds localhost only.
+    assert 'CMD ["mlflow", "server", "--host", "127.0.0.1"' in mlflow
     assert "requirements.lock" in (ROOT / ".dockerignore").read_text()

@@ -11,6 +11,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from components.core.errors import SegloopError
 from components.evaluate.stage import run_evaluate
@@ -131,6 +132,47 @@ def test_promotion_rule_and_compare(evaluated, mlflow_env):
     assert [r["aliases"] for r in last_two] == ["", "challenger"]
     with pytest.raises(SegloopError, match="one of"):
         run_compare(cfg, out=str(tmp / "c5"), versions=[1], last=2)
+
+
+def test_register_is_idempotent_under_retries(evaluated, mlflow_env, monkeypatch):
+    """KFP retries register: a retry (after a failure half way, or after success) reuses the
+    version of the same model and evaluation and replays its decision."""
+    cfg, _, name, tmp = evaluated
+    client = MlflowClient(mlflow_env)
+    e1 = json.loads((tmp / "e1" / "metrics.json").read_text())
+
+    # First attempt: the version is created, then the registry fails before the aliases.
+    real_alias = MlflowClient.set_registered_model_alias
+
+    def failing_alias(self, *args, **kwargs):
+        raise MlflowException("registry connection reset")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", failing_alias)
+    with pytest.raises(SegloopError, match="connection reset"):
+        run_register(cfg, evaluation=str(tmp / "e1"), out=str(tmp / "r1"))
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real_alias)
+
+    retry = run_register(cfg, evaluation=str(tmp / "e1"), out=str(tmp / "r1"))
+    again = run_register(cfg, evaluation=str(tmp / "e1"), out=str(tmp / "r1"))
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert retry == again
+    assert retry["version"] == 1 and retry["promoted"] and retry["reason"] == "no champion yet"
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert client.get_model_version_by_alias(name, "challenger").version == "1"
+    assert json.loads((tmp / "r1" / "register.json").read_text()) == again
+
+    # A better evaluation of the same model is another version; its retry, with the champion
+    # now on that very version, replays "promoted" instead of comparing it with itself.
+    better = evaluation_variant(tmp / "e1", tmp / "e2", mean_iou=e1["mean_iou"] + 0.05)
+    second = run_register(cfg, evaluation=str(better), out=str(tmp / "r2"))
+    second_retry = run_register(cfg, evaluation=str(better), out=str(tmp / "r2"))
+    assert second["version"] == 2 and second["promoted"] and second["previous_champion"] == 1
+    assert second_retry == second
+    versions = client.search_model_versions(f"name='{name}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert "beats champion" in client.get_model_version(name, "2").tags["segloop.promotion"]
 
 
 def test_decide_rule():

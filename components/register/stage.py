@@ -5,11 +5,19 @@ The new version is tagged with the split hash, data hash and test metrics and ge
 evaluated on the same split (same hash) and its mean IoU beats the champion's by at least
 `register.min_improvement`. Otherwise the champion stays and the decision says why.
 
+Idempotent: KFP retries register, and a retry after a partial failure must not add a second
+version. Each version carries `segloop.register_key` (a hash of the model source and the
+evaluation's tags); a version with the same key is reused, and the decision recorded on it
+(`segloop.promotion`, `segloop.promoted`, `segloop.previous_champion`) is replayed: the aliases
+are set again, the rule is not re-applied against a champion that may be this very version.
+
 Output: `register.json` (name, version, aliases, decision, reason), metrics.json, cfg.yaml.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -36,6 +44,29 @@ def version_tags(metrics: dict[str, Any]) -> dict[str, str]:
         if value is not None:
             tags[f"{TAG}iou.{name}"] = f"{value:.6f}"
     return tags
+
+
+KEY_TAG = f"{TAG}register_key"
+
+
+def register_key(name: str, source: str, tags: dict[str, str]) -> str:
+    """Same registered model, same model source, same evaluation: the same version."""
+    doc = json.dumps({"name": name, "source": source, "tags": tags}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def find_version(client, name: str, key: str):
+    """The version of `name` registered earlier with `key` (lowest number), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{KEY_TAG}` = '{key}'")
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
+            return None
+        raise
+    found = [mv for mv in found if mv.tags.get(KEY_TAG) == key]
+    return min(found, key=lambda mv: int(mv.version)) if found else None
 
 
 def decide(
@@ -87,17 +118,39 @@ def run_register(
     client = tracking.client(cfg)
     name = tracking.registered_model_name(cfg)
     tags = version_tags(metrics)
+    key = register_key(name, str(source), tags)
     try:
-        mv = mlflow.register_model(str(source), name, tags=tags)
+        mv = find_version(client, name, key)
+        if mv is None:
+            # The key is written with the version (one call), so a retry always finds it.
+            mv = mlflow.register_model(str(source), name, tags={**tags, KEY_TAG: key})
+        else:
+            log.info(
+                "register: %s version %s is this model and evaluation: reused", name, mv.version
+            )
+        recorded = mv.tags.get(f"{TAG}promoted")
+        if recorded in ("true", "false"):
+            # An earlier attempt decided (and may have moved the champion to this version).
+            promote = recorded == "true"
+            reason = mv.tags.get(f"{TAG}promotion", "")
+            prev = mv.tags.get(f"{TAG}previous_champion") or None
+        else:
+            try:
+                champ = client.get_model_version_by_alias(name, s.champion_alias)
+            except MlflowException:
+                champ = None
+            promote, reason = decide(tags, champ.tags if champ else None, s.min_improvement)
+            prev = champ.version if champ else None
+            # The decision is recorded before any alias moves; `promoted` last, as the mark
+            # that the others are there.
+            client.set_model_version_tag(name, mv.version, f"{TAG}promotion", reason)
+            client.set_model_version_tag(name, mv.version, f"{TAG}previous_champion", prev or "")
+            client.set_model_version_tag(
+                name, mv.version, f"{TAG}promoted", "true" if promote else "false"
+            )
         client.set_registered_model_alias(name, s.challenger_alias, mv.version)
-        try:
-            champ = client.get_model_version_by_alias(name, s.champion_alias)
-        except MlflowException:
-            champ = None
-        promote, reason = decide(tags, champ.tags if champ else None, s.min_improvement)
         if promote:
             client.set_registered_model_alias(name, s.champion_alias, mv.version)
-        client.set_model_version_tag(name, mv.version, f"{TAG}promotion", reason)
     except MlflowException as exc:
         raise SegloopError(
             f"MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
@@ -110,7 +163,7 @@ def run_register(
         "aliases": [s.challenger_alias] + ([s.champion_alias] if promote else []),
         "promoted": promote,
         "reason": reason,
-        "previous_champion": int(champ.version) if champ else None,
+        "previous_champion": int(prev) if prev else None,
         "mean_iou": metrics["mean_iou"],
         "split_hash": metrics["split_hash"],
     }
