@@ -92,3 +92,121 @@ def _no_stray_endpoints(monkeypatch, tmp_path):
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class PostgresInfo:
+    host: str
+    port: int
+    user: str
+    password: str
+    pid: int
+
+    def url(self, database: str = "postgres", password: str | None = None) -> str:
+        pw = self.password if password is None else password
+        return f"postgresql+psycopg://{self.user}:{pw}@{self.host}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A fresh, empty database (dropped first if it exists); returns its URL."""
+        import psycopg
+
+        with psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=10,
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def _pg_bin() -> Path | None:
+    import glob
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 (password auth), for the whole session.
+
+    initdb into a temporary folder, `pg_ctl start` on a free port with bounded waits, stopped by
+    its PID. PostgreSQL refuses to run as root: as root it runs as the `postgres` (or `nobody`)
+    user. Skips when the PostgreSQL server binaries are not installed.
+    """
+    import pwd
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    bindir = _pg_bin()
+    if bindir is None or not (bindir / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; install `postgresql`")
+    root = Path(tempfile.mkdtemp(prefix="segloop-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        user = next((u for u in ("postgres", "nobody") if _has_user(u)), None)
+        if user is None:
+            pytest.skip("running as root and no unprivileged user to run PostgreSQL as")
+        entry = pwd.getpwnam(user)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        prefix = ["runuser", "-u", user, "--"]
+    password = "segloop-pg-" + os.urandom(6).hex()
+    pwfile = root / "pw"
+    pwfile.write_text(password + "\n")
+    if prefix:
+        os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+    data = root / "data"
+    run = dict(capture_output=True, text=True, timeout=120)
+    init = subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "segloop", "-E", "UTF8",
+         "--locale=C.UTF-8", "--auth=scram-sha-256", f"--pwfile={pwfile}"],
+        **run,
+    )  # fmt: skip
+    if init.returncode:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"initdb failed: {init.stderr.strip()[-500:]}")
+    port = free_port()
+    start = subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
+         "-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off", "start"],
+        **run,
+    )  # fmt: skip
+    pid_file = data / "postmaster.pid"
+    if start.returncode or not pid_file.exists():
+        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {start.stderr.strip()} {log[-500:]}")
+    pid = int(pid_file.read_text().split()[0])
+    yield PostgresInfo("127.0.0.1", port, "segloop", password, pid)
+    os.kill(pid, signal.SIGINT)  # fast shutdown
+    deadline = time.monotonic() + 30
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_file.exists():
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

@@ -1,4 +1,8 @@
-"""The query stage against a real SQLite image table made by the synthetic dataset."""
+"""The query stage against real image tables made by the synthetic dataset.
+
+Every test that queries a database runs on SQLite and on a real PostgreSQL server (the
+`postgres_server` fixture; those cases skip when the PostgreSQL binaries are missing).
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,25 @@ from pipelines.config import load_config
 N = 40
 
 
+ENGINES = ["sqlite", "postgresql"]
+
+
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def sqlite_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("querydata")
     url = f"sqlite:///{root / 'images.db'}"
     result = make_dataset(root / "data", N, seed=5, db_url=url, size=((64, 160), (64, 128)))
     return result
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def dataset(request, sqlite_dataset, tmp_path_factory):
+    """The same synthetic dataset (same seed) in SQLite, or in a PostgreSQL database."""
+    if request.param == "sqlite":
+        return sqlite_dataset
+    url = request.getfixturevalue("postgres_server").create_database("query_test")
+    root = tmp_path_factory.mktemp("querydata_pg")
+    return make_dataset(root / "data", N, seed=5, db_url=url, size=((64, 160), (64, 128)))
 
 
 def cfg_for(dataset, *overrides):
@@ -169,9 +186,10 @@ def test_missing_sqlite_file_is_one_clear_line_and_nothing_is_created(tmp_path, 
     assert list(tmp_path.iterdir()) == []  # no database, no folder, no output
 
 
-def test_queries_open_sqlite_read_only_and_writers_still_create(dataset, tmp_path):
+def test_queries_open_sqlite_read_only_and_writers_still_create(sqlite_dataset, tmp_path):
     import sqlalchemy as sa
 
+    dataset = sqlite_dataset
     reader = db.engine(dataset.db_url, readonly=True)
     with reader.connect() as conn:
         assert conn.execute(sa.text("select count(*) from images")).scalar_one() == N
@@ -286,7 +304,8 @@ def test_projection_sort_limit_offset_without_sampling(dataset, tmp_path):
     )
     full = sorted(dataset.records, key=lambda r: (-r["width"], r["image_id"]))[3:8]
     assert ids(rows) == ids(full)
-    assert list(rows[0]) == ["image_id", "width", "state"]  # the id is always kept
+    # The id and the image location are always kept (records are what infer reads).
+    assert list(rows[0]) == ["image_id", "image_uri", "width", "state"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -337,7 +356,8 @@ def test_spec_hides_db_password():
     )
 
 
-def test_output_to_s3(dataset, s3, tmp_path):
+def test_output_to_s3(sqlite_dataset, s3, tmp_path):
+    dataset = sqlite_dataset
     out = f"s3://{s3.bucket}/query-test/run1"
     result = run_query(cfg_for(dataset, "query.limit=4"), out=out)
     assert result["records"] == f"{out}/records.jsonl"
@@ -386,7 +406,7 @@ def test_cli_query_preview_and_injection(dataset, tmp_path, repo_root):
     )
     assert ok.returncode == 0, ok.stderr
     preview = [json.loads(line) for line in ok.stdout.splitlines()]
-    assert len(preview) == 2 and set(preview[0]) == {"image_id", "state"}
+    assert len(preview) == 2 and set(preview[0]) == {"image_id", "image_uri", "state"}
     assert (tmp_path / "cli" / "records.csv").exists()
 
     bad = _segloop(
@@ -402,3 +422,179 @@ def test_cli_query_preview_and_injection(dataset, tmp_path, repo_root):
         from_spec=str(tmp_path / "cli" / "query_spec.json"),
     )
     assert read_jsonl(again["records"]) == read_jsonl(tmp_path / "cli" / "records.jsonl")
+
+
+# ---------------------------------------------------------------- SQL sampling, both engines
+
+
+SAMPLES = [
+    "seeded:n=9,seed=3",
+    "seeded:n=40,seed=0",  # every row: the whole order is compared
+    "stratified:by=state|season,per_group=2,seed=1",
+    "stratified:by=category_common_name,per_group=3,seed=9",
+]
+
+
+@pytest.fixture(scope="module")
+def both_engines(sqlite_dataset, postgres_server):
+    """The SQLite dataset's rows copied into PostgreSQL: (sqlite url, postgresql url)."""
+    url = postgres_server.create_database("query_same")
+    db.create_image_table(url, "images")
+    db.insert_rows(url, "images", sqlite_dataset.records)
+    return sqlite_dataset.db_url, url
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_same_seed_same_records_on_sqlite_and_postgresql(both_engines, tmp_path, sample):
+    outs = [
+        read_jsonl(
+            run_query(
+                load_config(None, [f"db.url={url}", f"query.sample={sample}"]),
+                out=str(tmp_path / name),
+            )["records"]
+        )
+        for name, url in zip(ENGINES, both_engines, strict=True)
+    ]
+    assert outs[0] == outs[1] and outs[0]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def skewed(request, tmp_path_factory):
+    """3,000 rows with integer ids in very uneven groups (one of 2,000 rows, some of 1-3)."""
+    import sqlalchemy as sa
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('skewed') / 'skewed.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database("query_skewed")
+    table = sa.Table(
+        "cut",
+        sa.MetaData(),
+        sa.Column("cid", sa.Integer, primary_key=True),
+        sa.Column("grp", sa.String(8)),
+        sa.Column("image_uri", sa.Text),
+    )
+    groups = ["big"] * 2000 + [f"g{i % 40}" for i in range(950)] + ["t1", "t2", "t2"]
+    groups += [None] * (3000 - len(groups))
+    rows = [{"cid": i * 7 + 3, "grp": g, "image_uri": f"/x/{i}.jpg"} for i, g in enumerate(groups)]
+    with db.engine(url).begin() as conn:
+        table.drop(conn, checkfirst=True)
+        table.create(conn)
+        conn.execute(table.insert(), rows)
+    return url, rows
+
+
+@pytest.mark.parametrize("sample", ["stratified:by=grp,per_group=5,seed=4", "seeded:n=40,seed=2"])
+def test_sql_sampling_matches_the_python_reference(skewed, tmp_path, sample):
+    url, table_rows = skewed
+    statements = []
+    eng = db.engine(url, readonly=True)
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    import sqlalchemy as sa
+
+    sa.event.listen(eng, "before_cursor_execute", seen)
+    try:
+        result = run_query(
+            load_config(None, [f"db.url={url}", "db.table=cut", f"query.sample={sample}"]),
+            out=str(tmp_path / "q"),
+        )
+    finally:
+        sa.event.remove(eng, "before_cursor_execute", seen)
+    got = [r["image_id"] for r in read_jsonl(result["records"])]
+    ordered = sorted(table_rows, key=lambda r: r["cid"])
+    sampling = parse_sample(sample)
+    ref = pick(
+        [r["cid"] for r in ordered],
+        sampling,
+        [r["grp"] for r in ordered] if sampling.by else None,
+    )
+    assert sorted(got) == sorted(ordered[i]["cid"] for i in ref)
+    # Ranked in the database by ROW_NUMBER() over an md5 of (seed, id): no id list comes back.
+    ranked = [s for s in statements if "row_number() OVER" in s]
+    assert ranked and all("md5(" in s for s in ranked)
+    reads = [s for s in statements if "FROM cut" in s]
+    assert reads and not any(" IN (" in s.upper() for s in reads)
+
+
+def test_rank_key_is_pinned_and_independent_of_other_ids():
+    from components.query.sampling import rank_key, rank_keys
+
+    assert rank_key("img_1", 7) == "9b801aae1e2630daacb4145303907a1a"
+    assert rank_key(12, 7) == rank_key("12", 7)
+    assert rank_keys(["img_1"], 7)[0] == rank_keys(["x", "img_1"], 7)[1]
+
+
+def test_version_1_spec_replays_with_its_legacy_hash(dataset, tmp_path):
+    rows, result = query(dataset, tmp_path, "query.sample=stratified:by=state,per_group=2,seed=3")
+    spec = json.loads(Path(result["query_spec"]).read_text())
+    assert spec["spec_version"] == 2 and spec["sampling"]["hash"] == "md5"
+    spec["spec_version"] = 1  # as written before SQL sampling: ranked by stable_hash
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps(spec))
+    again = read_jsonl(
+        run_query(cfg_for(dataset), out=str(tmp_path / "r"), from_spec=str(old))["records"]
+    )
+    recs = sorted(dataset.records, key=lambda r: r["image_id"])
+    legacy = parse_sample("stratified:by=state,per_group=2,seed=3,hash=fnv")
+    ref = pick([r["image_id"] for r in recs], legacy, [r["state"] for r in recs])
+    assert sorted(ids(again)) == sorted(recs[i]["image_id"] for i in ref)
+
+
+def test_index_advice_is_for_filtered_columns_only(sqlite_dataset):
+    table = db.reflect_table(sqlite_dataset.db_url, "images", readonly=True)
+    assert db.recommend_indexes(table, ["state", "image_id"]) == []  # indexed already
+    assert db.recommend_indexes(table, ["width"]) == [
+        "CREATE INDEX ix_images_width ON images (width)"
+    ]
+    # No (group columns, id) index is advised for sampling: it ranks rows by hash in SQL.
+    assert db.recommend_indexes(table, []) == []
+
+
+# ---------------------------------------------------------------- PostgreSQL: bad input, secrets
+
+
+def test_postgresql_down_or_wrong_password_is_one_clear_line(postgres_server, tmp_path):
+    import time
+
+    from pipelines.stack import free_port
+
+    down = f"postgresql+psycopg://segloop:pw-down@127.0.0.1:{free_port()}/images"
+    wrong = postgres_server.url("postgres", password="not-the-password")
+    for url, words in ((down, "connection"), (wrong, "password authentication failed")):
+        start = time.monotonic()
+        with pytest.raises(SegloopError) as err:
+            run_query(load_config(None, [f"db.url={url}"]), out=str(tmp_path / "q"))
+        message = str(err.value)
+        assert time.monotonic() - start < 15
+        assert "\n" not in message and words in message, message
+        assert "cannot connect to postgresql+psycopg://segloop:***@127.0.0.1" in message
+        assert "pw-down" not in message and "not-the-password" not in message
+    assert not (tmp_path / "q").exists()
+
+
+def test_password_never_reaches_logs_config_or_spec(both_engines, tmp_path, caplog):
+    import logging
+
+    url = both_engines[1]
+    password = url.split(":")[2].split("@")[0]
+    caplog.set_level(logging.DEBUG)
+    result = run_query(
+        load_config(None, [f"db.url={url}", "query.sample=seeded:n=3,seed=1"]),
+        out=str(tmp_path / "q"),
+    )
+    out = Path(result["out_dir"])
+    spec = json.loads((out / "query_spec.json").read_text())
+    assert spec["db_url"].startswith("postgresql+psycopg://segloop:***@")
+    for name in ("query_spec.json", "cfg.yaml", "metrics.json", "records.jsonl"):
+        assert password not in (out / name).read_text(), name
+    assert caplog.records and password not in caplog.text
+    # Replaying the spec (which has no password) uses the configured URL's password.
+    again = run_query(
+        load_config(None, [f"db.url={url}"]),
+        out=str(tmp_path / "r"),
+        from_spec=str(out / "query_spec.json"),
+    )
+    assert read_jsonl(again["records"]) == read_jsonl(result["records"])

@@ -3,21 +3,39 @@
 Helpers here open engines (read-only for queries, so that a query never creates a SQLite file;
 for writing, creating the folder of a SQLite file), reflect a table so that column
 names can be checked against the real schema, create the image table, insert rows in batches and
-create the indexes that keep filtering and stratified sampling fast.
+create the indexes that keep filtering fast.
+
+Both engines get the same SQL functions: SQLite connections made here have `md5(text)` (as
+PostgreSQL has built in: lowercase hex of the UTF-8 bytes), so an expression like
+`md5('7:' || id)` gives the same value on both. PostgreSQL connections time out after
+`CONNECT_TIMEOUT_S` unless the URL sets `connect_timeout`; connection errors are one line
+without the password.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    NoSuchModuleError,
+    NoSuchTableError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from components.core.errors import SegloopError
+
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 # Columns of the SemiF-like image table that `segloop data synth` writes.
 IMAGE_COLUMNS: list[tuple[str, Any]] = [
@@ -34,15 +52,20 @@ IMAGE_COLUMNS: list[tuple[str, Any]] = [
     ("height", sa.Integer),
     ("has_masks", sa.Boolean),
 ]
-# Columns worth an index: the ones people filter and stratify on.
+# Columns worth an index: the ones people filter on. Sampling ranks every matching row by a
+# hash in SQL, so no index orders rows for it and none is advised for the group columns; the
+# synthetic table keeps one covering index on (category_common_name, state, image_id): it holds
+# the columns that the demo filters and groups on, so group sizes come from the index alone
+# (measured in benchmarks/bench_query.py; the old per-query advice of (group, id) did not help).
 RECOMMENDED_INDEXES: list[tuple[str, ...]] = [
     ("state",),
     ("season",),
     ("category_common_name",),
     ("batch_id",),
-    # Covering index for `stratified:by=category_common_name|state` (ids in group order).
     ("category_common_name", "state", "image_id"),
 ]
+CONNECT_TIMEOUT_S = 10
+MIN_SQLITE_WINDOW = (3, 25, 0)  # ROW_NUMBER() OVER (...)
 
 
 def parse_url(url: str) -> URL:
@@ -62,6 +85,38 @@ def safe_url(url: str | URL) -> str:
     except ArgumentError:
         return "<unparseable url>"
     return parsed.render_as_string(hide_password=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """A database error as one line: the driver's first line, without SQLAlchemy's footer."""
+    inner = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    text = "; ".join(ln for ln in lines if not ln.startswith("(Background on this error"))
+    return URL_PASSWORD.sub(r"\1***@", text) or type(inner).__name__
+
+
+def md5_hex(value: Any) -> str | None:
+    """PostgreSQL's `md5(text)` for SQLite: lowercase hex of the UTF-8 bytes (NULL stays NULL)."""
+    if value is None:
+        return None
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return hashlib.md5(data).hexdigest()
+
+
+def _add_sqlite_functions(dbapi_conn: Any, _record: Any) -> None:
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        dbapi_conn.create_function("md5", 1, md5_hex, deterministic=True)
+
+
+def check_window_functions(url: str) -> None:
+    """SQL sampling needs window functions: SQLite >= 3.25 (PostgreSQL always has them)."""
+    if parse_url(url).get_backend_name() == "sqlite" and sqlite3.sqlite_version_info < (
+        MIN_SQLITE_WINDOW
+    ):
+        raise SegloopError(
+            f"sampling needs SQLite >= 3.25 (window functions); this Python has SQLite "
+            f"{sqlite3.sqlite_version}"
+        )
 
 
 def sqlite_file(parsed: URL) -> Path | None:
@@ -105,13 +160,23 @@ def engine(url: str, readonly: bool = False) -> Engine:
             parsed = _readonly_sqlite(parsed, path)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        driver = parsed.get_driver_name()
+        if driver in ("psycopg", "psycopg2", "psycopg2cffi", ""):
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        elif driver == "pg8000":
+            connect_args["timeout"] = CONNECT_TIMEOUT_S
     try:
-        return sa.create_engine(parsed, future=True)
+        eng = sa.create_engine(parsed, future=True, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise SegloopError(
             f"no database driver for {safe_url(parsed)} ({exc}); install it, e.g. "
             "`pip install psycopg[binary]` for PostgreSQL"
         ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(eng, "connect", _add_sqlite_functions)
+    return eng
 
 
 def reflect_table(url: str, table: str, readonly: bool = False) -> sa.Table:
@@ -128,15 +193,19 @@ def reflect_table(url: str, table: str, readonly: bool = False) -> sa.Table:
             f"table {table!r} does not exist in {safe_url(url)}; tables there: "
             f"{', '.join(names) or '(none; create one with `segloop data synth`)'}"
         ) from None
+    except OperationalError as exc:
+        raise SegloopError(f"cannot connect to {safe_url(url)}: {one_line(exc)}") from None
     except SQLAlchemyError as exc:
-        raise SegloopError(f"cannot read table {table!r} from {safe_url(url)}: {exc}") from exc
+        raise SegloopError(
+            f"cannot read table {table!r} from {safe_url(url)}: {one_line(exc)}"
+        ) from None
 
 
 def list_tables(url: str, readonly: bool = False) -> list[str]:
     try:
         return sorted(sa.inspect(engine(url, readonly=readonly)).get_table_names())
     except SQLAlchemyError as exc:
-        raise SegloopError(f"cannot connect to {safe_url(url)}: {exc}") from exc
+        raise SegloopError(f"cannot connect to {safe_url(url)}: {one_line(exc)}") from None
 
 
 def image_table(table: str, metadata: sa.MetaData | None = None) -> sa.Table:
@@ -202,16 +271,19 @@ def create_indexes(
     return made
 
 
-def recommend_index(table: sa.Table, columns: Sequence[str]) -> str | None:
-    """The CREATE INDEX that would serve grouping/ordering on `columns`, if no index leads with them.
+def recommend_indexes(table: sa.Table, filter_columns: Sequence[str]) -> list[str]:
+    """CREATE INDEX statements for filtered columns that no index leads with.
 
-    For stratified sampling the columns are (by..., id): a covering index lets the database
-    return ids in group order without a sort or a table lookup.
+    Sampling ranks every matching row by a hash, so it reads the rows a filter selects and no
+    index can order them for it: the useful index is one on the filtered column. An index on
+    (group columns, id), advised before, made filtered queries slower (the planner walked it
+    and looked every row up); see benchmarks/bench_query.py.
     """
-    columns = tuple(columns)
-    if not columns:
-        return None
-    for ix in table.indexes:
-        if tuple(c.name for c in ix.columns)[: len(columns)] == columns:
-            return None
-    return f"CREATE INDEX {index_name(table.name, columns)} ON {table.name} ({', '.join(columns)})"
+    leading = {ix.columns[0].name for ix in table.indexes if len(ix.columns)}
+    leading |= {c.name for c in list(table.primary_key.columns)[:1]}
+    out = []
+    for column in dict.fromkeys(filter_columns):
+        if column in table.c and column not in leading:
+            name = index_name(table.name, [column])
+            out.append(f"CREATE INDEX {name} ON {table.name} ({column})")
+    return out

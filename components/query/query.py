@@ -16,13 +16,18 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import logging
+import math
 import time
+from dataclasses import asdict, dataclass
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from components.core import db, storage
 from components.core.artifacts import write_jsonl, write_metrics
@@ -30,11 +35,11 @@ from components.core.config import save_resolved, stage_run_dir
 from components.core.errors import SegloopError
 from components.core.version import git_commit, segloop_version
 from components.query.filters import Filter, check_columns, parse_filter, where
-from components.query.sampling import Sampling, parse_sample, pick
-from components.query.settings import QueryConfig
+from components.query.sampling import Sampling, _sort_key, key_prefix, parse_sample, pick
+from components.query.settings import QueryConfig, QuerySettings
 
 log = logging.getLogger("segloop.query")
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: sampling ranks by md5 in SQL, table shape settings
 IN_CHUNK = 500  # ids per `IN (...)` when fetching sampled rows (SQLite's variable limit)
 
 
@@ -135,6 +140,140 @@ def _candidates(
     return ids, codes, len(sizes)
 
 
+def _rank_expr(dialect: sa.Dialect, table: sa.Table, id_col: str, seed: int) -> Any:
+    """`md5('<seed>:' || CAST(id AS TEXT))`, compared bytewise (COLLATE "C" on PostgreSQL)."""
+    idc = table.c[id_col]
+    text = idc if isinstance(idc.type, sa.String) else sa.cast(idc, sa.Text)
+    expr = sa.func.md5(sa.literal(key_prefix(seed), sa.Text) + text, type_=sa.Text)
+    return expr.collate("C") if dialect.name == "postgresql" else expr
+
+
+def _group_match(table: sa.Table, by: tuple[str, ...], key: tuple[Any, ...]) -> Any:
+    return sa.and_(
+        *(
+            table.c[c].is_(None) if v is None else table.c[c] == v
+            for c, v in zip(by, key, strict=True)
+        )
+    )
+
+
+def _window(
+    conn: sa.Connection,
+    table: sa.Table,
+    cond: sa.ColumnElement[bool],
+    cols: list[sa.Column],
+    by: tuple[str, ...],
+    rank: Any,
+    id_col: str,
+    per: int,
+    *,
+    below: str | None = None,
+    extra: Any = None,
+) -> dict[tuple[Any, ...], list[tuple[dict[str, Any], int]]]:
+    """Per group, the rows ranked <= `per` by (rank, id) among the rows matching `cond` (and
+    `rank < below`, and `extra`), with the group's number of such rows. Runs as one SQL query:
+    ROW_NUMBER() OVER (PARTITION BY group ORDER BY rank, id); only the chosen rows come back."""
+    part = [table.c[c] for c in by] or None
+    clauses = [cond, table.c[id_col].is_not(None)]
+    if below is not None:
+        clauses.append(rank < below)
+    if extra is not None:
+        clauses.append(extra)
+    inner = (
+        sa.select(
+            *(c.label(f"c{i}") for i, c in enumerate(cols)),
+            *(table.c[b].label(f"g{i}") for i, b in enumerate(by)),
+            sa.func.row_number()
+            .over(partition_by=part, order_by=[rank, table.c[id_col]])
+            .label("rn"),
+            sa.func.count().over(partition_by=part).label("n"),
+        )
+        .where(*clauses)
+        .subquery("ranked")
+    )
+    out: dict[tuple[Any, ...], list[tuple[dict[str, Any], int]]] = {}
+    for r in conn.execute(sa.select(inner).where(inner.c.rn <= per)):
+        m = r._mapping
+        key = tuple(m[f"g{i}"] for i in range(len(by)))
+        row = {c.name: m[f"c{i}"] for i, c in enumerate(cols)}
+        out.setdefault(key, []).append((row, int(m["rn"]), int(m["n"])))
+    return out
+
+
+# A group whose k lowest ranks are expected below a threshold t (k + 4 sqrt(k) + 8 rows of its
+# m expected below t) is read through `rank < t`, which keeps the window's sort small; a group
+# that comes back short (practically never) or would need more than a quarter of its rows is
+# ranked whole. The result is the same as ranking every row: only the speed differs.
+PREFILTER_MAX_SHARE = 0.25
+FULL_RERANK_GROUPS = 200  # more leftover groups than this: rank the whole table once
+
+
+def sample_sql(
+    conn: sa.Connection,
+    table: sa.Table,
+    cond: sa.ColumnElement[bool],
+    sampling: Sampling,
+    cols: list[sa.Column],
+    id_col: str,
+) -> tuple[list[dict[str, Any]], int, int | None]:
+    """Seeded sampling in the database: (rows in sample order, rows matched, groups)."""
+    db.check_window_functions(str(conn.engine.url))
+    by = sampling.by
+    per = sampling.per_group if sampling.mode == "stratified" else sampling.n
+    by_cols = [table.c[c] for c in by]
+    valid = sa.and_(cond, table.c[id_col].is_not(None))
+    sizes_q = sa.select(*by_cols, sa.func.count()).select_from(table).where(valid)
+    sizes = {
+        tuple(r[:-1]): int(r[-1])
+        for r in conn.execute(sizes_q.group_by(*by_cols) if by else sizes_q)
+    }
+    sizes = {g: m for g, m in sizes.items() if m}
+    rank = _rank_expr(conn.dialect, table, id_col, sampling.seed)
+    need = {}
+    for g, m in sizes.items():
+        k = min(per, m)
+        need[g] = (k + 4 * math.sqrt(k) + 8) / m
+    done: dict[tuple[Any, ...], list[tuple[dict[str, Any], int, int]]] = {}
+    cheap = [g for g, f in need.items() if f <= PREFILTER_MAX_SHARE]
+    if cheap:
+        share = max(need[g] for g in cheap)
+        below = format(min(16**8 - 1, math.ceil(share * 16**8)), "08x")
+        got = _window(conn, table, cond, cols, by, rank, id_col, per, below=below)
+        for g in cheap:
+            rows = got.get(g, [])
+            if rows and rows[0][2] >= min(per, sizes[g]):
+                done[g] = rows
+    rest = [g for g in sizes if g not in done]
+    if rest:
+        extra = None
+        if by and len(rest) <= FULL_RERANK_GROUPS and len(rest) < len(sizes):
+            extra = sa.or_(*(_group_match(table, by, g) for g in rest))
+        got = _window(conn, table, cond, cols, by, rank, id_col, per, extra=extra)
+        done.update({g: got.get(g, []) for g in rest})
+    order = sorted(done, key=lambda g: tuple(map(_sort_key, g)))
+    rows = [row for g in order for row, _, _ in sorted(done[g], key=itemgetter(1))]
+    return rows, sum(sizes.values()), (len(sizes) if sampling.mode == "stratified" else None)
+
+
+def _sample_legacy(
+    conn: sa.Connection,
+    table: sa.Table,
+    cond: sa.ColumnElement[bool],
+    sampling: Sampling,
+    cols: list[sa.Column],
+    id_col: str,
+) -> tuple[list[dict[str, Any]], int, int | None]:
+    """Specs before version 2 (`hash=fnv`): ids to Python, ranked by `stable_hash`."""
+    ids, groups, n_groups = _candidates(conn, table, cond, table.c[id_col], sampling.by)
+    chosen = [ids[i] for i in pick(ids, sampling, groups)]
+    by_id: dict[Any, dict[str, Any]] = {}
+    for start in range(0, len(chosen), IN_CHUNK):
+        part = chosen[start : start + IN_CHUNK]
+        fetched = conn.execute(sa.select(*cols).where(table.c[id_col].in_(part)))
+        by_id.update({r._mapping[id_col]: dict(r._mapping) for r in fetched})
+    return [by_id[i] for i in chosen], len(ids), n_groups
+
+
 def select_rows(
     url: str,
     table: sa.Table,
@@ -145,39 +284,216 @@ def select_rows(
     limit: int | None,
     offset: int,
     id_col: str,
+    in_sql: bool = True,
 ) -> tuple[list[dict[str, Any]], int, int | None]:
-    """(rows, number of rows matching the filters, number of groups when stratified)."""
+    """(rows, number of rows matching the filters, number of groups when stratified).
+
+    Sort, offset and limit are applied here unless `in_sql` is False (then the caller applies
+    them, e.g. to whole images after grouping cutouts); rows come in selection order."""
     cond = where(filters, table)
     cols = [table.c[c] for c in columns]
     eng = db.engine(url, readonly=True)
-    with eng.connect() as conn:
-        if sampling is None:
-            matched = conn.execute(
-                sa.select(sa.func.count()).select_from(table).where(cond)
-            ).scalar_one()
-            stmt = (
-                sa.select(*cols)
-                .where(cond)
-                .order_by(*_order_by(table, [*sort, (id_col, False)]))
-                .offset(offset or None)
-                .limit(limit)
+    try:
+        with eng.connect() as conn:
+            if sampling is None:
+                matched = conn.execute(
+                    sa.select(sa.func.count()).select_from(table).where(cond)
+                ).scalar_one()
+                stmt = (
+                    sa.select(*cols)
+                    .where(cond)
+                    .order_by(*_order_by(table, [*sort, (id_col, False)]))
+                )
+                if in_sql:
+                    stmt = stmt.offset(offset or None).limit(limit)
+                return [dict(r._mapping) for r in conn.execute(stmt)], int(matched), None
+            sampler = _sample_legacy if sampling.hash == "fnv" else sample_sql
+            rows, matched, n_groups = sampler(conn, table, cond, sampling, cols, id_col)
+    except OperationalError as exc:
+        raise SegloopError(f"query on {db.safe_url(url)} failed: {db.one_line(exc)}") from None
+    if in_sql:
+        if sort:
+            rows = _sort_rows(rows, sort)
+        rows = rows[offset:]
+        if limit is not None:
+            rows = rows[:limit]
+    return rows, matched, n_groups
+
+
+# ---------------------------------------------------------------- table shape and records
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Which columns of the table play which role (see `QuerySettings`)."""
+
+    id_column: str
+    image_column: str
+    image_root: str | None = None
+    mask_column: str | None = None
+    image_id_column: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _setting_column(table: sa.Table, setting: str, name: str) -> str:
+    if name not in table.c:
+        raise SegloopError(
+            f"{setting}={name!r} is not a column of table '{table.name}'; "
+            f"columns: {', '.join(table.c.keys())}"
+        )
+    return name
+
+
+def table_shape(table: sa.Table, q: QuerySettings) -> Shape:
+    """The roles of the table's columns, each checked; a wrong one names the setting."""
+    id_col = id_column_of(table, q.id_column)
+    if q.image_column:
+        image_col = _setting_column(table, "query.image_column", q.image_column)
+    elif "image_uri" in table.c:
+        image_col = "image_uri"
+    else:
+        raise SegloopError(
+            f"table '{table.name}' has no image_uri column: set query.image_column to the column "
+            f"that holds image locations (and query.image_root for relative paths); "
+            f"columns: {', '.join(table.c.keys())}"
+        )
+    if q.mask_column:
+        mask_col = _setting_column(table, "query.mask_column", q.mask_column)
+    else:
+        # The default mask column follows the projection (the image location always comes).
+        keep = q.projection is None or "mask_uri" in q.projection
+        mask_col = "mask_uri" if "mask_uri" in table.c and keep else None
+    group = q.image_id_column
+    if group:
+        _setting_column(table, "query.image_id_column", group)
+    return Shape(id_col, image_col, q.image_root, mask_col, group)
+
+
+def resolve_location(value: Any, root: str | None) -> str:
+    """A location as a URI: relative paths hang from `root` (a folder or s3:// prefix)."""
+    text = str(value)
+    if not root or "://" in text or Path(text).is_absolute():
+        return text
+    return storage.join(root, text)
+
+
+def _image_uri(row: dict[str, Any], shape: Shape, rid: Any) -> str:
+    value = row[shape.image_column]
+    if value is None or str(value).strip() == "":
+        raise SegloopError(
+            f"row {rid!r} has no image location (column {shape.image_column!r} is empty); "
+            f"filter such rows out, e.g. --filters '{shape.image_column} is not null'"
+        )
+    return resolve_location(value, shape.image_root)
+
+
+def _role_values(row: dict[str, Any], shape: Shape, rid: Any) -> dict[str, Any]:
+    out = {"image_id": _jsonable(rid), "image_uri": _image_uri(row, shape, rid)}
+    if shape.mask_column:
+        mask = row[shape.mask_column]
+        out["mask_uri"] = None if mask in (None, "") else resolve_location(mask, shape.image_root)
+    return out
+
+
+def _keyed(columns: list[str], shape: Shape, skip: set[str]) -> list[tuple[str, str]]:
+    """(column, key in the record) for the table columns a record carries besides its roles:
+    a column that fills a role under its own name is not repeated; one whose name a role takes
+    is kept as `source_<name>`."""
+    fills = {
+        "image_id": shape.image_id_column or shape.id_column,
+        "image_uri": shape.image_column,
+        "mask_uri": shape.mask_column,
+    }
+    out = []
+    for c in columns:
+        if c in skip or fills.get(c) == c:
+            continue
+        out.append((c, f"source_{c}" if c in ROLE_KEYS or c == "cutouts" else c))
+    return out
+
+
+ROLE_KEYS = ("image_id", "image_uri", "mask_uri")
+
+
+def _role_values_keys(shape: Shape) -> list[str]:
+    return list(ROLE_KEYS if shape.mask_column else ROLE_KEYS[:2])
+
+
+def row_records(
+    rows: list[dict[str, Any]], columns: list[str], shape: Shape
+) -> list[dict[str, Any]]:
+    """One record per row: image_id (the row id), image_uri (resolved), mask_uri, then columns."""
+    keyed = _keyed(columns, shape, set())
+    out = []
+    for row in rows:
+        rid = row[shape.id_column]
+        rec = _role_values(row, shape, rid)
+        rec.update((key, _jsonable(row[c])) for c, key in keyed)
+        out.append(rec)
+    return out
+
+
+def group_images(rows: list[dict[str, Any]], shape: Shape) -> list[list[dict[str, Any]]]:
+    """Cutout rows grouped by image, images in the order of their first row."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        gid = row[shape.image_id_column]
+        if gid is None:
+            raise SegloopError(
+                f"row {row[shape.id_column]!r} has no image id (column "
+                f"{shape.image_id_column!r} set as query.image_id_column is empty); filter such "
+                f"rows out, e.g. --filters '{shape.image_id_column} is not null'"
             )
-            rows = [dict(r._mapping) for r in conn.execute(stmt)]
-            return rows, int(matched), None
-        ids, groups, n_groups = _candidates(conn, table, cond, table.c[id_col], sampling.by)
-        chosen = [ids[i] for i in pick(ids, sampling, groups)]
-        by_id: dict[Any, dict[str, Any]] = {}
-        for start in range(0, len(chosen), IN_CHUNK):
-            part = chosen[start : start + IN_CHUNK]
-            fetched = conn.execute(sa.select(*cols).where(table.c[id_col].in_(part)))
-            by_id.update({r._mapping[id_col]: dict(r._mapping) for r in fetched})
-    rows = [by_id[i] for i in chosen]
-    if sort:
-        rows = _sort_rows(rows, sort)
-    rows = rows[offset:]
-    if limit is not None:
-        rows = rows[:limit]
-    return rows, len(ids), n_groups
+        groups.setdefault(gid, []).append(row)
+    return list(groups.values())
+
+
+def _common(cutouts: list[dict[str, Any]], column: str) -> Any:
+    first = cutouts[0][column]
+    return first if all(r[column] == first for r in cutouts[1:]) else None
+
+
+def image_records(
+    groups: list[list[dict[str, Any]]], columns: list[str], shape: Shape
+) -> list[dict[str, Any]]:
+    """One record per image: image_id, image_uri, mask_uri; each other column's value when all
+    the image's chosen cutouts agree on it (else null); `cutouts`: the chosen cutouts (their id
+    and columns), in selection order."""
+    roles = {shape.image_id_column, shape.image_column, shape.mask_column}
+    top = _keyed(columns, shape, {shape.id_column})
+    per_cutout = [c for c in columns if c not in roles]
+    out = []
+    for cutouts in groups:
+        first = cutouts[0]
+        rec = _role_values(first, shape, first[shape.image_id_column])
+        locations = {r[shape.image_column] for r in cutouts}
+        if len(locations) > 1:
+            log.warning(
+                "image %r: its cutouts name %d image locations; using %r",
+                rec["image_id"],
+                len(locations),
+                first[shape.image_column],
+            )
+        rec.update((key, _jsonable(_common(cutouts, c))) for c, key in top)
+        rec["cutouts"] = [{c: _jsonable(r[c]) for c in per_cutout} for r in cutouts]
+        out.append(rec)
+    return out
+
+
+def _sort_groups(
+    groups: list[list[dict[str, Any]]], keys: list[tuple[str, bool]]
+) -> list[list[dict[str, Any]]]:
+    for column, desc in reversed(keys):
+        groups.sort(
+            key=lambda g, c=column: (
+                (v := _common(g, c)) is None,
+                v if v is not None else 0,
+            ),
+            reverse=desc,
+        )
+    return groups
 
 
 # ---------------------------------------------------------------- outputs
@@ -195,7 +511,10 @@ def write_csv(uri: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:  # nested values (an image's cutouts) as JSON text
+        writer.writerow(
+            {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in row.items()}
+        )
     storage.write_text(uri, buf.getvalue())
 
 
@@ -225,15 +544,23 @@ def apply_spec(cfg: QueryConfig, spec: dict[str, Any], source: str) -> QueryConf
             log.warning("%s was made on %s; querying %s", source, url, db.safe_url(cfg.db.url))
         url = cfg.db.url
     sampling = spec.get("sampling")
+    sample = sampling["resolved"] if sampling else None
+    if sample and spec.get("spec_version", 1) < 2 and "hash=" not in sample:
+        sample += ",hash=fnv"  # ranked by the legacy hash when it was written: keep it
+    shape = spec.get("shape") or {"id_column": spec.get("id_column")}
     query = cfg.query.model_copy(
         update={
             "filters": list(spec["filters"]["raw"]),
-            "sample": sampling["resolved"] if sampling else None,
+            "sample": sample,
             "projection": spec.get("projection"),
             "sort": spec.get("sort"),
             "limit": spec.get("limit"),
             "offset": spec.get("offset", 0),
-            "id_column": spec.get("id_column"),
+            "id_column": shape.get("id_column"),
+            "image_column": shape.get("image_column"),
+            "image_root": shape.get("image_root"),
+            "mask_column": shape.get("mask_column"),
+            "image_id_column": shape.get("image_id_column"),
         }
     )
     return cfg.model_copy(
@@ -261,19 +588,35 @@ def run_query(
     sampling = parse_sample(q.sample) if q.sample else None
     if sampling:
         check_columns(list(sampling.by), table, f"sample {sampling.raw!r}")
-    id_col = id_column_of(table, q.id_column)
-    if sampling and sampling.by and (hint := db.recommend_index(table, [*sampling.by, id_col])):
-        log.info("stratified sampling of a large table is faster with: %s", hint)
+    shape = table_shape(table, q)
+    id_col = shape.id_column
+    for hint in db.recommend_indexes(table, [f.column for f in filters]):
+        log.info("filtering a large table is faster with: %s", hint)
     columns = list(q.projection or table.c.keys())
     check_columns(columns, table, "projection")
     if id_col not in columns:
         columns.insert(0, id_col)
     sort = parse_sort(q.sort, table)
+    roles = [shape.image_column, shape.mask_column, shape.image_id_column]
+    fetch = columns + [c for c in dict.fromkeys(roles) if c and c not in columns]
 
+    grouped = shape.image_id_column is not None
     rows, matched, n_groups = select_rows(
-        url, table, filters, sampling, columns, sort, q.limit, q.offset, id_col
+        url, table, filters, sampling, fetch, sort, q.limit, q.offset, id_col, in_sql=not grouped
     )
-    rows = [{c: _jsonable(r[c]) for c in columns} for r in rows]
+    cutouts = None
+    if grouped:
+        images = _sort_groups(group_images(rows, shape), sort)[q.offset :]
+        images = images[: q.limit] if q.limit is not None else images
+        cutouts = sum(map(len, images))
+        rows = image_records(images, columns, shape)
+    else:
+        rows = row_records(rows, columns, shape)
+    keys = (
+        list(rows[0])
+        if rows
+        else [*_role_values_keys(shape), *(k for _, k in _keyed(columns, shape, set()))]
+    )
     if not rows and not q.allow_empty:
         shown = "\n".join(f"  {f}" for f in q.filters) or "  (no filters)"
         raise SegloopError(
@@ -287,13 +630,14 @@ def run_query(
         "db_url": db.safe_url(url),
         "table": table_name,
         "id_column": id_col,
+        "shape": shape.as_dict(),
         "filters": {"raw": list(q.filters), "parsed": [f.as_dict() for f in filters]},
         "sampling": sampling.as_dict() if sampling else None,
         "projection": q.projection,
         "sort": q.sort,
         "limit": q.limit,
         "offset": q.offset,
-        "columns": columns,
+        "columns": keys,
         "row_count": len(rows),
         "matched_count": matched,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -308,12 +652,14 @@ def run_query(
         "groups": n_groups,
         "duration_s": round(duration, 4),
     }
+    if cutouts is not None:
+        metrics["cutouts"] = cutouts  # the chosen cutouts behind the `rows` images
     with storage.output_dir(out, resume=False) as local:
         write_jsonl(local / "records.jsonl", rows)
         if q.out_format == "csv":
-            write_csv(str(local / "records.csv"), rows, columns)
+            write_csv(str(local / "records.csv"), rows, keys)
         elif q.out_format == "parquet":
-            write_parquet(str(local / "records.parquet"), rows, columns)
+            write_parquet(str(local / "records.parquet"), rows, keys)
         storage.write_json(local / "query_spec.json", spec)
         write_metrics(local, metrics)
         save_resolved(cfg, local)

@@ -4,13 +4,21 @@
     seeded:n=N,seed=S                       N rows, the same ones for the same S everywhere
     stratified:by=c1|c2,per_group=N[,seed=S]   up to N rows per distinct (c1, c2)
 
-Rows are ranked by a hash of (id, seed) computed here, not by the database's RANDOM(), so a
-seed picks the same rows on SQLite and PostgreSQL, on any machine, and a row's rank does not
-depend on which other rows matched.
+Rows are ranked by a hash of (id, seed), not by the database's RANDOM(), so a seed picks the
+same rows on SQLite and PostgreSQL, on any machine, and a row's rank does not depend on which
+other rows matched. The rank key is `md5('<seed>:' || CAST(id AS TEXT))` as lowercase hex,
+compared bytewise: the database computes it (PostgreSQL's built-in md5, and on SQLite the same
+function registered by `components.core.db`), so sampling runs as SQL and only the chosen rows
+leave the database. `rank_key` is the same key in Python (the reference the tests compare with).
+
+Specs written before version 2 ranked by `stable_hash` (FNV-1a + splitmix64, computed in Python
+over the candidate ids); replaying such a spec keeps that hash (`hash=fnv` in the sample spec),
+so old `query_spec.json` files still give the same rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +29,7 @@ import numpy as np
 from components.core.errors import SegloopError
 
 MODES = ("random", "seeded", "stratified")
+HASHES = ("md5", "fnv")  # md5: in SQL (spec version 2 on); fnv: legacy, in Python
 FORMS = "random:n=N | seeded:n=N,seed=S | stratified:by=c1|c2,per_group=N[,seed=S]"
 U64 = np.uint64
 FNV_OFFSET = U64(0xCBF29CE484222325)
@@ -35,6 +44,7 @@ class Sampling:
     n: int | None = None
     by: tuple[str, ...] = ()
     per_group: int | None = None
+    hash: str = "md5"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -44,9 +54,11 @@ class Sampling:
 
     def resolved(self) -> str:
         """The spec with its seed made explicit: replaying it gives the same rows."""
+        legacy = ",hash=fnv" if self.hash == "fnv" else ""
         if self.mode == "stratified":
-            return f"stratified:by={'|'.join(self.by)},per_group={self.per_group},seed={self.seed}"
-        return f"seeded:n={self.n},seed={self.seed}"
+            by = "|".join(self.by)
+            return f"stratified:by={by},per_group={self.per_group},seed={self.seed}{legacy}"
+        return f"seeded:n={self.n},seed={self.seed}{legacy}"
 
 
 def _int(text: str, key: str, raw: str, minimum: int) -> int:
@@ -70,7 +82,11 @@ def parse_sample(raw: str) -> Sampling:
         if not eq:
             raise SegloopError(f"sample {raw!r}: {item!r} is not key=value; forms: {FORMS}")
         params[key.strip()] = value.strip()
-    allowed = {"random": {"n"}, "seeded": {"n", "seed"}, "stratified": {"by", "per_group", "seed"}}
+    allowed = {
+        "random": {"n", "hash"},
+        "seeded": {"n", "seed", "hash"},
+        "stratified": {"by", "per_group", "seed", "hash"},
+    }
     required = {"random": {"n"}, "seeded": {"n", "seed"}, "stratified": {"by", "per_group"}}
     if unknown := set(params) - allowed[mode]:
         raise SegloopError(
@@ -79,6 +95,11 @@ def parse_sample(raw: str) -> Sampling:
         )
     if missing := required[mode] - set(params):
         raise SegloopError(f"sample {raw!r}: missing {', '.join(sorted(missing))}; forms: {FORMS}")
+    hash_ = params.get("hash", "md5")
+    if hash_ not in HASHES:
+        raise SegloopError(
+            f"sample {raw!r}: hash must be one of {', '.join(HASHES)}, got {hash_!r}"
+        )
     # A random sample still gets a seed, drawn now and written to query_spec.json.
     seed = _int(params["seed"], "seed", raw, 0) if "seed" in params else secrets.randbelow(2**31)
     if mode == "stratified":
@@ -86,8 +107,32 @@ def parse_sample(raw: str) -> Sampling:
         if not by:
             raise SegloopError(f"sample {raw!r}: by= needs at least one column, like by=state")
         per_group = _int(params["per_group"], "per_group", raw, 1)
-        return Sampling(raw, mode, seed, by=by, per_group=per_group)
-    return Sampling(raw, mode, seed, n=_int(params["n"], "n", raw, 1))
+        return Sampling(raw, mode, seed, by=by, per_group=per_group, hash=hash_)
+    return Sampling(raw, mode, seed, n=_int(params["n"], "n", raw, 1), hash=hash_)
+
+
+def key_prefix(seed: int) -> str:
+    """What the rank key hashes before the id: `'<seed>:'`."""
+    return f"{int(seed)}:"
+
+
+def id_text(value: Any) -> str:
+    """An id as `CAST(id AS TEXT)` gives it on SQLite and PostgreSQL (ints and strings)."""
+    if isinstance(value, bool):
+        raise SegloopError(f"a boolean ({value!r}) cannot be a sampling id")
+    return value if isinstance(value, str) else str(value)
+
+
+def rank_key(value: Any, seed: int) -> str:
+    """The rank of one row: md5 of `'<seed>:' || id` as lowercase hex (what the SQL computes)."""
+    return hashlib.md5((key_prefix(seed) + id_text(value)).encode("utf-8")).hexdigest()
+
+
+def rank_keys(ids: Sequence[Any], seed: int, hash_: str = "md5") -> np.ndarray:
+    """A uint64 per id, ordered as the full keys are (md5: its first 64 bits; fnv: stable_hash)."""
+    if hash_ == "fnv":
+        return stable_hash(ids, seed)
+    return np.fromiter((int(rank_key(i, seed)[:16], 16) for i in ids), dtype=U64, count=len(ids))
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:
@@ -100,7 +145,7 @@ def _mix64(h: np.ndarray) -> np.ndarray:
 
 
 def stable_hash(ids: Sequence[Any], seed: int) -> np.ndarray:
-    """A uint64 per id: FNV-1a over the id's code points, seeded, then mixed. Vectorised.
+    """Legacy (spec version 1) rank: FNV-1a over the id's code points, seeded, then mixed.
 
     Depends only on (id text, seed): the same on every machine, numpy version and database.
     """
@@ -150,7 +195,7 @@ def pick(ids: Sequence[Any], sampling: Sampling, groups: Any = None) -> list[int
     `groups` is one group value (or tuple) per row, or an int array of group codes. `ids`
     should come ordered by id so that equal hashes (practically never) still give one order.
     """
-    ranks = stable_hash(ids, sampling.seed)
+    ranks = rank_keys(ids, sampling.seed, sampling.hash)
     if sampling.mode != "stratified":
         return _lowest(ranks, sampling.n).tolist()
     if groups is None:

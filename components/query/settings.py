@@ -1,4 +1,4 @@
-"""Config section `query`."""
+"""Config section `query`: what to select, and the shape of the image table it comes from."""
 
 from typing import Literal
 
@@ -16,17 +16,34 @@ class QuerySettings(Section):
         None, description="random:n=N | seeded:n=N,seed=S | stratified:by=a|b,per_group=N[,seed=S]"
     )
     projection: list[str] | None = Field(
-        None, description="columns to keep (default: all; the id column is always kept)"
+        None,
+        description="columns to keep (default: all; the id and the image location are always kept)",
     )
     sort: str | None = Field(None, description="e.g. 'datetime:desc,image_id'")
     limit: int | None = Field(None, ge=1)
     offset: int = Field(0, ge=0)
     out_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
     allow_empty: bool = False
-    id_column: str | None = Field(
-        None, description="the record id column (default: the table's primary key, or image_id)"
-    )
     preview: int = Field(0, ge=0, description="print the first N rows")
+    # The table's shape: which columns play which role (any image table works).
+    id_column: str | None = Field(
+        None, description="the row id column (default: the table's primary key, or image_id)"
+    )
+    image_column: str | None = Field(
+        None, description="the column holding each image's location (default: image_uri)"
+    )
+    image_root: str | None = Field(
+        None,
+        description="folder or s3:// prefix that relative image and mask paths hang from",
+    )
+    mask_column: str | None = Field(
+        None, description="the column holding a mask location (default: mask_uri, if present)"
+    )
+    image_id_column: str | None = Field(
+        None,
+        description="cutout-level tables: the column that groups rows into images; records are "
+        "then whole images, each once, with the cutouts that selected them",
+    )
 
 
 class QueryConfig(SharedConfig):

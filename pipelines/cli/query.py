@@ -34,6 +34,14 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 @click.option("--from-spec", type=str, help="Replay a query_spec.json (same rows).")
 @click.option("--db-url", help="SQLAlchemy URL of the image DB (default: db.url).")
 @click.option("--table", help="Image table (default: db.table).")
+@click.option("--id-column", help="Row id column (default: the primary key, or image_id).")
+@click.option("--image-column", help="Column with image locations (default: image_uri).")
+@click.option("--image-root", help="Folder or s3:// prefix that relative image paths hang from.")
+@click.option("--mask-column", help="Column with mask locations (default: mask_uri, if any).")
+@click.option(
+    "--image-id-column",
+    help="Cutout-level tables: the column grouping rows into images (records: whole images).",
+)
 @config_options
 def query(
     filters,
@@ -49,6 +57,11 @@ def query(
     from_spec,
     db_url,
     table,
+    id_column,
+    image_column,
+    image_root,
+    mask_column,
+    image_id_column,
     config_path,
     overrides,
 ):
@@ -68,6 +81,11 @@ def query(
         out_format=out_format,
         preview=preview,
         allow_empty=allow_empty,
+        id_column=id_column,
+        image_column=image_column,
+        image_root=image_root,
+        mask_column=mask_column,
+        image_id_column=image_id_column,
     )
     cfg = load_cfg(
         config_path,
@@ -78,6 +96,8 @@ def query(
     for row in result["preview"]:
         click.echo(json.dumps(row, default=str))
     groups = f" in {result['groups']} groups" if result["groups"] is not None else ""
+    if "cutouts" in result:
+        groups += f" (images of {result['cutouts']} cutouts)"
     click.echo(
         f"{result['rows']} rows{groups} ({result['matched']} matched the filters) "
         f"-> {result['records']}",
