@@ -212,8 +212,10 @@ def deploy(
     docker_problem: Callable[[], str | None] = _docker_problem,
 ) -> Deployment:
     """Images (where Docker answers), then each pipeline as a new version on Kubeflow."""
+    from pipelines.compile import check_no_credentials
     from pipelines.submit import upload
 
+    check_no_credentials(cfg)  # before images are built and pushed
     unknown = [p for p in pipelines if p not in PIPELINE_NAMES]
     if unknown:
         raise SegloopError(f"unknown pipelines {unknown}; choose from {', '.join(PIPELINE_NAMES)}")
@@ -272,7 +274,24 @@ def local_only_settings(cfg: SegloopConfig) -> list[str]:
     predictor = cfg.infer.predictor
     if predictor.partition(":")[0].endswith(".py"):
         found.append(f"infer.predictor={predictor}")
+    if _local_tracking_uri(cfg.mlflow.tracking_uri):
+        # It wins over the Secret's MLFLOW_TRACKING_URI in the pods, which would then resolve
+        # models:/ URIs (the champion) on a server or file they cannot reach.
+        found.append(f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}")
     return found
+
+
+def _local_tracking_uri(uri: str | None) -> bool:
+    """A tracking URI that only this machine can use: a file, SQLite, or a loopback host."""
+    if not uri:
+        return False
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        host = (parsed.hostname or "").lower()
+        return host == "localhost" or host.startswith("127.") or host in ("::1", "0.0.0.0")
+    return parsed.scheme in ("", "file", "sqlite")
 
 
 @dataclass
@@ -297,8 +316,10 @@ def launch(
     run's keyword arguments of `pipelines.submit.submit` (experiment, run_name, params,
     service_account).
     """
+    from pipelines.compile import check_no_credentials
     from pipelines.submit import api_call, find_pipeline, latest_version, submit
 
+    check_no_credentials(cfg, run.get("params"))
     warnings = local_only_settings(cfg)
     for w in warnings:
         log.warning("%s is a local path: the cluster's pods cannot read it", w)

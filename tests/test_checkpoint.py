@@ -111,3 +111,27 @@ def test_mlflow_round_trip_by_alias_version_and_run(mlflow_env, tmp_path):
 
     with pytest.raises(SegloopError, match="cannot fetch model models:/ckpt-test@nope"):
         load_checkpoint("models:/ckpt-test@nope")
+
+
+def test_mlflow_uri_without_a_tracking_server_is_refused_not_defaulted(tmp_path, monkeypatch):
+    """No server given, none in the environment or set in-process: a clear error, not MLflow's
+    default (an empty ./mlflow.db that "has no such model")."""
+    from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
+
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    for uri in ("models:/m@champion", "runs:/0123456789abcdef/model"):
+        with pytest.raises(SegloopError, match="no tracking server is set"):
+            load_checkpoint(uri)
+    assert not list(tmp_path.iterdir()), "MLflow's default store was created"
+
+
+def test_mlflow_server_down_is_cannot_reach(tmp_path, monkeypatch):
+    from pipelines.stack import HOST, free_port
+
+    monkeypatch.chdir(tmp_path)
+    down = f"http://{HOST}:{free_port()}"
+    with pytest.raises(SegloopError, match=f"cannot reach MLflow at {down}"):
+        load_checkpoint("models:/m@champion", tracking_uri=down)
+    assert not list(tmp_path.iterdir())

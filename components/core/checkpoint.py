@@ -4,17 +4,25 @@ API (stable; train, evaluate, register and infer use it):
 
 - `save_checkpoint(model, spec, uri)`: write `model.pt` + `model.json` to a local folder or an
   `s3://` prefix.
-- `load_checkpoint(uri, device="cpu") -> (model, spec)`: from any model URI (below). Weights
+- `load_checkpoint(uri, device="cpu", tracking_uri=None) -> (model, spec)`: from any model URI
+  (below). Weights
   load with `torch.load(weights_only=True)` (a checkpoint is data, never code) and must match
   `model.json` exactly; a mismatch is a SegloopError naming the keys/shapes that differ.
-- `resolve_model_uri(uri, dst=None) -> Path`: a local checkpoint folder for any model URI.
+- `resolve_model_uri(uri, dst=None, tracking_uri=None) -> Path`: a local checkpoint folder for
+  any model URI.
 - `log_checkpoint_to_mlflow(model, spec, ckpt_dir, name="model") -> ModelInfo`: inside an active
   MLflow run, `mlflow.pytorch.log_model(..., name=name)` with `model.json` and `model.pt` as
   extra files, so that `models:/...` and `runs:/...` URIs resolve to a checkpoint folder.
 
 Model URIs: a local folder (or `file://`), its `model.pt`/`model.json` file, `s3://bucket/prefix`,
 `models:/<name>@<alias>`, `models:/<name>/<version>`, `models:/m-<model id>`,
-`runs:/<run id>/<path>` (the MLflow tracking server comes from `MLFLOW_TRACKING_URI`).
+`runs:/<run id>/<path>`, `mlflow-artifacts:/...`.
+
+MLflow URIs resolve on the tracking server `tracking_uri` (segloop's stages pass
+`components.core.tracking.tracking_uri(cfg)`); when it is None, `$MLFLOW_TRACKING_URI` or a URI
+set with `mlflow.set_tracking_uri`, and with neither a SegloopError: never MLflow's own default,
+an `mlflow.db` in the current folder. A server that does not answer is "cannot reach MLflow at
+<url>" within seconds (`tracking.ensure_reachable`).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,8 +87,11 @@ def _find_checkpoint(root: Path, uri: str) -> Path:
     )
 
 
-def resolve_model_uri(uri: str | Path, dst: str | Path | None = None) -> Path:
-    """A local checkpoint folder for `uri`; remote ones are downloaded into `dst` (or a temp dir)."""
+def resolve_model_uri(
+    uri: str | Path, dst: str | Path | None = None, tracking_uri: str | None = None
+) -> Path:
+    """A local checkpoint folder for `uri`; remote ones are downloaded into `dst` (or a temp dir).
+    MLflow URIs resolve on `tracking_uri` (see the module docstring)."""
     uri = str(uri)
     if not uri:
         raise SegloopError("no model URI given (set infer.model or pass --model)")
@@ -90,6 +102,7 @@ def resolve_model_uri(uri: str | Path, dst: str | Path | None = None) -> Path:
         if not path.exists():
             raise SegloopError(f"model {uri}: no such file or folder")
         return _find_checkpoint(path, uri)
+    server = _tracking_server(uri, tracking_uri) if is_mlflow_uri(uri) else None
     target = Path(dst) if dst else Path(tempfile.mkdtemp(prefix="segloop-model-"))
     target.mkdir(parents=True, exist_ok=True)
     if storage.is_s3(uri):
@@ -98,23 +111,118 @@ def resolve_model_uri(uri: str | Path, dst: str | Path | None = None) -> Path:
         if not storage.download_dir(base, target):
             raise SegloopError(f"model {uri}: nothing under that S3 prefix")
         return _find_checkpoint(target, uri)
-    return _find_checkpoint(_download_mlflow(uri, target), uri)
+    return _find_checkpoint(_download_mlflow(uri, target, server), uri)
 
 
-def _download_mlflow(uri: str, target: Path) -> Path:
+def _tracking_server(uri: str, tracking_uri: str | None) -> str:
+    """The tracking server an MLflow model URI resolves on: the given one, else the environment
+    or an explicit `mlflow.set_tracking_uri`; never MLflow's fallback (./mlflow.db)."""
+    if tracking_uri:
+        return tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     import mlflow
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    if is_tracking_uri_set():
+        return mlflow.get_tracking_uri()
+    raise SegloopError(
+        f"model {uri} is in MLflow, but no tracking server is set: set mlflow.tracking_uri in "
+        "the config or MLFLOW_TRACKING_URI (or pass tracking_uri to load_checkpoint)"
+    )
+
+
+def _artifact_uri(uri: str, client) -> str:
+    """Where the files of a `models:/` or `runs:/` URI are, asked through `client` (bound to the
+    configured server). MLflow's own resolution of these URIs consults its process-wide registry
+    URI on the way (MLflow 3.x), whatever tracking URI it is given; this does not."""
+    if uri.startswith("runs:/"):
+        return _run_artifact_uri(uri, client)
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    base, path = ModelsArtifactRepository.split_models_uri(uri)
+    found = get_model_name_and_version(client, base)
+    if len(found) == 1:  # models:/m-<id>: a logged model
+        location = client.get_logged_model(found[0]).artifact_location
+    else:
+        location = client.get_model_version_download_uri(*found)
+    return f"{location.rstrip('/')}/{path}" if path else location
+
+
+def _run_artifact_uri(uri: str, client) -> str:
+    """`runs:/<run>/<name>[/path]`: the model named `name` that the run logged (MLflow 3 keeps
+    logged models apart from run artifacts), else the run's own artifact at that path."""
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    run_id, path = RunsArtifactRepository.parse_runs_uri(uri)
+    run = client.get_run(run_id)
+    if path:
+        name, _, rest = path.partition("/")
+        token = None
+        while True:
+            page = client.search_logged_models(
+                experiment_ids=[run.info.experiment_id],
+                filter_string=f"name = '{name}'",
+                page_token=token,
+            )
+            for logged in page:
+                if logged.source_run_id == run_id:
+                    location = logged.artifact_location.rstrip("/")
+                    return f"{location}/{rest}" if rest else location
+            token = page.token
+            if not token:
+                break
+    root = run.info.artifact_uri.rstrip("/")
+    return f"{root}/{path}" if path else root
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error is a connection failure (not an answer from the server)."""
+    import requests
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, requests.ConnectionError | requests.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Max retries exceeded with url" in str(exc)
+
+
+def _download_mlflow(uri: str, target: Path, server: str) -> Path:
+    import mlflow
+    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from components.core.tracking import ensure_reachable
+
+    ensure_reachable(server)
+    client = MlflowClient(tracking_uri=server)
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        source = _artifact_uri(uri, client)
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(target), tracking_uri=server
+            )
+        )
     except MlflowException as exc:
+        if _unreachable(exc):  # the server went away after answering ensure_reachable
+            raise SegloopError(
+                f"cannot reach MLflow at {server} while fetching model {uri}: "
+                f"{str(exc.message if hasattr(exc, 'message') else exc)[:300]}"
+            ) from exc
         raise SegloopError(
-            f"cannot fetch model {uri} from MLflow at {mlflow.get_tracking_uri()}: "
+            f"cannot fetch model {uri} from MLflow at {server}: "
             f"{exc.message if hasattr(exc, 'message') else exc}; check the name, alias or "
-            "version (`mlflow models` / the MLflow UI) and MLFLOW_TRACKING_URI"
+            "version (`mlflow models` / the MLflow UI) and mlflow.tracking_uri / "
+            "MLFLOW_TRACKING_URI"
         ) from exc
     except OSError as exc:
-        raise SegloopError(f"cannot fetch model {uri} from MLflow: {exc}") from exc
+        raise SegloopError(f"cannot fetch model {uri} from MLflow at {server}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- load
@@ -158,11 +266,12 @@ def _check_state(state: Any, model: torch.nn.Module, folder: Path, spec: ModelSp
 
 
 def load_checkpoint(
-    uri: str | Path, device: str | torch.device = "cpu"
+    uri: str | Path, device: str | torch.device = "cpu", tracking_uri: str | None = None
 ) -> tuple[torch.nn.Module, ModelSpec]:
-    """Rebuild the model described by `model.json` and load `model.pt` (weights only), eval mode."""
+    """Rebuild the model described by `model.json` and load `model.pt` (weights only), eval mode.
+    MLflow URIs resolve on `tracking_uri` (see the module docstring)."""
     with tempfile.TemporaryDirectory(prefix="segloop-model-") as tmp:
-        folder = resolve_model_uri(uri, tmp)
+        folder = resolve_model_uri(uri, tmp, tracking_uri)
         spec = read_spec(folder)
         model = build_from_spec(spec)
         try:

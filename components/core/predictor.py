@@ -18,7 +18,8 @@ A predictor needs no tiling, batching, decoding or output code: `components.infe
 that. Register a factory under a name with `register_predictor(name, factory)`; a factory is
 `factory(model: str | None, device: torch.device, params: dict) -> Predictor`;
 `components.predictors.loading.make_predictor` builds one by name, module path or entry point.
-Built in: `smp` (`SmpPredictor`, a segloop checkpoint from any model URI).
+Built in: `smp` (`SmpPredictor`, a segloop checkpoint from any model URI; `build_smp` takes the
+MLflow tracking URI that `models:/` and `runs:/` URIs resolve on).
 """
 
 from __future__ import annotations
@@ -108,10 +109,14 @@ class SmpPredictor(Predictor):
         )
 
     @classmethod
-    def from_uri(cls, uri: str, device: torch.device | str = "cpu") -> SmpPredictor:
+    def from_uri(
+        cls, uri: str, device: torch.device | str = "cpu", tracking_uri: str | None = None
+    ) -> SmpPredictor:
+        """From any model URI; `models:/` and `runs:/` resolve on `tracking_uri` (see
+        `components.core.checkpoint`)."""
         from components.core.checkpoint import load_checkpoint
 
-        model, spec = load_checkpoint(uri, device)
+        model, spec = load_checkpoint(uri, device, tracking_uri=tracking_uri)
         return cls(model, spec).to(torch.device(device))
 
     @property
@@ -190,7 +195,13 @@ def registered_factory(name: str) -> PredictorFactory | None:
     return _FACTORIES.get(name)
 
 
-def _smp_factory(model: str | None, device: torch.device, params: dict[str, Any]) -> Predictor:
+def build_smp(
+    model: str | None,
+    device: torch.device,
+    params: dict[str, Any],
+    tracking_uri: str | None = None,
+) -> SmpPredictor:
+    """The `smp` predictor; MLflow model URIs resolve on `tracking_uri`."""
     if params:
         raise SegloopError(f"predictor 'smp' takes no params, got {sorted(params)}")
     if not model:
@@ -198,7 +209,13 @@ def _smp_factory(model: str | None, device: torch.device, params: dict[str, Any]
             "predictor 'smp' needs a model: --model PATH|s3://...|models:/<name>@<alias> "
             "(or infer.model in the config)"
         )
-    return SmpPredictor.from_uri(model, device)
+    return SmpPredictor.from_uri(model, device, tracking_uri=tracking_uri)
 
 
-register_predictor("smp", _smp_factory)
+def smp_factory(model: str | None, device: torch.device, params: dict[str, Any]) -> Predictor:
+    """The registry's `smp` factory (MLflow URIs on $MLFLOW_TRACKING_URI); `segloop infer` calls
+    `build_smp` with the configured tracking URI instead."""
+    return build_smp(model, device, params)
+
+
+register_predictor("smp", smp_factory)

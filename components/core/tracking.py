@@ -1,15 +1,25 @@
 """MLflow helpers: where to track, which experiment and registered model, dataset inputs.
 
 Tracking URI: `mlflow.tracking_uri` in the config, else `$MLFLOW_TRACKING_URI`, else a SQLite
-file under the stack folder (works with no server). Experiment and registered model default to
-the project name. Model versions are addressed by aliases (`champion`, `challenger`), never by
-the deprecated stages.
+file under the stack folder (works with no server). In a Kubeflow Pipelines task pod (KFP sets
+`KFP_POD_NAME` there) there is no SQLite fallback: runs and models written inside the pod are
+lost with it, so a task with no tracking URI fails at once and names the Secret that should
+provide it. (Other pods, a notebook server with its volume say, keep the fallback.) Experiment and
+registered model default to the project name. Model versions are addressed by aliases
+(`champion`, `challenger`), never by the deprecated stages.
+
+Everything that reads MLflow takes the URI explicitly (`tracking_uri(cfg)`, `client(cfg)`,
+`checkpoint.load_checkpoint(..., tracking_uri=...)`): nothing relies on MLflow's process-wide
+default, which would be `./mlflow.db` in the current folder. An http(s) server that does not
+answer is reported as "cannot reach MLflow at <url>" within about `REACH_WAIT_S` seconds
+(`ensure_reachable`), instead of MLflow's own retries (minutes).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,10 +33,35 @@ log = logging.getLogger(__name__)
 TAG = "segloop."
 
 
+# The Secret that gives cluster tasks MLFLOW_TRACKING_URI (`kfp.env_from.mlflow.name`, compiled
+# into the tasks; the run-time config does not carry it, so messages name the default).
+MLFLOW_SECRET = "segloop-mlflow"
+# How long an http(s) tracking server may take to answer before "cannot reach MLflow" (seconds;
+# covers a brief hiccup such as a server restart, and stays far below MLflow's own retries).
+REACH_WAIT_S = 6.0
+
+
+def in_pipeline_pod() -> bool:
+    """Inside a KFP task pod: KFP's driver gives every task container KFP_POD_NAME."""
+    return bool(os.environ.get("KFP_POD_NAME") and os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 def tracking_uri(cfg: SharedConfig) -> str:
+    """`mlflow.tracking_uri`, else `$MLFLOW_TRACKING_URI`, else SQLite under `stack.dir` (not in a
+    KFP task pod: there it is a SegloopError naming the Secret that should set the URI)."""
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
+    if in_pipeline_pod():
+        raise SegloopError(
+            "no MLflow tracking URI in this pipeline task's pod: MLFLOW_TRACKING_URI is not set and "
+            "the config has no mlflow.tracking_uri. On a cluster it comes from the Secret "
+            f"{MLFLOW_SECRET!r} (the name is kfp.env_from.mlflow.name in the config), key "
+            "MLFLOW_TRACKING_URI, in the run's namespace: create it (`kubectl create secret "
+            f"generic {MLFLOW_SECRET} --from-literal=MLFLOW_TRACKING_URI=http://<mlflow>:5000`) "
+            "or set mlflow.tracking_uri. segloop does not fall back to a SQLite file inside the "
+            "pod: its runs and models would be lost when the pod ends"
+        )
     folder = Path(cfg.stack.dir)
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
@@ -47,6 +82,7 @@ def setup(cfg: SharedConfig, experiment: bool = True):
     # Before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
     fallback = not (cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     uri = tracking_uri(cfg)
+    ensure_reachable(uri)
     mlflow.set_tracking_uri(uri)
     if experiment:
         try:
@@ -64,9 +100,59 @@ def setup(cfg: SharedConfig, experiment: bool = True):
 
 
 def client(cfg: SharedConfig):
+    """An MlflowClient on the configured tracking server (checked to answer, see
+    `ensure_reachable`); model registry: the same server unless MLFLOW_REGISTRY_URI says
+    otherwise."""
+    uri = tracking_uri(cfg)
+    ensure_reachable(uri)
+    return client_for(uri)
+
+
+def client_for(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(cfg))
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_reachable(uri: str, wait_s: float | None = None) -> None:
+    """Raise "cannot reach MLflow at <uri>" when an http(s) tracking server gives no answer
+    within `wait_s` (default `REACH_WAIT_S`), retrying meanwhile so that a brief hiccup passes.
+
+    Any HTTP answer counts as reachable (a 401 or 404 is for MLflow's own calls to explain);
+    other URIs (sqlite:, file:, databricks) are not checked. Without this, MLflow retries a
+    refused connection for about four minutes and then reports it as a missing model.
+    """
+    if not str(uri).startswith(("http://", "https://")):
+        return
+    import requests
+
+    wait = REACH_WAIT_S if wait_s is None else wait_s
+    deadline = time.monotonic() + wait
+    delay, last = 0.5, None
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            requests.get(
+                f"{str(uri).rstrip('/')}/health", timeout=max(0.5, min(3.0, left)), stream=True
+            ).close()
+            return
+        except requests.exceptions.SSLError:
+            return  # it answered; certificate trouble is for MLflow's own calls to report
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            last = exc
+        except requests.RequestException:
+            return  # a malformed URL and the like: MLflow's own error says more
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(delay, left))
+        delay *= 2
+    reason = type(last).__name__ if last is not None else "no answer"
+    raise SegloopError(
+        f"cannot reach MLflow at {uri} (no answer within {wait:g} s: {reason}); start the "
+        "tracking server (`segloop up` for the local stack) or fix mlflow.tracking_uri / "
+        "MLFLOW_TRACKING_URI"
+    )
 
 
 def log_split_input(split: dict[str, Any], source: str, context: str = "training") -> None:
@@ -103,10 +189,9 @@ def params_flat(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_id_for_model(uri: str) -> str | None:
-    """The MLflow run that produced a model URI (runs:/, models:/name/v, @alias, m-<id>)."""
-    import mlflow
-    from mlflow import MlflowClient
+def run_id_for_model(uri: str, tracking_uri: str) -> str | None:
+    """The MLflow run that produced a model URI (runs:/, models:/name/v, @alias, m-<id>), asked
+    of the tracking server `tracking_uri` (`tracking_uri(cfg)`)."""
     from mlflow.exceptions import MlflowException
 
     uri = str(uri)
@@ -115,10 +200,11 @@ def run_id_for_model(uri: str) -> str | None:
             return uri[len("runs:/") :].split("/", 1)[0]
         if not uri.startswith("models:/"):
             return None
+        ensure_reachable(tracking_uri)
+        client = client_for(tracking_uri)
         ref = uri[len("models:/") :].strip("/")
         if ref.startswith("m-"):
-            return mlflow.get_logged_model(ref.split("/", 1)[0]).source_run_id
-        client = MlflowClient()
+            return client.get_logged_model(ref.split("/", 1)[0]).source_run_id
         if "@" in ref:
             name, alias = ref.split("@", 1)
             return client.get_model_version_by_alias(name, alias).run_id

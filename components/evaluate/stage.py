@@ -27,7 +27,7 @@ from PIL import Image
 
 from components.core import storage, tracking
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
-from components.core.checkpoint import load_checkpoint
+from components.core.checkpoint import is_mlflow_uri, load_checkpoint
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import IMAGE_SUFFIXES, encode_png, load_mask, load_rgb
@@ -43,18 +43,23 @@ from components.evaluate.settings import EvaluateConfig
 log = logging.getLogger(__name__)
 
 
-def resolve_model(model: str) -> tuple[str, str | None, str | None]:
+def resolve_model(
+    model: str, tracking_uri: str | None = None
+) -> tuple[str, str | None, str | None]:
     """(checkpoint URI, MLflow run id, MLflow model URI) for a model reference.
 
     A train output folder (with best/ and mlflow.json) resolves to its best checkpoint and its
-    run; an MLflow URI to itself and the run that logged it.
+    run; an MLflow URI to itself and the run that logged it, asked of the tracking server
+    `tracking_uri` (needed for models:/ URIs: `tracking.tracking_uri(cfg)`).
     """
     info_uri = storage.join(model, "mlflow.json")
-    if not model.startswith(("models:/", "runs:/")) and storage.exists(info_uri):
+    if not is_mlflow_uri(model) and storage.exists(info_uri):
         info = storage.read_json(info_uri)
         return storage.join(model, "best"), info.get("run_id"), info.get("model_uri")
     if model.startswith(("models:/", "runs:/")):
-        return model, tracking.run_id_for_model(model), model
+        if tracking_uri is None:
+            raise SegloopError(f"resolving {model} needs the MLflow tracking URI")
+        return model, tracking.run_id_for_model(model, tracking_uri), model
     return model, None, None
 
 
@@ -72,11 +77,11 @@ def _predict(engine: TileEngine, image: np.ndarray, mode: str, tile: int) -> np.
 def run_evaluate(cfg: EvaluateConfig, *, model: str, data: str, out: str) -> dict[str, Any]:
     s = cfg.evaluate
     start = time.monotonic()
-    if str(model).startswith(("models:/", "runs:/")):
-        tracking.setup(cfg, experiment=False)  # before resolving: the URI names that server
-    ckpt, run_id, mlflow_model = resolve_model(str(model))
+    # MLflow model URIs resolve on the configured server, passed explicitly.
+    server = tracking.tracking_uri(cfg) if is_mlflow_uri(str(model)) else None
+    ckpt, run_id, mlflow_model = resolve_model(str(model), server)
     device = pick_device(s.device)
-    net, spec = load_checkpoint(ckpt, device)
+    net, spec = load_checkpoint(ckpt, device, tracking_uri=server)
     labels = LabelSet.load(storage.join(data, "labels.json"))
     if spec.label_set.names != labels.names:
         raise SegloopError(

@@ -416,10 +416,25 @@ def read_inputs(records: str | None, images: str | None) -> list[Record]:
 def load_predictor(
     cfg: InferConfig, model_uri: str | None, device: torch.device, predictor: Predictor | None
 ) -> Predictor:
-    """The configured predictor (or the given one), with label mapping/dropping, on `device`."""
+    """The configured predictor (or the given one), with label mapping/dropping, on `device`.
+
+    The built-in `smp` predictor resolves `models:/` and `runs:/` URIs on the configured MLflow
+    server (`tracking.tracking_uri(cfg)`), passed explicitly: never on MLflow's own default."""
+    from components.core import tracking
+    from components.core.checkpoint import is_mlflow_uri
+    from components.core.predictor import build_smp, registered_factory, smp_factory
+
     s = cfg.infer
     if predictor is None:
-        predictor = make_predictor(s.predictor, model_uri, device, s.predictor_params)
+        if (
+            model_uri
+            and is_mlflow_uri(model_uri)
+            and registered_factory(s.predictor) is smp_factory
+        ):
+            server = tracking.tracking_uri(cfg)
+            predictor = build_smp(model_uri, device, s.predictor_params, tracking_uri=server)
+        else:
+            predictor = make_predictor(s.predictor, model_uri, device, s.predictor_params)
     predictor = apply_class_handling(predictor, s.label_map, s.drop, cfg.project.labels)
     return predictor.to(device)
 

@@ -176,8 +176,7 @@ def run_compare(
     if sum(bool(x) for x in (versions, aliases, last)) > 1:
         raise SegloopError("choose one of --versions, --aliases or --last")
     name = model or tracking.registered_model_name(cfg)
-    tracking.setup(cfg, experiment=False)
-    client = tracking.client(cfg)
+    client = tracking.client(cfg)  # the configured server, checked to answer
     mvs = _versions(client, name, versions, aliases, last)
     if not mvs:
         raise SegloopError(f"registered model {name!r} has no versions yet; run `segloop register`")

@@ -21,7 +21,8 @@ from pipelines.cli.common import config_options, load_cfg, set_if
     "--model",
     "-m",
     default=None,
-    help="Checkpoint folder, s3:// prefix, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH.",
+    help="Checkpoint folder, s3:// prefix, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH "
+    "(MLflow URIs resolve on mlflow.tracking_uri, else $MLFLOW_TRACKING_URI).",
 )
 @click.option("--predictor", default=None, help="Predictor name (default: smp).")
 @click.option(
