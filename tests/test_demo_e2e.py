@@ -135,6 +135,12 @@ def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
     proc, summary = run_demo(tmp_path, stack_dir)
     out = proc.stdout
     assert "SIMULATED ANNOTATOR: this step stands in for people" in out
+    # One line per pipeline task, full task logs in files: the whole story in under 60 lines,
+    # ending with the summary table.
+    shown = out.splitlines() + proc.stderr.splitlines()
+    assert len(shown) < 60, "\n".join(shown)
+    assert out.rstrip().splitlines()[-1].lstrip().startswith(str(len(summary["rounds"]) - 1))
+    assert "  training         train            ok" in out
     assert "loop report:" in out and "MLflow UI:" in out and summary["mlflow_ui"] in out
 
     # Round 0: `training` then `pre_annotation`; rounds 1 and 2: `active_learning`, each a

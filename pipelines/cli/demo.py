@@ -67,6 +67,8 @@ def demo(small, rounds, workdir, wait, wait_timeout_s, poll_s, config_path, over
     root = logging.getLogger()
     if root.level > logging.DEBUG and "SEGLOOP_LOG_LEVEL" not in os.environ:
         root.setLevel(logging.WARNING)
+        # MLflow prints "View run ..." links; the summary ends with the MLflow UI address.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
     run_demo(
         config_path,
