@@ -7,7 +7,10 @@ other run parameters): they belong in the Kubernetes Secrets listed under `kfp.e
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -110,6 +113,70 @@ def check_no_credentials(cfg: SegloopConfig, params: dict[str, Any] | None = Non
         "the config holds credentials, which would be written in clear text into the pipeline "
         "YAML and the run's parameters:\n" + "\n".join(lines)
     )
+
+
+# ---------------------------------------------------------------- compile-time settings
+
+# `kfp` keys that are not compiled into a pipeline: where submit/launch go and where `run` writes.
+NOT_COMPILED = {"host", "namespace", "experiment", "local_root"}
+# Marks the compile-time `kfp` settings that `upload` writes into the pipeline's and the
+# version's descriptions (`launch` compares them with its own config).
+KFP_MARK = "segloop-kfp: "
+_UNSET = object()
+
+
+def compiled_kfp(cfg: SegloopConfig) -> dict[str, Any]:
+    """The `kfp` settings compiled into a pipeline's tasks (images, GPU placement, resources,
+    Secret names, env, pod labels, caching, retries, pipeline root), as plain JSON data."""
+    # Without None: an unset field (a stage's default resources) and an absent one compile alike.
+    return cfg.kfp.model_dump(mode="json", exclude=NOT_COMPILED, exclude_none=True)
+
+
+def kfp_fingerprint(cfg: SegloopConfig) -> str:
+    """`compiled_kfp` as one short line for a description (it travels in the upload's URL):
+    compact JSON, zlib, URL-safe base64. It holds Secret names and plain values only
+    (`check_no_credentials` refuses credentials before anything is compiled)."""
+    data = json.dumps(compiled_kfp(cfg), sort_keys=True, separators=(",", ":")).encode()
+    return KFP_MARK + base64.urlsafe_b64encode(zlib.compress(data, 9)).decode()
+
+
+def read_fingerprint(text: str | None) -> dict[str, Any] | None:
+    """The compile-time `kfp` settings recorded in a description, or None when it holds none."""
+    if not text or KFP_MARK not in text:
+        return None
+    encoded = (text.split(KFP_MARK, 1)[1].split() or [""])[0]
+    try:
+        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(encoded)))
+    except (ValueError, zlib.error):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _flat(data: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: data}
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is _UNSET else json.dumps(value)
+
+
+def kfp_differences(compiled: dict[str, Any], cfg: SegloopConfig) -> list[str]:
+    """`kfp.<key>: compiled <a>, this config <b>` for every compile-time key that differs."""
+    old, new = _flat(compiled, "kfp"), _flat(compiled_kfp(cfg), "kfp")
+    return [
+        f"{key}: compiled {_shown(old.get(key, _UNSET))}, "
+        f"this config {_shown(new.get(key, _UNSET))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
+    ]
+
+
+# ---------------------------------------------------------------- compile
 
 
 def compile_pipeline(name: str, cfg: SegloopConfig, output: str | Path) -> Path:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from kfp import dsl
 
 from components.core.errors import SegloopError
-from components.core.tracking import registered_model_name
 from components.download_cvat.component import download_cvat
 from components.evaluate.component import evaluate
-from components.infer.component import infer
+from components.infer.component import infer, infer_merge, infer_shard
+from components.infer.settings import REGISTERED_MODEL
 from components.preprocess.component import preprocess
 from components.query.component import query
 from components.register.component import register
@@ -37,19 +37,6 @@ DESCRIPTIONS = {
 }
 
 
-def default_model_uri(cfg: SegloopConfig) -> str:
-    """What pre-annotation uses unless told otherwise: `infer.model`, else the champion (the
-    `smp` predictor needs a checkpoint; other predictors may need none)."""
-    if cfg.infer.model:
-        return cfg.infer.model
-    return champion_uri(cfg) if cfg.infer.predictor == "smp" else ""
-
-
-def champion_uri(cfg: SegloopConfig) -> str:
-    """The registered champion as an MLflow model URI (what pre-annotation uses by default)."""
-    return f"models:/{registered_model_name(cfg)}@{cfg.register.champion_alias}"
-
-
 def kfp_name(cfg: SegloopConfig, pipeline: str) -> str:
     """The pipeline's name on the cluster: `<project>-<pipeline>` in KFP's allowed characters."""
     return f"{cfg.project.name}-{pipeline}".lower().replace("_", "-").replace(".", "-")
@@ -62,9 +49,38 @@ def _pre_annotation_tasks(
     if after is not None:
         q.after(after)
     records = q.outputs["records"]
-    inf = platform.apply(
-        infer(config_json=config_json, records=records, model_uri=model_uri), "infer", cfg
-    )
+    shards = cfg.infer.shards  # compile time: the graph's shape
+    if shards == 1:
+        inf = platform.apply(
+            infer(config_json=config_json, records=records, model_uri=model_uri), "infer", cfg
+        )
+    else:
+        # One GPU task per contiguous block of records, then one CPU task that merges them
+        # into the predictions artifact `infer` writes (select and upload read it unchanged).
+        with dsl.ParallelFor(list(range(shards))) as shard:
+            part = platform.apply(
+                infer_shard(
+                    config_json=config_json,
+                    records=records,
+                    model_uri=model_uri,
+                    shard=shard,
+                    shards=shards,
+                ),
+                "infer",
+                cfg,
+                display_name="infer-shard",
+            )
+        inf = platform.apply(
+            infer_merge(
+                config_json=config_json,
+                records=records,
+                shards=dsl.Collected(part.outputs["predictions"]),
+            ),
+            "infer",
+            cfg,
+            gpu=False,
+            display_name="infer-merge",
+        )
     sel = platform.apply(
         select(config_json=config_json, predictions=inf.outputs["predictions"], records=records),
         "select",
@@ -92,7 +108,9 @@ def _training_tasks(
         cfg,
     )
     splits = prep.outputs["splits"]
-    tr = platform.apply(train(config_json=config_json, splits=splits), "train", cfg)
+    # One DDP process per GPU of the train pod (components.train.launch); 1 on CPU.
+    nproc = cfg.kfp.gpu.accelerator_count if platform.is_gpu_stage(cfg, "train") else 1
+    tr = platform.apply(train(config_json=config_json, splits=splits, nproc=nproc), "train", cfg)
     model = tr.outputs["model"]
     ev = platform.apply(
         evaluate(config_json=config_json, model=model, splits=splits), "evaluate", cfg
@@ -111,8 +129,13 @@ def build(name: str, cfg: SegloopConfig) -> Callable:
         raise SegloopError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINE_NAMES)}")
     # No secrets in here: the config holds none (credentials come from env / Secrets).
     config_default = run_config_json(cfg)
-    model_default = default_model_uri(cfg)
-    earlier_default = list(cfg.preprocess.inputs)
+    # What a run may change is resolved at run time from config_json inside the components, so
+    # these defaults name no model and no dataset: an empty `model_uri` is the run's
+    # `infer.model`, else its registered model at `infer.model_alias` (components.infer.infer.
+    # pipeline_model); an empty `earlier_datasets` is the run's `preprocess.inputs`
+    # (components.preprocess.stage.pipeline_inputs). A non-empty value given to a run wins.
+    model_default = ""
+    earlier_default: list = []
     decorate = dsl.pipeline(
         name=kfp_name(cfg, name),
         description=f"segloop {name}: {DESCRIPTIONS[name]}",
@@ -152,9 +175,8 @@ def build(name: str, cfg: SegloopConfig) -> Callable:
             "loop_report",
             cfg,
         ).after(registered)
-        # The champion after this round's register (the new model if it won, else the old one).
-        _pre_annotation_tasks(
-            cfg, config_json, champion_uri(cfg), query_from_spec, after=registered
-        )
+        # The champion after this round's register (the new model if it won, else the old one):
+        # the run's registered model at its `infer.model_alias`, named by config_json at run time.
+        _pre_annotation_tasks(cfg, config_json, REGISTERED_MODEL, query_from_spec, after=registered)
 
     return decorate(active_learning)

@@ -294,6 +294,46 @@ def _local_tracking_uri(uri: str | None) -> bool:
     return parsed.scheme in ("", "file", "sqlite")
 
 
+def deployed_kfp(pipeline: Any, version: Any) -> dict[str, Any] | None:
+    """The compile-time `kfp` settings `upload` recorded for `version` of `pipeline`: in the
+    version's description, or for the first version (created with the pipeline and named after
+    it) in the pipeline's. None when neither holds them (uploaded otherwise or by an older
+    segloop, or a server that keeps no version descriptions)."""
+    from pipelines.compile import read_fingerprint
+
+    found = read_fingerprint(getattr(version, "description", None))
+    if found is None and version.display_name == pipeline.display_name:
+        found = read_fingerprint(getattr(pipeline, "description", None))
+    return found
+
+
+def check_compiled_kfp(cfg: SegloopConfig, pipeline: Any, version: Any) -> None:
+    """Refuse to launch `version` with a config whose compile-time `kfp` settings differ from
+    the ones it was compiled with: the run would silently use the deployed ones."""
+    from pipelines.compile import kfp_differences
+
+    compiled = deployed_kfp(pipeline, version)
+    if compiled is None:
+        log.warning(
+            "the deployed version %s records no compile-time kfp settings: cannot check that "
+            "this config's kfp section (images, GPU placement, resources, Secrets, caching, "
+            "retries) is the one it was compiled with",
+            version.display_name,
+        )
+        return
+    differences = kfp_differences(compiled, cfg)
+    if differences:
+        raise SegloopError(
+            f"the deployed version {version.display_name} was compiled with other kfp settings "
+            "than this config's; they are compiled into the pipeline, so a run cannot change "
+            "them:\n"
+            + "\n".join(f"- {d}" for d in differences)
+            + "\nDeploy this config first (`segloop deploy`), or compile and upload it with the "
+            "run (`segloop launch --upload`). Run-time settings (every section but kfp) are "
+            "read from config_json by the run and need neither."
+        )
+
+
 @dataclass
 class Launch(Submission):
     uploaded: bool = False
@@ -317,7 +357,7 @@ def launch(
     service_account).
     """
     from pipelines.compile import check_no_credentials
-    from pipelines.submit import api_call, find_pipeline, latest_version, submit
+    from pipelines.submit import api_call, latest_version, pipeline_named, submit
 
     check_no_credentials(cfg, run.get("params"))
     warnings = local_only_settings(cfg)
@@ -326,15 +366,17 @@ def launch(
     version = None
     if not upload:
         pipeline_name = kfp_name(cfg, name)
-        pipeline_id = api_call(
-            "finding the pipeline", host, find_pipeline, client, pipeline_name, namespace
+        pipeline = api_call(
+            "finding the pipeline", host, pipeline_named, client, pipeline_name, namespace
         )
-        if pipeline_id is None:
+        if pipeline is None:
             raise SegloopError(
                 f"pipeline {pipeline_name} is not deployed at {host}; run `segloop deploy` "
                 "first, or pass --upload to compile and upload it now"
             )
+        pipeline_id = pipeline.pipeline_id
         latest = api_call("reading its latest version", host, latest_version, client, pipeline_id)
+        check_compiled_kfp(cfg, pipeline, latest)
         version = (pipeline_id, latest.pipeline_version_id, latest.display_name)
     result = submit(
         name,

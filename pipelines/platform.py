@@ -44,17 +44,26 @@ def is_gpu_stage(cfg: SegloopConfig, stage: str) -> bool:
     return stage in gpu.stages and bool(gpu.accelerator_type) and gpu.accelerator_count > 0
 
 
-def image_for(cfg: SegloopConfig, stage: str) -> str:
+def image_for(cfg: SegloopConfig, stage: str, gpu: bool = True) -> str:
     """The CUDA image only where the task gets a GPU (accelerator_count 0 runs it on CPU)."""
     cpu, cuda = images_from_config(cfg.kfp.images)
-    return cuda if is_gpu_stage(cfg, stage) else cpu
+    return cuda if gpu and is_gpu_stage(cfg, stage) else cpu
 
 
-def apply(task: PipelineTask, stage: str, cfg: SegloopConfig) -> PipelineTask:
-    """Set every platform option of `stage` on `task` (returns the task)."""
+def apply(
+    task: PipelineTask,
+    stage: str,
+    cfg: SegloopConfig,
+    gpu: bool = True,
+    display_name: str | None = None,
+) -> PipelineTask:
+    """Set every platform option of `stage` on `task` (returns the task).
+
+    `gpu=False` keeps a GPU stage's task on the CPU image without accelerator or GPU placement
+    (the infer merge); `display_name` replaces the stage name shown in the UI."""
     k = cfg.kfp
-    task.set_display_name(stage.replace("_", "-"))
-    task.set_container_image(image_for(cfg, stage))
+    task.set_display_name(display_name or stage.replace("_", "-"))
+    task.set_container_image(image_for(cfg, stage, gpu))
     if k.images.pull_policy:
         kubernetes.set_image_pull_policy(task, k.images.pull_policy)
     if k.images.pull_with:
@@ -64,7 +73,7 @@ def apply(task: PipelineTask, stage: str, cfg: SegloopConfig) -> PipelineTask:
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
 
-    if is_gpu_stage(cfg, stage):
+    if gpu and is_gpu_stage(cfg, stage):
         task.set_accelerator_type(k.gpu.accelerator_type)
         task.set_accelerator_limit(k.gpu.accelerator_count)
         for label, value in k.gpu.node_selector.items():

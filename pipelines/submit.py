@@ -99,11 +99,18 @@ def api_call(what: str, host: str, func, *args, **kwargs):
 def find_pipeline(client, name: str, namespace: str | None) -> str | None:
     """The id of the pipeline whose display name is `name` (a `kfp_name`), or None if there is
     none. Call it through `api_call` to get clear errors."""
+    found = pipeline_named(client, name, namespace)
+    return found.pipeline_id if found else None
+
+
+def pipeline_named(client, name: str, namespace: str | None):
+    """The pipeline (a `V2beta1Pipeline`: `.pipeline_id`, `.description`) whose display name is
+    `name`, or None. Call it through `api_call` to get clear errors."""
     flt = json.dumps(
         {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
     )
     found = client.list_pipelines(filter=flt, namespace=namespace).pipelines or []
-    return found[0].pipeline_id if found else None
+    return found[0] if found else None
 
 
 def latest_version(client, pipeline_id: str):
@@ -118,8 +125,12 @@ def latest_version(client, pipeline_id: str):
 
 
 def upload(client, name: str, cfg: SegloopConfig, namespace: str | None, host: str):
-    """Upload pipeline `name` (new pipeline, or new version of it); returns (pid, vid, vname)."""
-    from pipelines.compile import compile_pipeline  # kfp's compiler: only when uploading
+    """Upload pipeline `name` (new pipeline, or new version of it); returns (pid, vid, vname).
+
+    The descriptions (the pipeline's when it is created with its first version, each later
+    version's own) record the compile-time `kfp` settings, which `launch` checks its config
+    against (`pipelines.compile.kfp_fingerprint`)."""
+    from pipelines.compile import compile_pipeline, kfp_fingerprint  # kfp: only when uploading
 
     pipeline_name = kfp_name(cfg, name)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -136,7 +147,7 @@ def upload(client, name: str, cfg: SegloopConfig, namespace: str | None, host: s
                 client.upload_pipeline,
                 str(package),
                 pipeline_name=pipeline_name,
-                description=f"segloop {name}",
+                description=f"segloop {name}\n{kfp_fingerprint(cfg)}",
                 namespace=namespace,
             )
             version = api_call(
@@ -150,6 +161,7 @@ def upload(client, name: str, cfg: SegloopConfig, namespace: str | None, host: s
             str(package),
             pipeline_version_name=version_name,
             pipeline_id=pipeline_id,
+            description=f"segloop {name} {version_name}\n{kfp_fingerprint(cfg)}",
         )
         return pipeline_id, version.pipeline_version_id, version_name
 

@@ -16,9 +16,19 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.config import config_from_json
 from components.core.errors import ConfigError, SegloopError
+from components.infer.infer import pipeline_model
+from components.infer.settings import REGISTERED_MODEL
+from components.preprocess.stage import pipeline_inputs
 from pipelines.cli import cli
-from pipelines.compile import check_no_credentials, compile_pipeline
-from pipelines.config import load_config
+from pipelines.compile import (
+    check_no_credentials,
+    compile_pipeline,
+    compiled_kfp,
+    kfp_differences,
+    kfp_fingerprint,
+    read_fingerprint,
+)
+from pipelines.config import load_config, run_config_json
 from pipelines.settings import PIPELINE_NAMES, POD_LABELS
 
 GPU_TASKS = {"infer", "train"}
@@ -220,8 +230,69 @@ def test_caching_and_retries_per_stage(compiled):
     # registry after register and this round's download.
     assert "register" in tasks["query"].dependent_tasks
     assert {"register", "download-cvat"} <= set(tasks["loop-report"].dependent_tasks)
+    # The champion's name is not compiled in: infer resolves it from the run's config_json.
     model = tasks["infer"].inputs.parameters["model_uri"].runtime_value.constant.string_value
-    assert model == "models:/weeds@champion"
+    assert model == REGISTERED_MODEL
+    assert "weeds@champion" not in paths["active_learning"].read_text()
+
+
+def test_what_a_run_can_change_is_resolved_from_its_config_at_run_time(compiled):
+    """Model and earlier datasets are no compile-time defaults: the components resolve them from
+    the run's config_json (an explicit non-empty parameter still wins)."""
+    _, paths = compiled
+    for name, param, empty in [
+        ("pre_annotation", "model_uri", ""),
+        ("training", "earlier_datasets", []),
+        ("active_learning", "earlier_datasets", []),
+    ]:
+        spec, _, _ = parse(paths[name])
+        default = json_format.MessageToDict(spec.root.input_definitions.parameters[param])
+        assert default.get("defaultValue", "") == empty, (name, default)
+
+    run = config_from_json(
+        run_config_json(
+            load_config(
+                None,
+                [
+                    "project.name=other",
+                    "mlflow.registered_model=weeds-b",
+                    "infer.model_alias=challenger",
+                    "preprocess.inputs=[s3://d/round0, s3://d/round1]",
+                ],
+            )
+        )
+    )
+    assert pipeline_model(run, "") == "models:/weeds-b@challenger"
+    assert pipeline_model(run, REGISTERED_MODEL) == "models:/weeds-b@challenger"
+    assert pipeline_model(run, "s3://m/ckpt") == "s3://m/ckpt"  # an explicit parameter wins
+    by_project = config_from_json(run_config_json(load_config(None, ["project.name=other"])))
+    assert pipeline_model(by_project, "") == "models:/other@champion"
+    with_model = run.model_copy(update={"infer": run.infer.model_copy(update={"model": "m/x"})})
+    assert pipeline_model(with_model, "") == "m/x"
+    # active_learning pre-annotates with the champion even when infer.model is set.
+    assert pipeline_model(with_model, REGISTERED_MODEL) == "models:/weeds-b@challenger"
+    exg = run.model_copy(update={"infer": run.infer.model_copy(update={"predictor": "exg"})})
+    assert pipeline_model(exg, "") is None
+    assert pipeline_inputs(run, [], "dl") == ["s3://d/round0", "s3://d/round1", "dl"]
+    assert pipeline_inputs(run, ["s3://d/x"], "dl") == ["s3://d/x", "dl"]
+
+
+def test_compile_time_kfp_settings_round_trip_and_differences_name_the_keys():
+    deployed = load_config(None, OVERRIDES)
+    recorded = read_fingerprint(f"segloop training\n{kfp_fingerprint(deployed)}")
+    assert recorded == compiled_kfp(deployed)
+    # Where submit goes and where `segloop run` writes are not compiled: no difference.
+    same = load_config(None, [*OVERRIDES, "kfp.host=https://k", "kfp.local_root=/x"])
+    assert kfp_differences(recorded, same) == []
+    other = load_config(
+        None, [*OVERRIDES, "kfp.gpu.accelerator_count=4", "kfp.resources.infer.cpu_limit=8"]
+    )
+    assert kfp_differences(recorded, other) == [
+        "kfp.gpu.accelerator_count: compiled 2, this config 4",
+        'kfp.resources.infer.cpu_limit: compiled unset, this config "8"',
+    ]
+    assert read_fingerprint("segloop training") is None
+    assert read_fingerprint("segloop-kfp: not-base64!") is None
 
 
 def test_credentials_in_plain_env_are_refused():
@@ -339,3 +410,62 @@ def test_mlflow_and_cvat_secrets_can_be_marked_optional(tmp_path):
         required = required_keys(k8s[executor_of(spec, task)])
         assert required["segloop-s3"]  # the others keep their default
         assert not required.get("segloop-mlflow") and not required.get("segloop-cvat"), task
+
+
+@pytest.mark.parametrize("name", ["pre_annotation", "active_learning"])
+def test_infer_shards_fan_out_over_gpu_tasks_and_merge_on_the_cpu(tmp_path, name):
+    """`infer.shards=3`: a ParallelFor over shard indices 0..2 runs `infer-shard` (GPU), then
+    `infer-merge` (CPU) collects their predictions for select; `infer.shards=1` is one infer task."""
+    cfg = load_config(None, [*OVERRIDES, "infer.shards=3"])
+    spec, deployment, k8s = parse(compile_pipeline(name, cfg, tmp_path / f"{name}.yaml"))
+    tasks = spec.root.dag.tasks
+    (loop,) = [t for t in tasks if t.startswith("for-loop-")]
+    assert set(tasks) == (STAGES_OF[name] - {"infer"}) | {loop, "infer-merge"}
+    assert tasks[loop].WhichOneof("iterator") == "parameter_iterator"
+    assert json.loads(tasks[loop].parameter_iterator.items.raw) == [0, 1, 2]
+    assert set(tasks[loop].dependent_tasks) == {"query"}
+    body = spec.components[tasks[loop].component_ref.name].dag.tasks
+    assert set(body) == {"infer-shard"}
+    shard = body["infer-shard"]
+    assert shard.inputs.parameters["shards"].runtime_value.constant.number_value == 3
+    assert shard.inputs.parameters["shard"].component_input_parameter.startswith(
+        "pipelinechannel--loop-item-param"
+    )
+    assert shard.inputs.artifacts["records"].component_input_artifact
+    # The merge collects the loop's predictions (one list) and feeds select.
+    merge = tasks["infer-merge"]
+    collected = merge.inputs.artifacts["shards"].task_output_artifact
+    assert collected.producer_task == loop
+    assert collected.output_artifact_key == "pipelinechannel--infer-shard-predictions"
+    assert set(merge.dependent_tasks) == {loop, "query"}
+    merge_spec = spec.components[merge.component_ref.name]
+    assert merge_spec.input_definitions.artifacts["shards"].is_artifact_list
+    assert tasks["select"].inputs.artifacts["predictions"].task_output_artifact.producer_task == (
+        "infer-merge"
+    )
+    # Each shard task gets the GPU placement; the merge runs on the CPU image without it.
+    shard_label = spec.components[shard.component_ref.name].executor_label
+    merge_label = merge_spec.executor_label
+    shard_res = deployment.executors[shard_label].container.resources
+    assert shard_res.accelerator.resource_type == "nvidia.com/gpu"
+    assert shard_res.accelerator.resource_count == "2"
+    assert deployment.executors[shard_label].container.image.startswith(
+        "registry.example.com/agri/segloop-cuda:"
+    )
+    assert dict(k8s[shard_label].node_selector.labels)["pool"] == "gpu"
+    merge_container = deployment.executors[merge_label].container
+    assert not merge_container.resources.HasField("accelerator")
+    assert (
+        merge_container.resources.resource_cpu_limit
+        and merge_container.resources.resource_memory_limit
+    )
+    assert merge_container.image.startswith("registry.example.com/agri/segloop:")
+    merge_k8s = k8s.get(merge_label, k8s_pb2.KubernetesExecutorConfig())
+    assert not merge_k8s.node_selector.labels and not merge_k8s.tolerations
+    assert shard.task_info.name == "infer-shard" and merge.task_info.name == "infer-merge"
+
+    # One shard (the default) compiles to exactly today's graph: one infer task, no loop.
+    single = load_config(None, [*OVERRIDES, "infer.shards=1"])
+    one, _, _ = parse(compile_pipeline(name, single, tmp_path / f"{name}-1.yaml"))
+    assert set(one.root.dag.tasks) == STAGES_OF[name]
+    assert one.root.dag.tasks["infer"].component_ref.name == "comp-infer"

@@ -99,6 +99,47 @@ def test_pre_annotation_then_training_on_the_local_runner(project, capfd):
     assert "pipeline active_learning succeeded" in summary and str(model_dir) in summary
 
 
+def test_a_run_pre_annotates_with_the_model_its_config_json_names(project):
+    """One pipeline compiled with config A (registered model `kfplocal-a`) and run with the
+    config_json of config B (`kfplocal-b` at alias `challenger`): infer resolves the model from
+    the run's config_json, so B's model pre-annotates, not the compiled name."""
+    from kfp import local
+
+    from components.core import tracking
+    from components.core.checkpoint import load_checkpoint, log_checkpoint_to_mlflow
+    from pipelines.config import run_config_json
+    from pipelines.graphs import build
+
+    cfg_a = load_config(None, [*project["overrides"], "mlflow.registered_model=kfplocal-a"])
+    cfg_b = load_config(
+        None,
+        [
+            *project["overrides"],
+            "mlflow.registered_model=kfplocal-b",
+            "infer.model_alias=challenger",
+        ],
+    )
+    # Two tiny models, registered under the two names in the real MLflow server.
+    mlflow = tracking.setup(cfg_a)
+    model, spec = load_checkpoint(project["model"])
+    for name, alias in (("kfplocal-a", "champion"), ("kfplocal-b", "challenger")):
+        with mlflow.start_run():
+            info = log_checkpoint_to_mlflow(model, spec, project["model"], name="model")
+        version = mlflow.register_model(info.model_uri, name)
+        MlflowClient().set_registered_model_alias(name, alias, version.version)
+
+    root = project["tmp"] / "kfp-a-run-b"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
+    build("pre_annotation", cfg_a)(config_json=run_config_json(cfg_b))
+    (run_dir,) = root.glob("kfplocal-pre-annotation-*")
+    predictions = run_dir / "infer" / "predictions"
+    metrics = json.loads((predictions / "metrics.json").read_text())
+    assert metrics["model"] == "models:/kfplocal-b@challenger"
+    assert metrics["ok"] == 8 and len(list((predictions / "masks").glob("*.png"))) == 8
+
+
 def test_failure_names_the_task(project):
     """A stage that fails (no model to pre-annotate with) fails the run with a clear error."""
     cfg = load_config(None, project["overrides"])

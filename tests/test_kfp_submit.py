@@ -20,6 +20,8 @@ from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative im
 from components.config import config_from_json
 from components.core.errors import SegloopError
 from pipelines.cli import cli
+from pipelines.compile import compiled_kfp, read_fingerprint
+from pipelines.config import load_config
 
 TOKEN = "stub-bearer-token-0123456789"
 
@@ -80,6 +82,9 @@ def test_first_submit_uploads_pipeline_and_starts_run(kfp_api):
     spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     assert set(spec.root.dag.tasks) == {"query", "infer", "select", "upload-cvat"}
     assert "secretAsEnv" in json.dumps(docs[1])
+    # Its description records the compile-time kfp settings (what `launch` checks against).
+    compiled = load_config(None, ["project.name=weeds", "select.budget=7"])
+    assert read_fingerprint(upload.query["description"]) == compiled_kfp(compiled)
 
     # Experiment: looked up by name, then created in the namespace.
     (exp_post,) = stub.calls("POST", "/experiments")

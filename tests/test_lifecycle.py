@@ -19,15 +19,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
 
 from components.config import config_from_json
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
+from components.infer.infer import pipeline_model
+from components.preprocess.stage import pipeline_inputs
 from pipelines.cli import cli
+from pipelines.compile import compiled_kfp, read_fingerprint
 from pipelines.config import load_config
-from pipelines.lifecycle import deploy, init_project, local_only_settings
+from pipelines.lifecycle import deploy, init_project, launch, local_only_settings
 from pipelines.local import docker_engine_error
 from pipelines.submit import make_client
 
@@ -178,6 +182,104 @@ def test_deploy_uploads_versions_and_launch_runs_the_deployed_one(workdir, kfp_a
     assert "warning: io.out_root=field/runs is on this machine" in launched.output
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in stub.requests)
     assert TOKEN not in launched.output + first.output
+
+
+def test_launch_runs_the_launch_configs_run_time_values_and_refuses_other_kfp(
+    workdir, kfp_api, caplog
+):
+    """Deploy with config A, launch with config B: B's run-time values (registered model, alias,
+    datasets) reach the run through config_json, resolved by the components at run time; a
+    compile-time `kfp` key that differs from the deployed version's is refused, named."""
+    stub = kfp_api
+    common = ["project.name=acme", "io.out_root=s3://b/runs", "db.url=postgresql://db/images"]
+    cfg_a = load_config(
+        None,
+        [*common, "mlflow.registered_model=weeds-a", "preprocess.inputs=[s3://b/round0]"],
+    )
+    cfg_b = load_config(
+        None,
+        [
+            *common,
+            "mlflow.registered_model=weeds-b",
+            "infer.model_alias=challenger",
+            "preprocess.inputs=[s3://b/round0, s3://b/round1]",
+            "select.budget=5",
+            "kfp.local_root=/elsewhere",  # not compiled: no difference
+        ],
+    )
+    client = make_client(stub.host)
+    deployed = deploy(
+        cfg_a, client, host=stub.host, pipelines=["pre_annotation", "training"], build_images=False
+    )
+    assert len(deployed.pipelines) == 2
+
+    for pipeline in ("pre_annotation", "training"):
+        launch(pipeline, cfg_b, client, host=stub.host)
+    pre_run, training_run = (r.body for r in stub.calls("POST", "/runs"))
+    for body in (pre_run, training_run):
+        params = body["runtime_config"]["parameters"]
+        assert set(params) == {"config_json"}  # model and datasets: from config_json
+        run_cfg = config_from_json(params["config_json"])
+        assert run_cfg.mlflow.registered_model == "weeds-b" and run_cfg.select.budget == 5
+    # What the deployed graphs do with B's config_json: their defaults name no model and no
+    # dataset, so the components resolve B's at run time.
+    for pipeline, body in (("pre_annotation", pre_run), ("training", training_run)):
+        ref = body["pipeline_version_reference"]
+        (version,) = stub.versions[ref["pipeline_id"]]
+        assert version["pipeline_version_id"] == ref["pipeline_version_id"]
+        spec = next(yaml.safe_load_all(version["_package"]))
+        defaults = spec["root"]["inputDefinitions"]["parameters"]
+        # A's values are only in config_json's default, which every run replaces.
+        assert "weeds-a" in defaults.pop("config_json")["defaultValue"]
+        assert "weeds-a" not in json.dumps(spec) and "round0" not in json.dumps(spec)
+        run_cfg = config_from_json(body["runtime_config"]["parameters"]["config_json"])
+        if pipeline == "pre_annotation":
+            assert defaults["model_uri"].get("defaultValue", "") == ""
+            assert pipeline_model(run_cfg, "") == "models:/weeds-b@challenger"
+        else:
+            assert defaults["earlier_datasets"].get("defaultValue", []) == []
+            assert pipeline_inputs(run_cfg, [], "this-round") == [
+                "s3://b/round0",
+                "s3://b/round1",
+                "this-round",
+            ]
+
+    # A compile-time key that differs: refused before any run starts, each key named.
+    cfg_c = load_config(
+        None,
+        [*common, "kfp.gpu.accelerator_count=2", "kfp.images.tag=other", "kfp.caching.train=false"],
+    )
+    with pytest.raises(SegloopError) as err:
+        launch("pre_annotation", cfg_c, client, host=stub.host)
+    message = str(err.value)
+    assert "kfp.gpu.accelerator_count: compiled 1, this config 2" in message
+    assert 'kfp.images.tag: compiled "' in message and 'this config "other"' in message
+    assert "kfp.caching.train: compiled unset, this config false" in message
+    assert "segloop deploy" in message and "--upload" in message
+    assert len(stub.calls("POST", "/runs")) == 2
+    # Through the CLI too.
+    result = segloop(
+        "launch",
+        "pre_annotation",
+        "--host",
+        stub.host,
+        *[f"-o{o}" for o in common],
+        "-o",
+        "kfp.gpu.accelerator_count=2",
+    )
+    assert isinstance(result.exception, SegloopError)
+    assert "kfp.gpu.accelerator_count: compiled 1, this config 2" in str(result.exception)
+    # --upload compiles this config now: nothing can differ.
+    uploaded = launch("pre_annotation", cfg_c, client, host=stub.host, upload=True)
+    assert uploaded.uploaded and len(stub.calls("POST", "/runs")) == 3
+    # The new version's description records its settings (this stub keeps no version
+    # descriptions, as a server that drops them): launch says it cannot check, and runs.
+    (new_version,) = stub.calls("POST", "/pipelines/upload_version")
+    assert read_fingerprint(new_version.query["description"]) == compiled_kfp(cfg_c)
+    with caplog.at_level("WARNING", logger="pipelines.lifecycle"):
+        launch("pre_annotation", cfg_b, client, host=stub.host)
+    assert "records no compile-time kfp settings" in caplog.text
+    assert len(stub.calls("POST", "/runs")) == 4
 
 
 def test_launch_needs_a_deployment_or_upload(workdir, kfp_api):

@@ -437,3 +437,52 @@ def test_images_run_as_non_root_and_install_from_the_lock():
     # Without Kubernetes' NetworkPolicy around it, the image's default binds localhost only.
     assert 'CMD ["mlflow", "server", "--host", "127.0.0.1"' in mlflow
     assert "requirements.lock" in (ROOT / ".dockerignore").read_text()
+
+
+def test_multinode_trainjob_example_runs_the_train_entry_point():
+    """manifests/examples/trainjob: a Kubeflow Trainer TrainJob (a CRD, not run here) whose
+    command is `torchrun -m pipelines train ...`, with arguments the real CLI accepts, one GPU
+    per process and credentials only from the pipeline's Secrets."""
+    import click
+
+    from pipelines.cli.train import train_command
+    from pipelines.settings import SecretsSettings
+
+    folder = ROOT / "manifests" / "examples" / "trainjob"
+    (job,) = yaml.safe_load_all((folder / "trainjob.yaml").read_text())
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = job["spec"]["trainer"]
+    assert trainer["image"].startswith("ghcr.io/segloop/segloop-cuda:")
+    assert trainer["numNodes"] >= 2  # multi-node: what one pod's --nproc cannot do
+    gpus = trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
+    assert int(gpus) == trainer["numProcPerNode"]
+
+    # The same entry point as `segloop train`: the arguments parse with the real command and
+    # its -o overrides load as a config. No --nproc: torchrun starts the ranks.
+    assert trainer["command"] == ["torchrun", "-m", "pipelines"]
+    assert trainer["args"][0] == "train"
+    ctx = train_command.make_context("train", list(trainer["args"][1:]))
+    assert ctx.params["nproc"] == 1
+    assert ctx.params["data"].startswith("s3://") and ctx.params["out_dir"].startswith("s3://")
+    cfg = load_config(None, list(ctx.params["overrides"]))
+    assert cfg.train.batch_size % (trainer["numNodes"] * trainer["numProcPerNode"]) == 0
+    with pytest.raises(click.UsageError):
+        train_command.make_context("train", ["--no-such-option"])
+
+    # Credentials: secretKeyRefs to the Secrets the pipeline uses, required keys required.
+    secrets = SecretsSettings()
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in trainer["env"]}
+    assert all("value" not in e for e in trainer["env"])
+    for secret in (secrets.s3, secrets.mlflow):
+        for key in secret.keys:
+            assert refs[key] == {"name": secret.name, "key": key}, key
+        for key in secret.optional_keys:
+            assert refs[key] == {"name": secret.name, "key": key, "optional": True}, key
+
+    if KUBECTL:
+        proc = kustomize(folder)
+        assert proc.returncode == 0, proc.stderr
+        (rendered_job,) = yaml.safe_load_all(proc.stdout)
+        assert rendered_job["metadata"]["namespace"] == "segloop"
+        assert rendered_job["spec"] == job["spec"]

@@ -47,7 +47,7 @@ from components.core.precision import pick_amp
 from components.core.predictor import Predictor, SmpPredictor
 from components.core.progress import track
 from components.core.version import segloop_version
-from components.infer.settings import InferConfig, InferSettings
+from components.infer.settings import REGISTERED_MODEL, InferConfig, InferSettings
 from components.predictors.classmap import apply_class_handling
 from components.predictors.loading import make_predictor
 
@@ -411,6 +411,24 @@ def read_inputs(records: str | None, images: str | None) -> list[Record]:
     inputs = records_from_jsonl(records) if records else records_from_images(images)
     _check_ids(inputs)
     return inputs
+
+
+def pipeline_model(cfg: InferConfig, model_uri: str) -> str | None:
+    """The model a pipeline's infer task uses, resolved from the run's config at run time.
+
+    A non-empty `model_uri` parameter wins; `REGISTERED_MODEL` (active_learning) is the run's
+    registered model at `infer.model_alias`; empty is `infer.model`, else for the `smp` predictor
+    that same registered model (other predictors may need no model: None)."""
+    from components.core.tracking import registered_model_name
+
+    registered = f"models:/{registered_model_name(cfg)}@{cfg.infer.model_alias}"
+    if model_uri == REGISTERED_MODEL:
+        return registered
+    if model_uri:
+        return model_uri
+    if cfg.infer.model:
+        return cfg.infer.model
+    return registered if cfg.infer.predictor == "smp" else None
 
 
 def load_predictor(

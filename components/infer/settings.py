@@ -23,6 +23,16 @@ class InferSettings(Section):
         None,
         description="checkpoint folder, s3:// prefix, models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>",
     )
+    # The infer stage's own alias, not `register.champion_alias`: a stage reads only the shared
+    # sections and its own, and the alias pre-annotation uses is a per-run choice of its own
+    # (e.g. `challenger` to try the newest version) while `register.*_alias` names what register
+    # writes. Moving both into the shared `mlflow` section would need a validator to keep
+    # `register.champion_alias` an accepted key; renaming the champion means setting both.
+    model_alias: str = Field(
+        "champion",
+        min_length=1,
+        description="with no model: pre-annotate with models:/<registered model>@<this alias>",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     tile_size: int | None = Field(None, ge=16, description="default: the model's tile size")
     overlap: float = Field(
@@ -51,7 +61,19 @@ class InferSettings(Section):
     overlays: bool = False
     overlay_max_side: int = Field(2048, ge=64, description="overlays are downscaled to this")
     max_failures: int = Field(0, ge=0)
+    shards: int = Field(
+        1,
+        ge=1,
+        description="KFP pipelines: parallel infer tasks (contiguous blocks of records) merged "
+        "into one output; shapes the graph, so changing it needs a recompile (1: one infer task)",
+    )
     overwrite: bool = False
+
+
+# The `model_uri` a pipeline passes to infer for "the registered model at `infer.model_alias`,
+# both named by the run's config_json" (active_learning: the champion after this round's
+# register, whatever `infer.model` says). Resolved by `components.infer.infer.pipeline_model`.
+REGISTERED_MODEL = "models:/{mlflow.registered_model}@{infer.model_alias}"
 
 
 class InferConfig(SharedConfig):

@@ -14,14 +14,16 @@ def preprocess(
     metrics: Output[Metrics],
     earlier_datasets: list = [],  # noqa: B006 - KFP reads the default from the signature
 ):
-    """Merge `dataset` with earlier rounds' datasets, split by image and tile."""
+    """Merge `dataset` with earlier rounds' datasets (`earlier_datasets`; empty: the run's
+    `preprocess.inputs` from config_json), split by image and tile."""
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.preprocess.stage import run_preprocess
+    from components.preprocess.stage import pipeline_inputs, run_preprocess
 
+    cfg = config_from_json(config_json)
     result = run_preprocess(
-        config_from_json(config_json),
-        inputs=[*earlier_datasets, dataset.path],
+        cfg,
+        inputs=pipeline_inputs(cfg, earlier_datasets, dataset.path),
         out=splits.path,
     )
     log_metrics(metrics, result)

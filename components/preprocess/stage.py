@@ -178,6 +178,14 @@ class _SplitDigest:
 # ---------------------------------------------------------------- the steps
 
 
+def pipeline_inputs(cfg: PreprocessConfig, earlier_datasets: list[str], dataset: str) -> list[str]:
+    """A pipeline's preprocess inputs: the earlier rounds' datasets, then this round's.
+
+    The `earlier_datasets` parameter wins when non-empty; empty means `preprocess.inputs` of the
+    run's config_json (resolved at run time, so a run may change them without a recompile)."""
+    return [*(earlier_datasets or cfg.preprocess.inputs), dataset]
+
+
 def run_preprocess(
     cfg: PreprocessConfig, *, inputs: list[str] | None = None, out: str
 ) -> dict[str, Any]:

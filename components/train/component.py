@@ -12,11 +12,17 @@ def train(
     splits: Input[Dataset],
     model: Output[Model],
     metrics: Output[Metrics],
+    nproc: int = 1,
 ):
-    """Train by `train.*`; writes the checkpoint and model.json, logs an MLflow run."""
+    """Train by `train.*`; writes the checkpoint and model.json, logs an MLflow run.
+
+    `nproc` (the pipeline sets it to `kfp.gpu.accelerator_count`): DDP processes started in
+    this pod, one per GPU; 1 trains in the component's own process."""
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.train.stage import run_train
+    from components.train.launch import train_processes
 
-    result = run_train(config_from_json(config_json), data=splits.path, out=model.path)
+    result = train_processes(
+        config_from_json(config_json), data=splits.path, out=model.path, nproc=nproc
+    )
     log_metrics(metrics, result)

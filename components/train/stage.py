@@ -10,12 +10,17 @@ Output layout (folder or s3:// prefix):
     manifest.jsonl                    one line per epoch (key `epoch`): losses, IoU, Dice, lr
     metrics.json, cfg.yaml
 
-Under `torchrun` (WORLD_SIZE > 1) every rank trains on its shard (DistributedDataParallel,
-NCCL on CUDA, Gloo on CPU); rank 0 alone writes files and talks to MLflow.
+Under `torchrun` (WORLD_SIZE > 1), or N processes started by `components.train.launch`, every
+rank trains on its own shard (DistributedDataParallel, NCCL on CUDA, Gloo on CPU); validation
+is sharded without padding and its confusion matrix all-reduced, so every rank sees the same
+score and stops at the same epoch; rank 0 alone writes files and talks to MLflow. With
+SEGLOOP_TRAIN_SHARD_LOG=<folder>, each rank appends the training tile names it is given per
+epoch to <folder>/rank<N>.jsonl (a debugging aid; the DDP tests read it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -28,7 +33,7 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from components.core import storage, tracking
@@ -54,6 +59,7 @@ from components.train.settings import TrainConfig, TrainSettings
 
 log = logging.getLogger(__name__)
 STATE = "state.pt"
+SHARD_LOG_ENV = "SEGLOOP_TRAIN_SHARD_LOG"
 
 
 def read_prepared(root: Path) -> tuple[dict, dict, LabelSet]:
@@ -110,8 +116,29 @@ def _find_state(resume: str, into: Path) -> Path:
     )
 
 
+class _ShardSampler(Sampler[int]):
+    """This rank's share of a dataset in order, without DistributedSampler's padding: every
+    validation tile is counted exactly once in the all-reduced confusion matrix."""
+
+    def __init__(self, size: int, rank: int, world: int):
+        self.indices = list(range(rank, size, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def _loader(ds, batch_size, shuffle, workers, device, seed, distributed, drop_last):
-    sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed) if distributed else None
+    sampler = None
+    if distributed and shuffle:
+        # drop_last: no padding, so the ranks' shards are disjoint (at most world-1 tiles,
+        # different ones each epoch, sit an epoch out).
+        sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=True)
+    elif distributed:
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        sampler = _ShardSampler(len(ds), rank, world)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(
         ds,
@@ -126,13 +153,14 @@ def _loader(ds, batch_size, shuffle, workers, device, seed, distributed, drop_la
     )
 
 
-def _init_distributed() -> tuple[int, int, int | None]:
+def _init_distributed(device: str = "auto") -> tuple[int, int, int | None]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         torch.distributed.init_process_group(backend=backend)
@@ -261,7 +289,7 @@ def run_train(
 
 def _setup_context(s: TrainSettings) -> _Context:
     """Join the torchrun job (if any), seed, and pick the device and AMP dtype."""
-    rank, world, local_rank = _init_distributed()
+    rank, world, local_rank = _init_distributed(s.device)
     # A different seed per rank: each rank draws its own augmentations.
     seed_everything(s.seed + rank)
     device = pick_device(s.device, local_rank)
@@ -346,6 +374,7 @@ def _build_trainer(s: TrainSettings, model: torch.nn.Module, d: _Data, ctx: _Con
     if ctx.channels_last:
         model.to(memory_format=torch.channels_last)
     if ctx.distributed:
+        _freeze_unused(model, d.spec, ctx.device)
         ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     net = model.module if ctx.distributed else model
@@ -359,6 +388,32 @@ def _build_trainer(s: TrainSettings, model: torch.nn.Module, d: _Data, ctx: _Con
         normalizer=Normalizer(d.spec.mean, d.spec.std).to(ctx.device),
     )
     return _Trainer(model, net, optimizer, scheduler, rt, CombinedLoss(s, d.spec.binary))
+
+
+def _freeze_unused(model: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+    """Freeze the parameters the forward pass never reaches (found by one backward pass).
+
+    DDP stops with "parameters that were not used in producing loss" when a parameter gets no
+    gradient: smp keeps the encoder stages that `encoder_depth` < 5 cuts off. They never learn
+    anyway (no gradient, so AdamW skips them), so freezing them changes nothing in training,
+    keeps every checkpoint key, and spares DDP `find_unused_parameters`' graph walk per step.
+    """
+    was_training = model.training
+    model.eval()  # no BatchNorm running-stat update from the probe
+    probe = torch.zeros(1, 3, spec.tile_size, spec.tile_size, device=device)
+    with torch.enable_grad():
+        model(probe).float().sum().backward()
+    unused = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    for _, p in unused:
+        p.requires_grad_(False)
+    if unused:
+        log.info(
+            "train: %d parameter tensors (%d values) are outside the forward pass (e.g. %s); "
+            "frozen for DDP",
+            len(unused), sum(p.numel() for _, p in unused), unused[0][0],
+        )  # fmt: skip
 
 
 def _build_optimizer(s: TrainSettings, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -465,6 +520,8 @@ def _fit(
         if ctx.distributed:
             # A different shuffle per epoch, the same on every rank.
             d.train_loader.sampler.set_epoch(epoch)
+            if os.environ.get(SHARD_LOG_ENV):
+                _log_shard(Path(os.environ[SHARD_LOG_ENV]), s, d, ctx, epoch)
         row, miou = _run_epoch(s, epoch, d, trainer, progress.best_miou, ctx.main)
         improved = progress.observe(miou)
         if trainer.scheduler is not None:
@@ -481,6 +538,29 @@ def _fit(
         if s.patience and d.val_loader is not None and progress.stale >= s.patience:
             log.info("train: early stop at epoch %d (no gain for %d epochs)", epoch, progress.stale)
             break
+
+
+def _log_shard(folder: Path, s: TrainSettings, d: _Data, ctx: _Context, epoch: int) -> None:
+    """Debugging aid: the tiles this rank trains on this epoch, one JSON line per epoch."""
+    loader = d.train_loader
+    batches = min(len(loader), s.max_steps_per_epoch or len(loader))
+    order = list(loader.sampler)[: batches * loader.batch_size]
+    folder.mkdir(parents=True, exist_ok=True)
+    row = {"rank": ctx.rank, "world": ctx.world, "epoch": epoch, "batches": batches,
+           "tiles": [d.train_ds.images[i].stem for i in order]}  # fmt: skip
+    with (folder / f"rank{ctx.rank}.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _global_train_stats(tr: dict[str, float], device: torch.device) -> tuple[float, float]:
+    """(mean loss, images/s) over every rank: the loss weighted by images, the rates summed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tr["loss"], tr["images_per_s"]
+    t = torch.tensor([tr["loss"] * tr["images"], tr["images"], tr["images_per_s"]],
+                     dtype=torch.float64, device=device)  # fmt: skip
+    torch.distributed.all_reduce(t)
+    t = t.cpu()
+    return float(t[0] / max(t[1], 1)), float(t[2])
 
 
 def _run_epoch(
@@ -504,11 +584,12 @@ def _run_epoch(
         s.accumulate, s.max_steps_per_epoch, on_step,
     )  # fmt: skip
     bar.close()
+    train_loss, images_per_s = _global_train_stats(tr, trainer.rt.device)
     row: dict[str, Any] = {
         "epoch": epoch,
-        "train_loss": tr["loss"],
+        "train_loss": train_loss,
         "lr": trainer.optimizer.param_groups[0]["lr"],
-        "images_per_s": tr["images_per_s"],
+        "images_per_s": images_per_s,
     }
     if d.val_loader is None:
         # No validation: every epoch is "best".

@@ -61,14 +61,21 @@ def preprocess_command(config_path, overrides, inputs, out_dir, **options):
 @click.option("--lr", type=float, default=None)
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None)
-def train_command(config_path, overrides, data, out_dir, resume, **options):
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="DDP processes on this machine (one per GPU; Gloo on CPU). 1 trains in this process.",
+)
+def train_command(config_path, overrides, data, out_dir, resume, nproc, **options):
     """Train a segmentation model on preprocessed tiles; log it to MLflow."""
-    from components.train.stage import run_train
+    from components.train.launch import train_processes
 
     cfg = load_cfg(config_path, overrides, {"train": set_if({}, **options)})
     data = data or stage_run_dir(cfg, "preprocess")
     out = out_dir or stage_run_dir(cfg, "train")
-    m = run_train(cfg, data=data, out=out, resume=resume)
+    m = train_processes(cfg, data=data, out=out, resume=resume, nproc=nproc)
     if "run_id" in m:
         click.echo(
             f"train: best val mean IoU {m['best_val_mean_iou']:.4f} after epoch {m['last_epoch']}, "
