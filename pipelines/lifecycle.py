@@ -32,12 +32,11 @@ from components.core.storage import is_s3
 from components.images import images_from_config
 from pipelines.config import SegloopConfig
 from pipelines.graphs import kfp_name
-from pipelines.settings import PIPELINE_NAMES
+from pipelines.settings import PIPELINE_NAMES, TEMPLATES
 from pipelines.submit import Submission
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = ("pre_annotation", "training", "predictor")
 PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # template -> [(template file, path in the scaffold)]; `{pkg}` is the Python name of the folder.

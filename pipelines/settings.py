@@ -28,6 +28,8 @@ StageName = Literal[
 ]
 STAGES: tuple[str, ...] = StageName.__args__  # type: ignore[attr-defined]
 PIPELINE_NAMES = ("pre_annotation", "training", "active_learning")
+# `segloop init` project templates (pipelines/templates/).
+TEMPLATES = ("pre_annotation", "training", "predictor")
 
 # Kubernetes quantities: "500m", "2", "1.5"; "512Mi", "8Gi", "1G".
 CPU_PATTERN = r"^[0-9]+(\.[0-9]+)?m?$"

@@ -24,7 +24,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from components.core import storage
 from components.core.errors import ConfigError
 from components.core.settings_base import Section
 
@@ -109,6 +108,8 @@ Config = TypeVar("Config", bound=Section)
 
 
 def _read_file(path: str) -> dict[str, Any]:
+    from components.core import storage  # here, not at the top: boto3 stays out of start-up
+
     text = storage.read_text(path)
     try:
         if path.endswith(".toml"):
@@ -218,11 +219,15 @@ def mask_secrets(data: Any) -> Any:
 
 def stage_run_dir(cfg: SharedConfig, stage: str) -> str:
     """`<out_root>/<project>/<subname>/<stage>`: where a CLI run of a stage writes by default."""
+    from components.core import storage
+
     return storage.join(cfg.io.out_root, cfg.project.name, cfg.project.subname, stage)
 
 
 def save_resolved(cfg: SharedConfig, run_dir: str | Path) -> str:
     """Write the resolved config (secrets masked) as cfg.yaml next to a run's outputs."""
+    from components.core import storage
+
     uri = storage.join(str(run_dir), "cfg.yaml")
     storage.write_text(uri, cfg.to_yaml())
     return uri

@@ -24,23 +24,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import boto3
-from boto3.exceptions import Boto3Error
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-)
-
 from components.core.errors import StorageError
 
 MB = 1024 * 1024
-TRANSFER = TransferConfig(
-    multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=8
-)
+MULTIPART_BYTES = 16 * MB  # larger objects go as multipart transfers, in parts of this size
 FOLDER_WORKERS = 8
 # What may not stand in a file name made from an id (a record id, a task name).
 UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -95,8 +82,24 @@ def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL") or None
 
 
+# boto3 is imported where S3 is used, not at the top: it is a tenth of a second of start-up
+# that local-only commands (and `segloop --help`) need not pay.
+
+
+@lru_cache(maxsize=1)
+def transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES, max_concurrency=8
+    )
+
+
 @lru_cache(maxsize=8)
 def _client(endpoint: str | None, credentials_key: str, region: str | None):
+    import boto3
+    from botocore.config import Config
+
     # `credentials_key` only makes the cache notice changed credentials; boto3 reads the env.
     config = Config(
         retries={"mode": "standard", "max_attempts": 4},
@@ -126,6 +129,14 @@ def s3_client():
 
 def _explain(uri: str, exc: Exception, action: str) -> StorageError:
     """Turn a boto3/botocore error into words that name the URI and what to do."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
+
     where = endpoint_url() or "AWS S3"
     inner = exc.__cause__ or exc.__context__
     if isinstance(exc, Boto3Error) and isinstance(inner, ClientError | BotoCoreError):
@@ -158,6 +169,9 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
 
 @contextlib.contextmanager
 def _s3_errors(uri: str, action: str) -> Iterator[None]:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         yield
     except (ClientError, BotoCoreError, Boto3Error) as exc:
@@ -256,6 +270,8 @@ def exists(uri: str | Path) -> bool:
     uri = str(uri)
     if not is_s3(uri):
         return local_path(uri).exists()
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, key = split_s3(uri)
     try:
         if not key:
@@ -307,19 +323,19 @@ def upload_file(local: str | Path, uri: str) -> None:
     bucket, key = split_s3(uri)
     with _s3_errors(uri, "upload to"), _local_errors(local, "upload"):
         path = Path(local)
-        if path.stat().st_size < TRANSFER.multipart_threshold:
+        if path.stat().st_size < MULTIPART_BYTES:
             # One PUT: a managed transfer would start its own thread pool for every small file.
             with path.open("rb") as body:
                 s3_client().put_object(Bucket=bucket, Key=key, Body=body)
         else:
-            s3_client().upload_file(str(path), bucket, key, Config=TRANSFER)
+            s3_client().upload_file(str(path), bucket, key, Config=transfer_config())
 
 
 def download_file(uri: str, local: str | Path) -> Path:
     """Download an object to a local path atomically."""
     bucket, key = split_s3(uri)
     with _s3_errors(uri, "download"), atomic_path(local) as tmp:
-        s3_client().download_file(bucket, key, str(tmp), Config=TRANSFER)
+        s3_client().download_file(bucket, key, str(tmp), Config=transfer_config())
     return Path(local)
 
 
@@ -330,7 +346,7 @@ def copy(src: str | Path, dst: str | Path) -> None:
         sb, sk = split_s3(src)
         db, dk = split_s3(dst)
         with _s3_errors(src, f"copy to {dst}"):
-            s3_client().copy({"Bucket": sb, "Key": sk}, db, dk, Config=TRANSFER)
+            s3_client().copy({"Bucket": sb, "Key": sk}, db, dk, Config=transfer_config())
     elif is_s3(src):
         download_file(src, local_path(dst))
     elif is_s3(dst):

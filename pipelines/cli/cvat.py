@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from components.core import storage
 from components.core.config import stage_run_dir
 from pipelines.cli.common import config_options, load_cfg, set_if
 
@@ -109,6 +108,8 @@ def upload_cvat_command(
         f"{metrics['tasks_completed']} completed, {metrics['tasks_skipped']} skipped; "
         f"{metrics['images_per_s']} images/s) -> {out}"
     )
+    from components.core import storage
+
     for task in storage.read_json(storage.join(out, "tasks.json"))["tasks"]:
         click.echo(f"  {task['outcome']:>9}  {task['name']}  {task['url']}")
 

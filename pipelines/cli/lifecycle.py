@@ -6,8 +6,7 @@ import click
 
 from pipelines.cli.common import config_options
 from pipelines.cli.kfp import cluster_options, echo_run, run_options
-from pipelines.lifecycle import TEMPLATES
-from pipelines.settings import PIPELINE_NAMES
+from pipelines.settings import PIPELINE_NAMES, TEMPLATES
 
 
 @click.command("init")

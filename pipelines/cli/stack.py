@@ -5,10 +5,11 @@ from __future__ import annotations
 import click
 
 from pipelines.cli.common import config_options, load_cfg
-from pipelines.stack import Stack
 
 
-def stack_from(config_path, overrides) -> Stack:
+def stack_from(config_path, overrides):
+    from pipelines.stack import Stack  # imported per command: keeps `segloop --help` fast
+
     cfg = load_cfg(config_path, overrides)
     s = cfg.stack
     return Stack(s.dir, s.s3_port, s.mlflow_port, s.bucket, s.start_timeout_s)
