@@ -1,22 +1,38 @@
-"""Training throughput: `segloop train`'s loop against a naive loop, in one process.
+"""Training throughput: `segloop train`'s loop against a naive loop and against the limit.
 
-CPU (default): images/s of the loop `segloop train` runs (tiles decoded once and cached, uint8
-batches normalized in the loop, channels_last, DataLoader workers) against a naive loop (PNG
-decoded and normalized in `__getitem__` every time, fp32, contiguous NCHW, num_workers=0), with
-the same model, initial weights, augmentation, loss, optimizer and data. Rounds alternate
-(naive, segloop, naive, ...) and each side reports its best round, so load from other
-processes hurts both alike. Goal: ratio >= 1.5.
+Three contenders train the same model from the same initial weights on the same tiles, with the
+same augmentation, loss, optimizer (AdamW), batch size and number of steps, at one precision:
 
-`--gpu`: on CUDA, the segloop loop with AMP (bf16/fp16) against fp32, with GPU utilization
-sampled from nvidia-smi (or torch.cuda.utilization) while each runs.
+- naive: what a first training script does: normalize each tile to float in `__getitem__`,
+  contiguous NCHW, `num_workers=0`, `optimizer.zero_grad()`, the loss read every step;
+- segloop: the loop `segloop train` runs: `TileDataset` (`train.cache_images=true`), uint8
+  batches normalized on the device, channels_last, `pick_workers` DataLoader workers,
+  `engine.train_epoch`;
+- limit: forward + backward + optimizer step alone, on batches already augmented, normalized,
+  channels_last and on the device (the same batches the segloop loader yields), no data loading.
 
-    python benchmarks/bench_train.py [--tile 128] [--images 24] [--steps 12] [--rounds 2] [--gpu]
+Each precision is its own row: fp32 (autocast off) and bf16 (every contender under the same
+autocast dtype; on CUDA `amp=auto`'s dtype, bf16 or fp16 with loss scaling). Decode rule: every
+contender decodes all tiles before its timer starts (segloop's decode cache is filled when the
+dataset is built, the naive dataset decodes in `__init__`), so decoding is counted on no side.
+Each run starts from fresh weights, does `--warmup` untimed steps through its own loader, then
+is timed from the moment the first batch is requested until the last optimizer step is done
+(CUDA synchronized). Rounds alternate the order (naive segloop limit, limit segloop naive, ...)
+in one process; each contender reports its median. Every contender's timed steps see the same
+shuffle and augmentation draws (with segloop's DataLoader workers on CUDA, the same shuffle).
+Goals per precision: segloop/naive >= 1.0 and segloop/limit >= 0.9.
+
+`--gpu`: the same rows on CUDA, plus the mean GPU utilization of each contender (nvidia-smi or
+torch.cuda.utilization).
+
+    python benchmarks/bench_train.py [--tile 128] [--batch 8] [--steps 24] [--rounds 6] [--gpu] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -24,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from components.core.model import build_model  # noqa: E402
-from components.core.precision import pick_amp  # noqa: E402
+from components.core.precision import cpu_has_native_bf16, pick_amp  # noqa: E402
 from components.preprocess.stage import run_preprocess  # noqa: E402
 from components.train.data import Normalizer, TileDataset, build_transforms  # noqa: E402
 from components.train.engine import Runtime, pick_workers, train_epoch  # noqa: E402
@@ -42,52 +59,82 @@ from components.train.losses import CombinedLoss  # noqa: E402
 from components.train.toydata import write_toy_dataset  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 
+CONTENDERS = ("naive", "segloop", "limit")
+GOAL_VS_NAIVE = 1.0
+GOAL_VS_LIMIT = 0.9
+SEED = 0
+
 
 class NaiveDataset(Dataset):
-    """What a first training script does: decode and normalize every tile every time."""
+    """Tiles decoded once in `__init__` (the decode rule), normalized to float per item."""
 
     def __init__(self, tiles: TileDataset, mean, std, transform):
-        self.images, self.masks = tiles.images, tiles.masks
+        from torchvision import tv_tensors
+
+        self.tv = tv_tensors
+        self.items = [
+            (
+                torch.from_numpy(np.array(Image.open(img).convert("RGB"))).permute(2, 0, 1),
+                torch.from_numpy(np.array(Image.open(mask))),
+            )
+            for img, mask in zip(tiles.images, tiles.masks, strict=True)
+        ]
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.transform = transform
 
     def __len__(self):
-        return len(self.images)
+        return len(self.items)
 
     def __getitem__(self, i):
-        from torchvision import tv_tensors
-
-        image = torch.from_numpy(np.array(Image.open(self.images[i]).convert("RGB"))).permute(
-            2, 0, 1
-        )
-        mask = torch.from_numpy(np.array(Image.open(self.masks[i])))
-        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        image, mask = self.items[i]
+        image, mask = self.transform(self.tv.Image(image), self.tv.Mask(mask))
         x = (image.as_subclass(torch.Tensor).float() / 255 - self.mean) / self.std
         return x, mask.as_subclass(torch.Tensor).long()
 
 
-def naive_epoch(model, loader, optimizer, loss_fn, device, max_steps):
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def naive_steps(model, loader, optimizer, loss_fn, device, amp_dtype, scaler, max_steps):
     model.train()
-    images, start = 0, time.perf_counter()
+    running = 0.0
     for step, (x, y) in enumerate(loader):
         if step >= max_steps:
             break
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        images += len(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return images / (time.perf_counter() - start)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        running += loss.item()
+    sync(device)
+    return running
+
+
+def limit_steps(model, batches, optimizer, loss_fn, rt: Runtime) -> None:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    for x, y in batches:
+        with rt.autocast():
+            logits = model(x)
+        rt.scaler.scale(loss_fn(logits, y)).backward()
+        rt.scaler.step(optimizer)
+        rt.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    sync(rt.device)
 
 
 class GpuSampler:
     """Mean GPU utilization (%) while the block runs, from nvidia-smi or torch.cuda."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.samples: list[float] = []
         self._stop = threading.Event()
 
@@ -111,17 +158,15 @@ class GpuSampler:
                 self.samples.append(value)
 
     def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def mean(self):
-        return round(statistics.mean(self.samples), 1) if self.samples else None
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
 
 
 def prepare(root: Path, tile: int, n: int) -> Path:
@@ -135,105 +180,185 @@ def prepare(root: Path, tile: int, n: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tile", type=int, default=128)
-    ap.add_argument("--images", type=int, default=24, help="toy images (each gives 4 tiles)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=24, help="timed optimizer steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps before each run")
+    ap.add_argument("--rounds", type=int, default=6, help="runs of each contender per precision")
     ap.add_argument(
         "--workers", type=int, default=None, help="segloop loop workers (default: train's)"
     )
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
 
     cfg = load_config(
         None, [f"train.encoder_name={args.encoder}", f"train.batch_size={args.batch}"]
     )
     s = cfg.train
-    device = torch.device("cuda" if args.gpu else "cpu")
+    channels_last = s.channels_last if s.channels_last is not None else True
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu: no CUDA device here")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    workers = pick_workers(args.workers, device)
+    # One epoch holds every timed step: each toy image gives 4 tiles.
+    n_images = math.ceil(args.steps * args.batch / 4)
+    rows = [("fp32", None)]
+    if args.gpu:
+        amp = pick_amp("auto", device)
+        rows.append(({torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], amp))
+    else:
+        rows.append(("bf16", pick_amp("bf16", device)))
+
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        pre = prepare(Path(tmp), args.tile, args.images)
+        pre = prepare(Path(tmp), args.tile, n_images)
         stats = json.loads((pre / "stats.json").read_text())
-        torch.manual_seed(0)
-        init = build_model(s.arch, s.encoder_name, None, 3, 3).state_dict()
+        classes = len(json.loads((pre / "labels.json").read_text())["labels"])
+        torch.manual_seed(SEED)
+        init = build_model(s.arch, s.encoder_name, None, 3, classes).state_dict()
         transform = build_transforms(s.augment, args.tile, train=True)
+        # Decode rule: all tiles decoded here, before any timer (segloop's cache, naive's list).
         cached = TileDataset(pre, "train", transform, cache=True)
+        naive_ds = NaiveDataset(cached, stats["mean"], stats["std"], transform)
+        assert len(cached) // args.batch >= args.steps, "too few tiles for one epoch of steps"
         loss_fn = CombinedLoss(s, binary=False)
 
-        def fresh(channels_last: bool):
-            model = build_model(s.arch, s.encoder_name, None, 3, 3)
+        def fresh(cl: bool):
+            model = build_model(s.arch, s.encoder_name, None, 3, classes)
             model.load_state_dict(init)
             model.to(device)
-            if channels_last:
+            if cl:
                 model.to(memory_format=torch.channels_last)
             return model, torch.optim.AdamW(model.parameters(), lr=s.lr)
 
-        def segloop_round(amp_mode: str) -> float:
-            model, opt = fresh(True)
-            rt = Runtime(device, pick_amp(amp_mode, device), True, False, 3,
-                         Normalizer(stats["mean"], stats["std"]).to(device))  # fmt: skip
-            workers = pick_workers(args.workers, device)
-            loader = DataLoader(cached, batch_size=args.batch, shuffle=True, drop_last=True,
-                                num_workers=workers, persistent_workers=workers > 0,
-                                pin_memory=device.type == "cuda")  # fmt: skip
-            train_epoch(model, loader, opt, loss_fn, rt, max_steps=2)  # warm-up
-            return train_epoch(model, loader, opt, loss_fn, rt, max_steps=args.steps)[
-                "images_per_s"
-            ]
+        def runtime(amp_dtype) -> Runtime:
+            norm = Normalizer(stats["mean"], stats["std"]).to(device)
+            return Runtime(device, amp_dtype, channels_last, False, classes, norm)
 
-        def naive_round() -> float:
+        def segloop_loader(n_workers: int) -> DataLoader:
+            # As components.train.stage._loader builds it for one process.
+            return DataLoader(cached, batch_size=args.batch, shuffle=True, drop_last=True,
+                              num_workers=n_workers, persistent_workers=n_workers > 0,
+                              pin_memory=device.type == "cuda",
+                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip
+
+        def reseed(loader: DataLoader) -> None:
+            """The same shuffle and augmentation draws for every contender's timed steps."""
+            torch.manual_seed(SEED)
+            loader.generator.manual_seed(SEED)
+
+        def timed(fn) -> float:
+            sync(device)
+            start = time.perf_counter()
+            fn()  # ends after the last optimizer step, CUDA synchronized
+            return args.steps * args.batch / (time.perf_counter() - start)
+
+        def run_segloop(amp_dtype) -> float:
+            model, opt = fresh(channels_last)
+            rt = runtime(amp_dtype)
+            loader = segloop_loader(workers)
+            train_epoch(model, loader, opt, loss_fn, rt, max_steps=args.warmup)
+            reseed(loader)
+            return timed(lambda: train_epoch(model, loader, opt, loss_fn, rt, max_steps=args.steps))
+
+        def run_naive(amp_dtype) -> float:
             model, opt = fresh(False)
-            ds = NaiveDataset(cached, stats["mean"], stats["std"], transform)
-            loader = DataLoader(
-                ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0
+            scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+            loader = DataLoader(naive_ds, batch_size=args.batch, shuffle=True, drop_last=True,
+                                num_workers=0, generator=torch.Generator().manual_seed(SEED))  # fmt: skip
+            naive_steps(model, loader, opt, loss_fn, device, amp_dtype, scaler, args.warmup)
+            reseed(loader)
+            return timed(
+                lambda: naive_steps(
+                    model, loader, opt, loss_fn, device, amp_dtype, scaler, args.steps
+                )
             )
-            naive_epoch(model, loader, opt, loss_fn, device, 2)  # warm-up
-            return naive_epoch(model, loader, opt, loss_fn, device, args.steps)
 
-        result: dict = {
-            "device": torch.cuda.get_device_name(0) if args.gpu else "cpu",
-            "torch_threads": torch.get_num_threads(),
-            "tile": args.tile,
-            "batch": args.batch,
-            "encoder": args.encoder,
-            "train_tiles": len(cached),
-            "segloop_workers": pick_workers(args.workers, device),
-        }
-        if not args.gpu:
-            naive, ours = [], []
-            for _ in range(args.rounds):
-                naive.append(naive_round())
-                ours.append(segloop_round("auto"))
-            result.update(
-                naive_images_per_s=round(max(naive), 2),
-                segloop_images_per_s=round(max(ours), 2),
-                ratio=round(max(ours) / max(naive), 2),
-                rounds={
-                    "naive": [round(v, 2) for v in naive],
-                    "segloop": [round(v, 2) for v in ours],
-                },
-                goal=">= 1.5",
-            )
-        else:
-            fp32, amp = [], []
-            util = {}
-            for _ in range(args.rounds):
-                with GpuSampler() as g32:
-                    fp32.append(segloop_round("off"))
-                with GpuSampler() as gamp:
-                    amp.append(segloop_round("auto"))
-                util = {"fp32": g32.mean, "amp": gamp.mean}
-            result.update(
-                fp32_images_per_s=round(max(fp32), 2),
-                amp_images_per_s=round(max(amp), 2),
-                amp_dtype=str(pick_amp("auto", device)).replace("torch.", ""),
-                ratio_amp_vs_fp32=round(max(amp) / max(fp32), 2),
-                gpu_utilization_percent=util,
-                naive_images_per_s=round(naive_round(), 2),
-            )
-    print(json.dumps(result, indent=2))
+        def run_limit(amp_dtype) -> float:
+            model, opt = fresh(channels_last)
+            rt = runtime(amp_dtype)
+            loader = segloop_loader(0)
+            reseed(loader)  # the batches segloop's timed steps see
+            batches = [rt.inputs(x, y) for x, y in loader][: args.steps]
+            limit_steps(model, batches[: args.warmup], opt, loss_fn, rt)
+            return timed(lambda: limit_steps(model, batches, opt, loss_fn, rt))
+
+        runners = {"naive": run_naive, "segloop": run_segloop, "limit": run_limit}
+        figures: dict[str, dict] = {}
+        for name, amp_dtype in rows:
+            rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+            util: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+            for r in range(args.rounds):
+                for c in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
+                    with GpuSampler(args.gpu) as g:
+                        rates[c].append(runners[c](amp_dtype))
+                    util[c] += g.samples
+            med = {c: statistics.median(v) for c, v in rates.items()}
+            figures[name] = {
+                "median_images_per_s": {c: round(v, 2) for c, v in med.items()},
+                "segloop_vs_naive": round(med["segloop"] / med["naive"], 3),
+                "segloop_vs_limit": round(med["segloop"] / med["limit"], 3),
+                "rounds": {c: [round(v, 2) for v in vs] for c, vs in rates.items()},
+            }
+            if args.gpu:
+                figures[name]["gpu_utilization_percent"] = {
+                    c: round(statistics.mean(v), 1) if v else None for c, v in util.items()
+                }
+
+    dev = torch.cuda.get_device_name(0) if args.gpu else "cpu"
+    low = rows[1][0]
+    print(
+        f"bench_train on {dev} ({torch.get_num_threads()} torch threads, torch {torch.__version__})"
+        f": {s.arch}/{args.encoder}, {args.tile} px tiles, batch {args.batch}, {args.steps} timed "
+        f"steps ({args.steps * args.batch} images) per run after {args.warmup} warm-up steps, "
+        f"{args.rounds} runs per contender and precision, segloop workers {workers}, "
+        f"channels_last {channels_last}"
+    )
+    print(
+        "decode rule: every contender decodes all tiles before its timer starts (segloop: "
+        "train.cache_images=true, naive: decoded in __init__, limit: batches in memory); "
+        "timed: first batch requested -> last optimizer step"
+    )
+    if not args.gpu:
+        native = cpu_has_native_bf16()
+        print(
+            "bf16: this CPU has native bf16 (AMX or AVX512-BF16); amp=auto picks bf16"
+            if native
+            else "bf16: this CPU has NO native bf16 (emulated, expect it slower than fp32); "
+            "amp=auto picks fp32 here, the bf16 row is run anyway"
+        )
+    print("order per round alternates: naive segloop limit / limit segloop naive / ...")
+    print()
+    header = f"{'precision':<10}{'naive':>10}{'segloop':>10}{'limit':>10}{'vs naive':>10}{'of limit':>10}"
+    print("median images/s")
+    print(header)
+    for name, f in figures.items():
+        m = f["median_images_per_s"]
+        print(
+            f"{name:<10}{m['naive']:>10.2f}{m['segloop']:>10.2f}{m['limit']:>10.2f}"
+            f"{f['segloop_vs_naive']:>9.2f}x{f['segloop_vs_limit']:>10.2f}"
+        )
+    print()
+    for name, f in figures.items():
+        print(f"{name} runs (images/s): " + "; ".join(f"{c} {v}" for c, v in f["rounds"].items()))
+        if args.gpu:
+            print(f"{name} GPU utilization %: {f['gpu_utilization_percent']}")
+    speed = (
+        figures[low]["median_images_per_s"]["segloop"]
+        / figures["fp32"]["median_images_per_s"]["segloop"]
+    )
+    print(f"segloop {low} vs fp32: {speed:.2f}x")
+    print()
+    print("goals")
+    for name, f in figures.items():
+        for key, goal, what in (
+            ("segloop_vs_naive", GOAL_VS_NAIVE, "segloop / naive"),
+            ("segloop_vs_limit", GOAL_VS_LIMIT, "segloop / limit"),
+        ):
+            verdict = "met" if f[key] >= goal else "NOT met"
+            print(f"  {name} {what} >= {goal}: {f[key]:.2f} {verdict}")
+    if args.json:
+        print(json.dumps({"device": dev, "figures": figures}, indent=2))
 
 
 if __name__ == "__main__":
