@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from components.core.config import SECRET_WORDS
+from components.core.config import is_secret_key
 from components.core.errors import SegloopError
 from pipelines.config import SegloopConfig
 
 # scheme://user:password@ (the password may hold '/' when it was not percent-encoded).
 _USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-
-
-def _looks_secret(name: str) -> bool:
-    return any(w in name.lower() for w in SECRET_WORDS)
 
 
 def url_credential(value: str) -> str | None:
@@ -43,7 +39,7 @@ def url_credential(value: str) -> str | None:
     # user:password@ with a '/' in the password; `host:8080/path@x` is a port, not a password.
     if m and m["pw"] and not re.match(r"\d+(/|$)", m["pw"]):
         return "a password inside the URL"
-    names = [name for name, val in query if val and _looks_secret(name)]
+    names = [name for name, val in query if val and is_secret_key(name)]
     if names:
         return f"a credential in the URL's query ({', '.join(names)})"
     return None
@@ -56,7 +52,7 @@ def find_credentials(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(data, dict):
         for key, value in data.items():
             name = f"{prefix}{key}"
-            if _looks_secret(str(key)) and isinstance(value, str) and value:
+            if is_secret_key(str(key)) and isinstance(value, str) and value:
                 found.append((name, "a value under a key that names a credential"))
             else:
                 found += find_credentials(value, f"{name}.")

@@ -28,6 +28,13 @@ from components.core.errors import ConfigError
 from components.core.settings_base import Section
 
 SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a key's name says it holds a credential (password, secret, token, ...)."""
+    return any(w in name.lower() for w in SECRET_WORDS)
+
+
 URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 
@@ -206,8 +213,7 @@ def mask_secrets(data: Any) -> Any:
     """Replace the values of keys that look like credentials, recursively."""
     if isinstance(data, dict):
         return {
-            k: "***" if any(w in str(k).lower() for w in SECRET_WORDS) and v else mask_secrets(v)
-            for k, v in data.items()
+            k: "***" if is_secret_key(str(k)) and v else mask_secrets(v) for k, v in data.items()
         }
     if isinstance(data, list):
         return [mask_secrets(v) for v in data]
