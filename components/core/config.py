@@ -5,6 +5,12 @@ disk, merged with OmegaConf (file < CLI flags < `-o section.key=value` overrides
 pydantic models so that an unknown key or a wrong type names the key, the value and what is
 allowed. Credentials never live here: they come from the environment.
 
+OmegaConf is imported only when a layer needs it: most loads (no file, or one of plain values,
+and overrides like `train.epochs=5` or `io.out_root=/data`) merge as plain dicts with the same
+result (`_merge_plain`, checked against OmegaConf in tests/test_config.py); an interpolation
+(`${...}`), a YAML-only override value (`1e3`, `[a, b]`, `'quoted'`), or anything else unusual
+goes through OmegaConf. That keeps `segloop query` quick to start.
+
 The sections are owned where they are used: the shared ones (project, io, db, stack, mlflow,
 cvat) here as `SharedConfig`; each stage's own in `components/<stage>/settings.py`, as a
 `<Stage>Config` that extends `SharedConfig` with it. The whole-config roots are composed above
@@ -14,15 +20,14 @@ the stages: `components.config.RunConfig` (what a component receives) and
 
 from __future__ import annotations
 
+import copy
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.core.errors import ConfigError
 from components.core.settings_base import Section
@@ -36,6 +41,9 @@ def is_secret_key(name: str) -> bool:
 
 
 URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+# libyaml's emitter where PyYAML has it, several times faster: the text yaml.safe_dump writes
+# (a long quoted string may fold at other spaces; it reads back the same).
+SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class ProjectSettings(Section):
@@ -100,6 +108,10 @@ class CvatSettings(Section):
 class SharedConfig(Section):
     """The sections every stage may read; a stage's `<Stage>Config` adds its own section."""
 
+    # The composed roots (each stage's `<Stage>Config`, RunConfig, SegloopConfig) build their
+    # validators when first used: a command builds the one root it validates, not a dozen.
+    model_config = ConfigDict(defer_build=True)
+
     project: ProjectSettings = ProjectSettings()
     io: IOSettings = IOSettings()
     db: DBSettings = DBSettings()
@@ -108,7 +120,8 @@ class SharedConfig(Section):
     cvat: CvatSettings = CvatSettings()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(mask_secrets(self.model_dump(mode="json")), sort_keys=False)
+        data = mask_secrets(self.model_dump(mode="json"))
+        return yaml.dump(data, Dumper=SAFE_DUMPER, sort_keys=False)
 
 
 Config = TypeVar("Config", bound=Section)
@@ -133,6 +146,9 @@ def _read_file(path: str) -> dict[str, Any]:
 
 
 def _parse_overrides(overrides: list[str]) -> Any:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key.strip():
@@ -145,6 +161,111 @@ def _parse_overrides(overrides: list[str]) -> Any:
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
 
 
+def _merge_omegaconf(
+    layers: list[dict[str, Any]], overrides: list[str], path: str | Path | None
+) -> Any:
+    """The layers merged by OmegaConf, then the overrides, interpolations resolved."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    configs = [OmegaConf.create(layer) for layer in layers]
+    configs.append(_parse_overrides(overrides))
+    try:
+        return OmegaConf.to_container(OmegaConf.merge(*configs), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot merge config {path or '(defaults)'}: {exc}") from exc
+
+
+# What `_merge_plain` reads as OmegaConf does (through its YAML loader); anything else is left
+# to OmegaConf. Words: text YAML reads as text (no YAML indicator, no `${`, not a YAML word).
+DOTTED_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+PLAIN_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]+")
+PLAIN_WORD = re.compile(r"[A-Za-z/][A-Za-z0-9_./:@+-]*(?<!:)")
+YAML_WORDS: dict[str, bool | None] = {
+    **dict.fromkeys(("yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"), True),
+    **dict.fromkeys(("no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"), False),
+    **dict.fromkeys(("null", "Null", "NULL", "~", ""), None),
+}
+NOT_PLAIN = object()
+
+
+def _plain_scalar(text: str) -> Any:
+    """An override value as OmegaConf's YAML loader reads it, or NOT_PLAIN if not sure."""
+    if text in YAML_WORDS:
+        return YAML_WORDS[text]
+    if PLAIN_INT.fullmatch(text):
+        return int(text)
+    if PLAIN_FLOAT.fullmatch(text):
+        return float(text)
+    if PLAIN_WORD.fullmatch(text):
+        return text
+    return NOT_PLAIN
+
+
+def _is_plain(value: Any) -> bool:
+    """A value OmegaConf would hand back unchanged (no interpolation, no missing `???`)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(map(_is_plain, value))
+    if isinstance(value, str):
+        return "${" not in value and "???" not in value
+    return value is None or isinstance(value, bool | int | float)
+
+
+def _plain_overrides(overrides: list[str]) -> dict[str, Any] | None:
+    """`-o` overrides as a nested dict, or None when one needs OmegaConf to read it."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        value = _plain_scalar(text)
+        if not sep or not DOTTED_KEY.fullmatch(key) or value is NOT_PLAIN:
+            return None
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                return None  # `a=1` then `a.b=2`
+        if isinstance(node.get(leaf), dict):
+            return None  # `a.b=1` then `a=2`
+        node[leaf] = value
+    return out
+
+
+def _merge_into(dest: dict[str, Any], src: dict[str, Any]) -> bool:
+    """Merge `src` into `dest` as OmegaConf merges (dicts key by key, other values replaced);
+    False where the two disagree on whether a key holds a mapping or a list."""
+    for key, value in src.items():
+        if key in dest:
+            old = dest[key]
+            if isinstance(old, dict) and isinstance(value, dict):
+                if not _merge_into(old, value):
+                    return False
+                continue
+            if isinstance(old, dict | list) or isinstance(value, dict | list):
+                if type(old) is not type(value):
+                    return False  # a mapping or list against something else: OmegaConf's call
+        dest[key] = copy.deepcopy(value)
+    return True
+
+
+def _merge_plain(layers: list[dict[str, Any]], overrides: list[str]) -> dict[str, Any] | None:
+    """The layers and overrides merged as plain dicts, or None where OmegaConf is needed
+    (then `_merge_omegaconf` gives the result, or the error, OmegaConf gives)."""
+    if not all(map(_is_plain, layers)):
+        return None
+    dotlist = _plain_overrides(overrides)
+    if dotlist is None:
+        return None
+    merged: dict[str, Any] = {}
+    for layer in [*layers, dotlist]:
+        if not _merge_into(merged, layer):
+            return None
+    return merged
+
+
 def load_into(
     model: type[Config],
     path: str | Path | None = None,
@@ -153,14 +274,12 @@ def load_into(
 ) -> Config:
     """Load the config file (optional), apply `extra` (CLI flags) and `-o` overrides, and
     validate the result as `model` (a whole-config root)."""
-    layers = [OmegaConf.create(_read_file(str(path)) if path else {})]
+    layers = [_read_file(str(path)) if path else {}]
     if extra:
-        layers.append(OmegaConf.create(extra))
-    layers.append(_parse_overrides(list(overrides)))
-    try:
-        merged = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot merge config {path or '(defaults)'}: {exc}") from exc
+        layers.append(extra)
+    merged = _merge_plain(layers, list(overrides))
+    if merged is None:
+        merged = _merge_omegaconf(layers, list(overrides), path)
     try:
         return model.model_validate(merged)
     except ValidationError as exc:

@@ -23,9 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
@@ -37,6 +36,9 @@ from components.core.version import git_commit, segloop_version
 from components.query.filters import Filter, check_columns, parse_filter, where
 from components.query.sampling import Sampling, _sort_key, key_prefix, parse_sample, pick
 from components.query.settings import QueryConfig, QuerySettings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("segloop.query")
 SPEC_VERSION = 2  # 2: sampling ranks by md5 in SQL, table shape settings
@@ -136,6 +138,8 @@ def _candidates(
     ids = _fetch_column(conn, sa.select(id_c).where(cond).order_by(*by_cols, id_c))
     if sum(sizes) != len(ids):
         raise SegloopError(f"table '{table.name}' changed while it was being sampled; run again")
+    import numpy as np  # here, not at the top: only legacy specs rank in Python
+
     codes = np.repeat(np.arange(len(sizes)), sizes)
     return ids, codes, len(sizes)
 

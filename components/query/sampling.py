@@ -13,7 +13,9 @@ leave the database. `rank_key` is the same key in Python (the reference the test
 
 Specs written before version 2 ranked by `stable_hash` (FNV-1a + splitmix64, computed in Python
 over the candidate ids); replaying such a spec keeps that hash (`hash=fnv` in the sample spec),
-so old `query_spec.json` files still give the same rows.
+so old `query_spec.json` files still give the same rows. That legacy hash and the Python
+reference (`rank_keys`, `pick`) use numpy, imported when they run: a query that samples in SQL
+(or not at all) never loads it, which keeps `segloop query` quick to start.
 """
 
 from __future__ import annotations
@@ -22,18 +24,18 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from components.core.errors import SegloopError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODES = ("random", "seeded", "stratified")
 HASHES = ("md5", "fnv")  # md5: in SQL (spec version 2 on); fnv: legacy, in Python
 FORMS = "random:n=N | seeded:n=N,seed=S | stratified:by=c1|c2,per_group=N[,seed=S]"
-U64 = np.uint64
-FNV_OFFSET = U64(0xCBF29CE484222325)
-FNV_PRIME = U64(0x100000001B3)
+FNV_OFFSET = 0xCBF29CE484222325  # as numpy.uint64 where used
+FNV_PRIME = 0x100000001B3
 
 
 @dataclass(frozen=True)
@@ -130,18 +132,25 @@ def rank_key(value: Any, seed: int) -> str:
 
 def rank_keys(ids: Sequence[Any], seed: int, hash_: str = "md5") -> np.ndarray:
     """A uint64 per id, ordered as the full keys are (md5: its first 64 bits; fnv: stable_hash)."""
+    import numpy as np
+
     if hash_ == "fnv":
         return stable_hash(ids, seed)
-    return np.fromiter((int(rank_key(i, seed)[:16], 16) for i in ids), dtype=U64, count=len(ids))
+    return np.fromiter(
+        (int(rank_key(i, seed)[:16], 16) for i in ids), dtype=np.uint64, count=len(ids)
+    )
 
 
 def _mix64(h: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: spreads FNV's weak low bits over the whole word."""
-    h = h ^ (h >> U64(30))
-    h = h * U64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> U64(27))
-    h = h * U64(0x94D049BB133111EB)
-    return h ^ (h >> U64(31))
+    import numpy as np
+
+    u64 = np.uint64
+    h = h ^ (h >> u64(30))
+    h = h * u64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> u64(27))
+    h = h * u64(0x94D049BB133111EB)
+    return h ^ (h >> u64(31))
 
 
 def stable_hash(ids: Sequence[Any], seed: int) -> np.ndarray:
@@ -149,20 +158,23 @@ def stable_hash(ids: Sequence[Any], seed: int) -> np.ndarray:
 
     Depends only on (id text, seed): the same on every machine, numpy version and database.
     """
+    import numpy as np
+
+    u64 = np.uint64
     n = len(ids)
     if n == 0:
-        return np.zeros(0, dtype=U64)
+        return np.zeros(0, dtype=u64)
     text = np.asarray(ids, dtype=str)
     width = text.dtype.itemsize // 4
     points = text.view(np.uint32).reshape(n, width)
     lengths = np.char.str_len(text)
-    h = np.full(n, FNV_OFFSET ^ _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=U64))[0])
+    h = np.full(n, u64(FNV_OFFSET) ^ _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=u64))[0])
     step = np.empty_like(h)
     with np.errstate(over="ignore"):
         for j in range(width):
             # Only characters inside the id count: its hash must not depend on other ids' lengths.
-            np.bitwise_xor(h, points[:, j], out=step, dtype=U64, casting="unsafe")
-            step *= FNV_PRIME
+            np.bitwise_xor(h, points[:, j], out=step, dtype=u64, casting="unsafe")
+            step *= u64(FNV_PRIME)
             np.copyto(h, step, where=lengths > j)
         return _mix64(h)
 
@@ -173,6 +185,8 @@ def _sort_key(value: Any) -> tuple[bool, str]:
 
 def group_codes(groups: Sequence[Any]) -> tuple[np.ndarray, int]:
     """A code per row, numbered in sorted group order (None first); and the number of groups."""
+    import numpy as np
+
     first_seen: dict[Any, int] = {}
     codes = np.fromiter(
         (first_seen.setdefault(g, len(first_seen)) for g in groups),
@@ -195,6 +209,8 @@ def pick(ids: Sequence[Any], sampling: Sampling, groups: Any = None) -> list[int
     `groups` is one group value (or tuple) per row, or an int array of group codes. `ids`
     should come ordered by id so that equal hashes (practically never) still give one order.
     """
+    import numpy as np
+
     ranks = rank_keys(ids, sampling.seed, sampling.hash)
     if sampling.mode != "stratified":
         return _lowest(ranks, sampling.n).tolist()
@@ -220,6 +236,8 @@ def pick(ids: Sequence[Any], sampling: Sampling, groups: Any = None) -> list[int
 
 def _lowest(ranks: np.ndarray, k: int) -> np.ndarray:
     """Indexes of the k lowest ranks in rank order (ties by position), without a full sort."""
+    import numpy as np
+
     if k < len(ranks):
         part = np.argpartition(ranks, k - 1)[:k]
         # A rank equal to the k-th may sit outside the partition: take every tie, then cut.

@@ -10,31 +10,50 @@ import click
 from components.core.errors import SegloopError
 from pipelines.cli.common import setup_logging
 
-# One module per area; each exposes `register(group)`.
-COMMAND_MODULES = [
-    "pipelines.cli.data",
-    "pipelines.cli.query",
-    "pipelines.cli.stack",
-    "pipelines.cli.train",
-    "pipelines.cli.select",
-    "pipelines.cli.infer",
-    "pipelines.cli.cvat",
-    "pipelines.cli.kfp",
-    "pipelines.cli.lifecycle",
-    "pipelines.cli.demo",
-]
+# The commands and the module that defines each (one module per area; each exposes
+# `register(group)`, which adds its commands). A module is imported when one of its commands
+# is looked up, so `segloop query` loads the query command alone; `--help` lists, and so
+# imports, them all. tests/test_cli.py checks this table against the modules.
+COMMANDS = {
+    "data": "pipelines.cli.data",
+    "query": "pipelines.cli.query",
+    **dict.fromkeys(("up", "status", "down"), "pipelines.cli.stack"),
+    **dict.fromkeys(
+        ("preprocess", "train", "evaluate", "register", "compare"), "pipelines.cli.train"
+    ),
+    "select": "pipelines.cli.select",
+    "infer": "pipelines.cli.infer",
+    **dict.fromkeys(("upload-cvat", "download-cvat"), "pipelines.cli.cvat"),
+    **dict.fromkeys(("compile", "run", "submit", "runs", "smoke-test"), "pipelines.cli.kfp"),
+    **dict.fromkeys(("init", "deploy", "launch"), "pipelines.cli.lifecycle"),
+    "demo": "pipelines.cli.demo",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose commands are registered by their module when first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            # An unknown name loads them all, for click's "Did you mean ...?".
+            modules = [COMMANDS[cmd_name]] if cmd_name in COMMANDS else COMMANDS.values()
+            for module in dict.fromkeys(modules):
+                importlib.import_module(module).register(self)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(package_name="segloop")
 def cli(verbose: bool) -> None:
     """segloop: human-in-the-loop segmentation on Kubeflow Pipelines."""
     setup_logging(verbose)
-
-
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(cli)
 
 
 def main() -> None:
