@@ -81,6 +81,15 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def pixels_per_class(self, num_classes: int) -> torch.Tensor:
+        """Pixel count of each class over the masks (the ignore index left out)."""
+        counts = torch.zeros(num_classes, dtype=torch.int64)
+        for index in range(len(self)):
+            mask = self.cache[index][1] if self.cache is not None else self._load(index)[1]
+            kept = mask[mask != IGNORE_INDEX].long()
+            counts += torch.bincount(kept.clamp(max=num_classes - 1), minlength=num_classes)
+        return counts
+
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(_read(self.images[index], False)).permute(2, 0, 1).contiguous()
         mask = torch.from_numpy(_read(self.masks[index], True))

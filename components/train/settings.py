@@ -35,6 +35,11 @@ class TrainSettings(Section):
     dice_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
     focal_gamma: float = Field(2.0, ge=0)
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none",
+        description="cross-entropy class weights: balanced = 1/sqrt(pixel share of the class in "
+        "the training tiles), so rare classes (thin leaves) count more; or one weight per label",
+    )
     patience: int = Field(10, ge=0, description="early stopping on val mean IoU; 0 = off")
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -49,6 +54,11 @@ class TrainSettings(Section):
     cache_images: bool = Field(True, description="decode tiles once and keep them in memory")
     augment: AugmentSettings = AugmentSettings()
     resume: str | None = Field(None, description="a previous train output to continue from")
+    init_from: str | None = Field(
+        None,
+        description="start from these weights (fine-tune): a model URI, or alias:<alias> for the "
+        "registered model at that alias (alias:champion); from scratch while it does not exist",
+    )
     pad_divisor: int = Field(32, ge=1)
     log_model: bool = Field(True, description="log the best model to MLflow")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap (smoke runs, benches)")

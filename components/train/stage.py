@@ -54,8 +54,9 @@ from components.train.engine import (
     train_epoch,
     validate,
 )
-from components.train.losses import CombinedLoss
+from components.train.losses import CombinedLoss, class_weights
 from components.train.settings import TrainConfig, TrainSettings
+from components.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 STATE = "state.pt"
@@ -267,9 +268,13 @@ def run_train(
             spec.arch, spec.encoder_name, s.encoder_weights, 3, spec.classes, **spec.model_kwargs
         )
         state = _resume(resume, out, model, spec, root, ctx) if resume else {}
+        # A resumed run continues its own weights; a new one may fine-tune an earlier model.
+        init = None if resume else warm_start(cfg, model, spec)
         trainer = _build_trainer(s, model, d, ctx)
         progress = _restore_progress(s, state, trainer)
         tracker = _start_tracking(cfg, data, d, ctx, state, root, stack) if ctx.main else None
+        if tracker and init:
+            tracker.mlflow.set_tag("segloop.init_from", init)
 
         start = time.monotonic()
         _fit(s, d, trainer, progress, tracker, ctx)
@@ -387,7 +392,13 @@ def _build_trainer(s: TrainSettings, model: torch.nn.Module, d: _Data, ctx: _Con
         num_classes=d.labels.num_classes,
         normalizer=Normalizer(d.spec.mean, d.spec.std).to(ctx.device),
     )
-    return _Trainer(model, net, optimizer, scheduler, rt, CombinedLoss(s, d.spec.binary))
+    weights = class_weights(
+        s, d.labels.num_classes, lambda: d.train_ds.pixels_per_class(d.labels.num_classes)
+    )
+    if weights is not None:
+        log.info("train: cross-entropy class weights %s", [round(float(w), 3) for w in weights])
+    loss = CombinedLoss(s, d.spec.binary, None if weights is None else weights.to(ctx.device))
+    return _Trainer(model, net, optimizer, scheduler, rt, loss)
 
 
 def _freeze_unused(model: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
