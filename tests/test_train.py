@@ -220,3 +220,13 @@ def test_training_with_balanced_class_weights(prepared, mlflow_env, tmp_path, ca
     (line,) = [r.message for r in caplog.records if "class weights" in r.message]
     weights = json.loads(line.split("weights ")[1])
     assert len(weights) == 3 and weights[0] < min(weights[1:])  # background is the common class
+
+
+def test_keep_last_makes_the_final_epoch_the_model(prepared, mlflow_env, tmp_path):
+    quick = ["train.epochs=3", "train.max_steps_per_epoch=1", "train.log_model=false"]
+    out = tmp_path / "kept"
+    run_train(tiny_cfg(tmp_path, *quick, "train.keep=last"), data=str(prepared), out=str(out))
+    best, _ = load_checkpoint(out / "best")
+    last, _ = load_checkpoint(out / "last")
+    for name, value in last.state_dict().items():
+        assert torch.equal(best.state_dict()[name], value), name

@@ -41,6 +41,11 @@ class TrainSettings(Section):
         "the training tiles), so rare classes (thin leaves) count more; or one weight per label",
     )
     patience: int = Field(10, ge=0, description="early stopping on val mean IoU; 0 = off")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="the run's model (best/): the epoch with the best val mean IoU, or the last "
+        "epoch (when the val split is a few images, its best epoch is mostly noise)",
+    )
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
