@@ -1,20 +1,34 @@
 """Run every benchmark script (`make bench`), or the ones named: `python -m benchmarks infer`.
 
+Arguments after `--` go to each script run: `python -m benchmarks query -- --rows 200000`.
+
 Each `bench_*.py` runs in its own process, so one benchmark's memory or threads never colour
-another's figures; figures are ratios against a baseline measured in the same process.
+another's figures; figures are ratios against a baseline measured in the same process. Each
+script records its verdicts (`benchmarks.rows.record`) in a file named by $SEGLOOP_BENCH_ROWS;
+the run ends with one summary table of every row (work, segloop, peer or baseline, ratio, goal,
+met / NOT met), and a row for each script that failed.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.rows import ENV, format_table, read_rows  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
+    passthrough: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, passthrough = argv[:at], argv[at + 1 :]
     wanted = set(argv)
     scripts = sorted(HERE.glob("bench_*.py"))
     if wanted:
@@ -28,13 +42,30 @@ def main(argv: list[str]) -> int:
             )
             return 2
     failed = []
-    for script in scripts:
-        print(f"\n=== {script.stem} ===", flush=True)
-        start = time.monotonic()
-        code = subprocess.call([sys.executable, str(script)], cwd=HERE.parent)
-        print(f"--- {script.stem}: exit {code}, {time.monotonic() - start:.1f} s", flush=True)
-        if code:
-            failed.append(script.stem)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="segloop-bench-rows-") as tmp:
+        for script in scripts:
+            print(f"\n=== {script.stem} ===", flush=True)
+            path = Path(tmp) / f"{script.stem}.jsonl"
+            env = {**os.environ, ENV: str(path)}
+            start = time.monotonic()
+            code = subprocess.call(
+                [sys.executable, str(script), *passthrough], cwd=HERE.parent, env=env
+            )
+            print(f"--- {script.stem}: exit {code}, {time.monotonic() - start:.1f} s", flush=True)
+            rows += read_rows(path)
+            if code:
+                failed.append(script.stem)
+                rows.append(
+                    {
+                        "bench": script.stem.removeprefix("bench_"),
+                        "work": "(the script failed: rows above it, if any, are partial)",
+                        "goal": f"exit {code}",
+                        "verdict": "FAILED",
+                    }
+                )
+    print("\n=== summary ===")
+    print(format_table(rows) if rows else "(no rows recorded)")
     if failed:
         print("\nfailed: " + ", ".join(failed))
     return 1 if failed else 0

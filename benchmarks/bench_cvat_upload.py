@@ -44,6 +44,7 @@ from cvat_sdk import models  # noqa: E402
 from cvat_sdk.core.client import Client, Config  # noqa: E402
 from cvat_sdk.masks import encode_mask  # noqa: E402
 
+from benchmarks.rows import record  # noqa: E402
 from components.core.images import load_mask, save_mask_png  # noqa: E402
 from components.upload_cvat.upload import run_upload_cvat  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
@@ -282,6 +283,12 @@ def main() -> None:
         f"{verdict(rate['segloop'] >= GOAL_IMAGES_PER_S)}"
     )
     print(f"goal ratio vs reference >= {GOAL_RATIO:.0f}:    {verdict(ratio >= GOAL_RATIO)}")
+    work = f"{n} images {args.size}x{args.size} with {args.shape} shapes"
+    seg, ref = f"{rate['segloop']:.1f} images/s", f"{rate['reference']:.1f} images/s"
+    record(f"{work}, rate", seg, None, None, f">= {GOAL_IMAGES_PER_S:g} images/s",
+           rate["segloop"] >= GOAL_IMAGES_PER_S)  # fmt: skip
+    record(f"{work}, vs reference toolkit", seg, ref, ratio, f">= {GOAL_RATIO:g}",
+           ratio >= GOAL_RATIO)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,20 +1,45 @@
-"""Inference benchmark: memory on a full-size field image, speed against a naive baseline.
+"""Inference benchmark: speed against MONAI and against the limit, memory on a full-size image.
 
-    python benchmarks/bench_infer.py            # CPU: peak RSS (9504x6336) and MP/s ratio
-    python benchmarks/bench_infer.py --gpu      # GPU: Unet-resnet34, 1024 px tiles, fp32 vs AMP
+    python benchmarks/bench_infer.py                 # CPU: speed (fp32, bf16) and peak RSS
+    python benchmarks/bench_infer.py --images 4      # more images in the speed part
+    python benchmarks/bench_infer.py --gpu           # CUDA: the same speed rows (fp32, AMP)
     python benchmarks/bench_infer.py --skip-memory | --skip-speed
 
-Figures:
-- peak RSS: `segloop infer` (run_infer, default settings) on one 9504x6336 JPEG in a child
-  process; reported as the child's own peak (getrusage) and the peak of the sum over its whole
-  process tree (main + decoding workers, sampled from /proc). Goal: < 3 GB.
-- MP/s ratio: segloop's tiled, batched inference (DataLoader decoding, channels_last,
-  inference_mode, batch of tiles, streaming blend) against a naive baseline in the same process
-  (decode in the main thread, tiles one at a time, batch 1, fp32, full-size float accumulators),
-  same model, same tiles, same images. Goal: >= 2x on CPU.
-- GPU: MP/s for fp32 and AMP, and the share of wall time the main loop waits for decoded images
-  versus computes.
-The model is random-weight (no downloads): speed does not depend on the weights' values.
+Speed: three contenders do the same work on the same images (JPEG files, default 2 x 1024x768
+on CPU, 8 x 4000x3000 on CUDA) with the same model (Unet-resnet34, random weights, no
+downloads: speed does not depend on the weights' values), tile 512, overlap 0.25, Gaussian
+window blending (sigma = tile / 8), the same batch of tiles and the same precision. Each is
+timed from the outside, by the wall clock around the whole call:
+
+- segloop: `run_infer` (decoding ahead in worker threads on CPU, DataLoader worker processes on
+  CUDA; tiled batched engine, streaming blend, mask PNGs, manifest and metrics; `infer.coco=false`: no COCO regions, which the others do not
+  compute either), `infer.window=gaussian`, `infer.amp=off|bf16`;
+- MONAI: what a user writes with `monai.inferers.sliding_window_inference`: decode with PIL,
+  normalize, `sliding_window_inference(roi_size=512, overlap=0.25, mode="gaussian",
+  sw_batch_size=<segloop's batch>)` over softmax(model(x)) (segloop blends probabilities too),
+  argmax, PNG with PIL; the model as built (eval mode), under `torch.inference_mode()` and
+  `torch.autocast(bfloat16)` for bf16;
+- limit: forward passes alone of the network segloop runs (BatchNorm folded, channels_last) on
+  the same tiles (segloop's grid and batches), already decoded, tiled, normalized and batched
+  in memory (no decode, no blending, no writing): the forward work every contender does. (Of
+  the ways to run the model, BatchNorm folded + channels_last is the fastest measured here, in
+  fp32 and bf16, so the limit is not set low by a slow variant.)
+
+Rounds alternate the order (MONAI segloop limit, limit segloop MONAI, ...: segloop next to
+each peer every round) in one process after an untimed warm-up (the limit's batches, MONAI on
+one image, segloop on one small image: kernel choices for every batch shape at that precision
+and first-call costs). Figures: median MP/s of each contender (image megapixels per second; the
+limit's are the same images' megapixels); ratio segloop / MONAI (goal >= 1.0) and segloop's
+share of the limit (goal >= 0.9), each the median over rounds of that round's ratio (load
+from elsewhere changes between rounds more than between neighbouring runs); and where
+segloop's time goes (forward passes as segloop calls them, waiting for decoded images
+including the decoding workers' start and stop, the rest). On a shared machine the runs of
+one contender spread; all runs are printed, with the load average.
+
+Memory: peak RSS of `segloop infer` (run_infer, default settings) on one 9504x6336 JPEG in a
+child process; reported as the child's own peak (getrusage) and the peak of the sum over its
+whole process tree (main + any decoding worker processes; on CPU segloop decodes in threads;
+sampled from /proc). Goal: < 3 GB.
 """
 
 from __future__ import annotations
@@ -23,6 +48,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,12 +62,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.core import images as imgs  # noqa: E402
-from components.core.checkpoint import save_checkpoint  # noqa: E402
+from benchmarks.rows import record  # noqa: E402
+from components.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from components.core.labels import Label  # noqa: E402
 from components.core.model import ModelSpec, build_from_spec  # noqa: E402
+from components.core.precision import cpu_has_native_bf16, pick_amp  # noqa: E402
 from components.core.predictor import SmpPredictor  # noqa: E402
-from components.core.tiling import make_grid, pad_image, window_2d  # noqa: E402
+from components.core.tiling import make_grid, pad_image  # noqa: E402
 from components.infer.infer import run_infer  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 
@@ -160,36 +187,148 @@ def bench_memory(tmp: Path, h: int, w: int) -> None:
             f"{'met' if peak < 3 * GB else 'NOT met'}); {fig['tiles']} tiles, "
             f"{fig['seconds']:.1f} s, {fig['mp_per_s']:.2f} MP/s"
         )
+        record(
+            f"peak RSS, one {w}x{h} JPEG, CPU (process tree)",
+            f"{peak / GB:.2f} GB",
+            None,
+            None,
+            "< 3 GB",
+            peak < 3 * GB,
+        )
 
 
 # ---------------------------------------------------------------- speed
 
+CONTENDERS = ("monai", "segloop", "limit")  # the order of even rounds; odd rounds reverse it
+GOAL_VS_MONAI = 1.0
+GOAL_OF_LIMIT = 0.9
+OVERLAP = 0.25
+WINDOW = "gaussian"
 
-def naive_baseline(
-    model: torch.nn.Module, spec: ModelSpec, files: list[Path], tile: int, overlap: float
-) -> float:
-    """Tiles one at a time, batch 1, fp32, decode in the main thread; returns seconds."""
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    start = time.perf_counter()
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def run_monai(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    files: list[Path],
+    out: Path,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    tile: int,
+    batch: int,
+) -> None:
+    """What a user writes with MONAI: PIL decode, sliding window over softmax, argmax, PIL PNG."""
+    from monai.inferers import sliding_window_inference
+
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    out.mkdir(parents=True, exist_ok=True)
     for f in files:
-        image = imgs.load_rgb(f)
-        grid = make_grid(image.shape[0], image.shape[1], tile, overlap, spec.pad_divisor)
-        padded = pad_image(image, grid)
-        acc = np.zeros((spec.classes, grid.padded_h, grid.padded_w), np.float32)
-        weight = np.zeros((grid.padded_h, grid.padded_w), np.float32)
+        with Image.open(f) as im:
+            rgb = np.array(im.convert("RGB"))
+        x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div(255)
+        x = (x - mean) / std
+        with torch.inference_mode(), autocast(device, amp_dtype):
+            probs = sliding_window_inference(
+                x,
+                roi_size=(tile, tile),
+                sw_batch_size=batch,
+                predictor=lambda t: torch.softmax(model(t), dim=1),
+                overlap=OVERLAP,
+                mode="gaussian",
+            )
+        mask = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+        Image.fromarray(mask).save(out / f"{f.stem}.png")
+
+
+def limit_batches(
+    predictor: SmpPredictor, files: list[Path], device: torch.device, tile: int, batch: int
+) -> list[torch.Tensor]:
+    """The tiles segloop runs (its grid, its batches across images), decoded, normalized,
+    channels_last and on the device."""
+    info = predictor.info
+    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+    tiles = []
+    for f in files:
+        with Image.open(f) as im:
+            rgb = np.array(im.convert("RGB"))
+        grid = make_grid(rgb.shape[0], rgb.shape[1], tile, OVERLAP, info.pad_divisor)
+        padded = pad_image(rgb, grid)
         for i in range(grid.num_tiles):
             y, x = grid.tile(i)
-            crop = padded[y : y + grid.tile_h, x : x + grid.tile_w]
-            t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255
-            with torch.no_grad():
-                probs = torch.softmax(model((t - mean) / std), dim=1)[0].numpy()
-            w = window_2d(grid, y, x, "hann").numpy()
-            acc[:, y : y + grid.tile_h, x : x + grid.tile_w] += probs * w
-            weight[y : y + grid.tile_h, x : x + grid.tile_w] += w
-        mask = (acc / weight)[:, : image.shape[0], : image.shape[1]].argmax(0).astype(np.uint8)
-        imgs.save_mask_png(f.parent.parent / "naive-out" / f"{f.stem}.png", mask)
-    return time.perf_counter() - start
+            tiles.append(padded[y : y + grid.tile_h, x : x + grid.tile_w])
+    out = []
+    for i in range(0, len(tiles), batch):
+        b = torch.from_numpy(np.stack(tiles[i : i + batch])).to(device)
+        b = (b.permute(0, 3, 1, 2).float() / 255 - mean) / std
+        out.append(b.contiguous(memory_format=torch.channels_last))
+    return out
+
+
+def run_limit(
+    net: torch.nn.Module,
+    batches: list[torch.Tensor],
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> None:
+    with torch.inference_mode(), autocast(device, amp_dtype):
+        for b in batches:
+            net(b)
+    sync(device)
+
+
+class _Profile:
+    """Where segloop's wall time goes: waiting for decoded images (patches `decoded`) and, on
+    CPU, the predictor's forward passes (wraps `predict`; on CUDA they run asynchronously)."""
+
+    def __init__(self, predictor: SmpPredictor, device: torch.device):
+        self.predictor, self.device = predictor, device
+        self.wait = 0.0
+        self.forward = 0.0 if device.type == "cpu" else None
+
+    def __enter__(self):
+        import components.infer.infer as stage
+
+        self.stage, self.original = stage, stage.decoded
+
+        def timed(*args, **kwargs):  # counts the workers' start and, at the end, their stop
+            it = iter(self.original(*args, **kwargs))
+            while True:
+                t = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self.wait += time.perf_counter() - t
+                    return
+                self.wait += time.perf_counter() - t
+                yield item
+
+        stage.decoded = timed
+        if self.forward is not None:
+            predict = type(self.predictor).predict
+
+            def predict_timed(batch: torch.Tensor) -> torch.Tensor:
+                t = time.perf_counter()
+                try:
+                    return predict(self.predictor, batch)
+                finally:
+                    self.forward += time.perf_counter() - t
+
+            self.predictor.predict = predict_timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc):
+        self.stage.decoded = self.original
+        self.predictor.__dict__.pop("predict", None)
 
 
 def bench_speed(
@@ -198,13 +337,12 @@ def bench_speed(
     n: int,
     h: int,
     w: int,
-    arch: str,
-    encoder: str,
     tile: int,
-    device: str,
-    amps: list[str],
-    small: bool,
+    batch: int,
+    device: torch.device,
+    precisions: list[tuple[str, str, torch.dtype | None]],
 ) -> None:
+    """`precisions`: (row name, segloop's infer.amp, the others' autocast dtype or None)."""
     folder = tmp / "speed" / "imgs"
     folder.mkdir(parents=True)
     files = []
@@ -212,113 +350,179 @@ def bench_speed(
         files.append(folder / f"im{i}.jpg")
         Image.fromarray(field_image(h, w, seed=i)).save(files[-1], quality=90)
     mp = n * h * w / 1e6
-    ckpt = make_checkpoint(tmp / "speed-model", arch, encoder, tile, small=small)
-    predictor = SmpPredictor.from_uri(str(ckpt), device)
-    overlap = 0.25
+    ckpt = make_checkpoint(tmp / "speed-model", "Unet", "resnet34", tile, small=False)
+    predictor = SmpPredictor.from_uri(str(ckpt), device)  # what run_infer builds from --model
+    model, spec = load_checkpoint(str(ckpt), device)  # the model as a MONAI user has it
+    batches = limit_batches(predictor, files, device, tile, batch)
+    n_tiles = sum(len(b) for b in batches)
+    threads = f"{torch.get_num_threads()} torch threads" if device.type == "cpu" else ""
     print(
-        f"-- speed: {n} images {w}x{h} ({mp:.1f} MP), {arch}-{encoder}, tile {tile}, overlap {overlap}, {device}"
+        f"-- speed: {n} images {w}x{h} ({mp:.1f} MP, {n_tiles} tiles), Unet-resnet34 (random "
+        f"weights), tile {tile}, overlap {OVERLAP}, {WINDOW} window, batch {batch}, "
+        f"{device.type}{', ' + threads if threads else ''}; {rounds} timed rounds after a "
+        "warm-up, order alternating; wall clock around each whole call"
     )
 
-    # The machine may be shared: rounds alternate between the variants, and each variant's
-    # best round counts, so that load from elsewhere does not favour one side.
-    seconds: dict[str, float] = {}
-    waits: dict[str, float] = {}
-    cpu: dict[str, float] = {}  # CPU seconds (process + reaped workers): robust to shared load
-    base_model, spec = predictor.model, predictor.spec
-    for round_no in range(rounds + 1):  # round 0 warms up
-        if device == "cpu":
-            base_model.to(memory_format=torch.contiguous_format)
-            cpu0 = _cpu_seconds()
-            secs = naive_baseline(base_model, spec, files, tile, overlap)
-            cpu["naive"] = min(cpu.get("naive", float("inf")), _cpu_seconds() - cpu0)
-            predictor.to(torch.device(device))  # back to channels_last
-            if round_no:
-                seconds["naive"] = min(seconds.get("naive", secs), secs)
-        for amp in amps:
-            cfg = load_config(
-                extra={
-                    "infer": {
-                        "device": device,
-                        "amp": amp,
-                        "batch_size": 8,
-                        "num_workers": 2,
-                        "overwrite": True,
-                        # COCO regions cost time in proportion to their number, which a
-                        # random-weight model inflates; the baseline writes masks only too.
-                        "coco": False,
-                    }
+    def segloop_cfg(amp: str):  # built outside the timer, like the others' arguments
+        return load_config(
+            extra={
+                "infer": {
+                    "device": str(device),
+                    "amp": amp,
+                    "tile_size": tile,
+                    "overlap": OVERLAP,
+                    "window": WINDOW,
+                    "batch_size": batch,
+                    "overwrite": True,
+                    # COCO regions cost time in proportion to their number, which a
+                    # random-weight model inflates; the others write masks only too.
+                    "coco": False,
                 }
-            )
-            wait = _DecodeWait()
-            cpu0 = _cpu_seconds()
-            with wait:
-                m = run_infer(
-                    cfg, images=str(folder), out=str(tmp / f"seg-{amp}"), predictor=predictor
+            }
+        )
+
+    # Warm-up input for segloop's own first-call costs (imports, worker start-up code paths):
+    # one small image, so that the warm-up forward passes stay cheap.
+    warm = tmp / "speed" / "warm"
+    warm.mkdir()
+    Image.fromarray(field_image(256, 320)).save(warm / "warm.jpg", quality=90)
+
+    figures = {}
+    for row, amp, amp_dtype in precisions:
+        cfg = segloop_cfg(amp)
+        seconds: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+        profiles: list[_Profile] = []
+
+        def run_segloop(cfg=cfg, profiles=profiles) -> None:
+            profiles.append(_Profile(predictor, device))
+            with profiles[-1]:
+                run_infer(
+                    cfg, images=str(folder), out=str(tmp / "out-segloop"), predictor=predictor
                 )
-            if round_no:
-                cpu[amp] = min(cpu.get(amp, float("inf")), _cpu_seconds() - cpu0)
-            if round_no and m["seconds"] < seconds.get(amp, float("inf")):
-                seconds[amp], waits[amp] = m["seconds"], wait.seconds / m["seconds"]
-    if "naive" in seconds:
-        print(
-            f"   naive baseline (batch 1, fp32, NCHW, main-thread decode): {mp / seconds['naive']:.3f} MP/s"
-        )
-    for amp in amps:
-        print(
-            f"   segloop amp={amp}: {mp / seconds[amp]:.3f} MP/s; main loop waiting for decoded "
-            f"images {waits[amp] * 100:.1f}% of wall time, computing and writing the rest"
-        )
-    if "naive" in seconds:
-        for amp in amps:
-            ratio = seconds["naive"] / seconds[amp]
-            cpu_ratio = cpu["naive"] / cpu[amp]
-            print(
-                f"   ratio segloop(amp={amp}) / naive: {ratio:.2f}x by wall time, "
-                f"{cpu_ratio:.2f}x by CPU time (goal >= 2x: {'met' if ratio >= 2 else 'NOT met'})"
-            )
-    elif len(amps) > 1:
-        print(f"   ratio AMP / fp32: {seconds[amps[0]] / seconds[amps[-1]]:.2f}x")
 
+        runners = {
+            "segloop": run_segloop,
+            "monai": lambda d=amp_dtype: run_monai(
+                model, spec, files, tmp / "out-monai", device, d, tile, batch
+            ),
+            "limit": lambda d=amp_dtype: run_limit(predictor.net, batches, device, d),
+        }
+        # Warm-up, untimed: kernel choices for every batch shape at this precision (the limit
+        # runs segloop's batches; MONAI's batch per image is the same for every image) and
+        # segloop's first-call costs.
+        run_limit(predictor.net, batches, device, amp_dtype)
+        run_monai(model, spec, files[:1], tmp / "out-monai", device, amp_dtype, tile, batch)
+        run_infer(cfg, images=str(warm), out=str(tmp / "out-warm"), predictor=predictor)
+        for r in range(rounds):
+            for c in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
+                sync(device)
+                start = time.perf_counter()
+                runners[c]()
+                sync(device)
+                seconds[c].append(time.perf_counter() - start)
+        med = {c: statistics.median(v) for c, v in seconds.items()}
+        wait = statistics.median(p.wait for p in profiles)
+        fwd = (
+            statistics.median(p.forward for p in profiles)
+            if profiles[0].forward is not None
+            else None
+        )
+        figures[row] = {
+            "seconds": med,
+            "runs": seconds,
+            "wait": wait,
+            "forward": fwd,
+        }
 
-def _cpu_seconds() -> float:
-    own, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
+    print(
+        f"   load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; median MP/s:"
     )
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    print(f"   {'precision':<10}{'segloop':>10}{'MONAI':>10}{'limit':>10}")
+    for row, f in figures.items():
+        m = {c: mp / f["seconds"][c] for c in CONTENDERS}
+        print(f"   {row:<10}{m['segloop']:>10.3f}{m['monai']:>10.3f}{m['limit']:>10.3f}")
+    for row, f in figures.items():
+        runs = "; ".join(f"{c} " + " ".join(f"{s:.2f}" for s in f["runs"][c]) for c in CONTENDERS)
+        print(f"   {row} runs (s): {runs}")
+    gaps = {}
+    for row, f in figures.items():
+        seg, limit, fwd, wait = (
+            f["seconds"]["segloop"],
+            f["seconds"]["limit"],
+            f["forward"],
+            f["wait"],
+        )
+        parts = {}
+        if fwd is not None:
+            parts[
+                "forward passes as segloop calls them (+ softmax, one autocast per batch; else "
+                "the limit's network and batches: a difference here is mostly load from elsewhere)"
+            ] = fwd - limit
+        parts["waiting for decoded images (decoding workers' start, decode, stop)"] = wait
+        rest = seg - limit - sum(parts.values())
+        parts[
+            "the rest (tiling, normalizing, blending, masks and uncertainty, writing, run files"
+            + (
+                ""
+                if fwd is not None
+                else "; on CUDA forward passes run asynchronously: "
+                "their excess over the limit is counted here"
+            )
+            + ")"
+        ] = rest
+        gaps[row] = parts
+        print(f"   {row}: segloop {seg:.2f} s = limit {limit:.2f} s + {seg - limit:.2f} s: "
+              + "; ".join(f"{what} {sec:+.2f} s" for what, sec in parts.items()))  # fmt: skip
+    print("   goals")
+    for row, f in figures.items():
+        sec, runs = f["seconds"], f["runs"]
+        vs_monai = statistics.median(
+            m / s for m, s in zip(runs["monai"], runs["segloop"], strict=True)
+        )
+        of_limit = statistics.median(
+            b / s for b, s in zip(runs["limit"], runs["segloop"], strict=True)
+        )
+        seg_mp, monai_mp, limit_mp = (mp / sec[c] for c in ("segloop", "monai", "limit"))
+        dev = device.type.upper() if device.type == "cuda" else "CPU"
+        for what, value, goal, peer in (
+            ("segloop / MONAI", vs_monai, GOAL_VS_MONAI, f"MONAI {monai_mp:.3f} MP/s"),
+            ("segloop share of limit", of_limit, GOAL_OF_LIMIT, f"limit {limit_mp:.3f} MP/s"),
+        ):
+            met = value >= goal
+            print(f"     {row} {what} >= {goal}: {value:.2f} {'met' if met else 'NOT met'}")
+            if not met and what.endswith("limit"):
+                part, part_s = max(gaps[row].items(), key=lambda kv: kv[1])
+                print(f"       the largest part of the gap: {part.split(' (')[0]}, {part_s:.2f} s")
+            record(
+                f"{dev} {row}, {n}x {w}x{h}, Unet-resnet34 tile {tile}: {what}",
+                f"{seg_mp:.3f} MP/s",
+                peer,
+                value,
+                f">= {goal}",
+                met,
+            )
 
 
-class _DecodeWait:
-    """Time the main loop spends waiting for the next decoded image (patches `decoded`)."""
-
-    def __enter__(self):
-        import components.infer.infer as stage
-
-        self.stage, self.original, self.seconds = stage, stage.decoded, 0.0
-
-        def timed(*args, **kwargs):
-            it = iter(self.original(*args, **kwargs))
-            while True:
-                t = time.perf_counter()
-                try:
-                    item = next(it)
-                except StopIteration:
-                    return
-                self.seconds += time.perf_counter() - t
-                yield item
-
-        stage.decoded = timed
-        return self
-
-    def __exit__(self, *exc):
-        self.stage.decoded = self.original
+def size(text: str) -> tuple[int, int]:
+    """`WxH` -> (height, width)."""
+    w, _, h = text.lower().partition("x")
+    return int(h), int(w)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--gpu", action="store_true", help="GPU figures (Unet-resnet34, 1024 px tiles)")
+    ap.add_argument("--gpu", action="store_true", help="speed rows on CUDA (fp32 and amp=auto)")
+    ap.add_argument(
+        "--images", type=int, default=None, help="speed part: images (default 2 CPU, 8 CUDA)"
+    )
+    ap.add_argument(
+        "--size", type=size, default=None, help="speed part: WxH (default 1024x768, 4000x3000)"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per contender")
+    ap.add_argument("--tile", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8, help="tiles per forward pass (all contenders)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
@@ -332,16 +536,30 @@ def main() -> None:
         if args.gpu:
             if not torch.cuda.is_available():
                 sys.exit("--gpu: no CUDA device here")
-            print(f"device: {torch.cuda.get_device_name()}")
+            device = torch.device("cuda")
+            print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+            amp = pick_amp("auto", device)
+            low = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+            h, w = args.size or (3000, 4000)
             bench_speed(
-                tmp, 2, 8, 3000, 4000, "Unet", "resnet34", 1024, "cuda", ["off", "auto"], False
-            )
+                tmp, args.rounds, args.images or 8, h, w, args.tile, args.batch, device,
+                [("fp32", "off", None), (low, "auto", amp)],
+            )  # fmt: skip
             return
         print(
             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+            + (
+                ", native bf16 (AMX or AVX512-BF16)"
+                if cpu_has_native_bf16()
+                else ", NO native bf16 (bf16 is emulated: expect it slower than fp32)"
+            )
         )
         if not args.skip_speed:
-            bench_speed(tmp, 3, 3, 768, 1024, "Unet", "resnet18", 256, "cpu", ["off", "bf16"], True)
+            h, w = args.size or (768, 1024)
+            bench_speed(
+                tmp, args.rounds, args.images or 2, h, w, args.tile, args.batch,
+                torch.device("cpu"), [("fp32", "off", None), ("bf16", "bf16", torch.bfloat16)],
+            )  # fmt: skip
         if not args.skip_memory:
             bench_memory(tmp, 6336, 9504)
 

@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.rows import record  # noqa: E402
+
 SEGLOOP = [sys.executable, "-m", "pipelines"]
 GOAL_S = 0.4
 
@@ -75,6 +79,14 @@ def main() -> int:
         seconds = statistics.median(values)
         print(
             f"{name:<44} {seconds:6.3f} s  floor share {floor_s / seconds:4.0%}  {verdict(seconds)}"
+        )
+        record(
+            f"{name} (median of {args.repeat})",
+            f"{seconds:.3f} s",
+            f"{floor_s:.3f} s (python -c pass)",
+            None,
+            f"< {GOAL_S} s",
+            seconds < GOAL_S,
         )
     return 0
 

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import boto3
 
-from components.core import storage
-from pipelines.stack import free_port, start_seaweed, stop_process
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.rows import record  # noqa: E402
+from components.core import storage  # noqa: E402
+from pipelines.stack import free_port, start_seaweed, stop_process  # noqa: E402
 
 MB = 1024 * 1024
+GOAL_RATIO = 1.0
 KEY, SECRET, BUCKET = "bench", "bench-secret", "segloop-bench"
 
 
@@ -85,9 +90,20 @@ def main() -> None:
                     for times, fn in runs if rep % 2 == 0 else reversed(runs):
                         times.append(timed(fn))
                 base, ours = size_mb / min(base_s), size_mb / min(ours_s)
+                ratio = ours / base
+                met = ratio >= GOAL_RATIO
                 print(
                     f"{label}: boto3 upload_file loop {base:7.1f} MB/s | segloop upload_dir "
-                    f"{ours:7.1f} MB/s | ratio {ours / base:.2f}"
+                    f"{ours:7.1f} MB/s | ratio {ratio:.2f} "
+                    f"(goal >= {GOAL_RATIO:g}: {'met' if met else 'NOT met'})"
+                )
+                record(
+                    f"S3 upload {label} to SeaweedFS, upload_dir vs boto3 loop",
+                    f"{ours:.1f} MB/s",
+                    f"{base:.1f} MB/s",
+                    ratio,
+                    f">= {GOAL_RATIO:g}",
+                    met,
                 )
             print(f"load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         finally:

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.rows import record  # noqa: E402
 from components.core.model import build_model  # noqa: E402
 from components.core.precision import cpu_has_native_bf16, pick_amp  # noqa: E402
 from components.preprocess.stage import run_preprocess  # noqa: E402
@@ -357,6 +358,17 @@ def main() -> None:
         ):
             verdict = "met" if f[key] >= goal else "NOT met"
             print(f"  {name} {what} >= {goal}: {f[key]:.2f} {verdict}")
+            m = f["median_images_per_s"]
+            peer = "naive" if key == "segloop_vs_naive" else "limit"
+            record(
+                f"{'CPU' if dev == 'cpu' else 'CUDA'} {name}, {s.arch}/{args.encoder} "
+                f"{args.tile} px, batch {args.batch}: {what}",
+                f"{m['segloop']:.2f} images/s",
+                f"{peer} {m[peer]:.2f} images/s",
+                f[key],
+                f">= {goal}",
+                f[key] >= goal,
+            )
     if args.json:
         print(json.dumps({"device": dev, "figures": figures}, indent=2))
 

@@ -14,6 +14,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
+LOCKED_EXTRAS = ("test", "bench")  # the extras `make lock` passes to pip-compile
 
 
 def locked_pins() -> dict[str, Version]:
@@ -30,8 +31,17 @@ def locked_pins() -> dict[str, Version]:
 
 def declared_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    texts = list(project["dependencies"]) + list(project["optional-dependencies"]["test"])
+    texts = list(project["dependencies"])
+    for extra in LOCKED_EXTRAS:
+        texts += project["optional-dependencies"][extra]
     return [Requirement(text) for text in texts]
+
+
+def test_the_lock_target_compiles_the_locked_extras():
+    """`make lock` asks pip-compile for exactly the extras these checks hold the lock to."""
+    recipe = (ROOT / "Makefile").read_text().split("\nlock:", 1)[1].split("\n\n", 1)[0]
+    for extra in LOCKED_EXTRAS:
+        assert f"--extra {extra}" in recipe, f"the Makefile's lock target misses --extra {extra}"
 
 
 def test_every_declared_dependency_is_pinned_within_its_range():

@@ -7,6 +7,9 @@
 - `ImageAccumulator`: fills one image's mask and confidence (probability of the chosen class)
   band by band and sums the uncertainty figures: mean normalized entropy (0..1), mean margin
   (top-1 minus top-2 probability) and the share of pixels whose margin is below a limit.
+  Bands on CPU are worked in NumPy, one element-wise pass per class (top-1, top-2 and argmax
+  together): torch's CPU reductions over the class axis, and each op's start of the intra-op
+  thread pool that the forward passes keep busy, cost ~10x more here.
 - `remove_small_components(mask, min_area)`: regions (8-connected, per class) smaller than
   `min_area` pixels become background.
 - `coco_annotations(mask, conf, num_classes)`: one COCO annotation per class and connected region
@@ -50,6 +53,28 @@ class Decider:
         conf = torch.where(chosen, best, probs[0])
         return labels, conf
 
+    def top2(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """NumPy, C x h x w float32 -> (labels uint8, confidence, top-1, top-2 probability)."""
+        first = probs[0].copy()
+        second = np.full_like(first, -np.inf)
+        argmax = np.zeros(first.shape, dtype=np.uint8)
+        for c in range(1, probs.shape[0]):
+            p = probs[c]
+            np.maximum(second, np.minimum(first, p), out=second)
+            argmax[p > first] = c  # strictly greater: ties keep the lower class, as argmax
+            np.maximum(first, p, out=first)
+        if self.thresholds is None:
+            return argmax, first, first, second
+        thr = np.asarray(self.thresholds, dtype=probs.dtype).reshape(-1, 1, 1)
+        fg = probs[1:]
+        passing = np.where(fg >= thr, fg, np.float32(-1.0))
+        idx = passing.argmax(axis=0)
+        best = np.take_along_axis(passing, idx[None], axis=0)[0]
+        chosen = best >= 0
+        labels = np.where(chosen, idx + 1, 0).astype(np.uint8)
+        conf = np.where(chosen, best, probs[0])
+        return labels, conf, first, second
+
 
 class ImageAccumulator:
     """One image's outputs, filled band by band (the `StreamingBlender` callback)."""
@@ -65,6 +90,9 @@ class ImageAccumulator:
         self.pixels = 0
 
     def __call__(self, top: int, probs: torch.Tensor) -> None:
+        if probs.device.type == "cpu":
+            self._add_numpy(top, probs.detach().float().numpy())
+            return
         labels, conf = self.decider(probs)
         rows = probs.shape[1]
         self.mask[top : top + rows] = labels.cpu().numpy()
@@ -77,6 +105,20 @@ class ImageAccumulator:
         self.margin_sum += float(margin.double().sum())
         self.uncertain += int((margin < self.uncertain_margin).sum())
         self.pixels += labels.numel()
+
+    def _add_numpy(self, top: int, probs: np.ndarray) -> None:
+        labels, conf, first, second = self.decider.top2(probs)
+        rows = probs.shape[1]
+        self.mask[top : top + rows] = labels
+        self.conf[top : top + rows] = conf
+        c = probs.shape[0]
+        plogp = np.log(np.maximum(probs, np.float32(1e-12)))
+        np.multiply(plogp, probs, out=plogp)
+        self.entropy_sum += -float(plogp.sum(dtype=np.float64)) / math.log(c)
+        margin = np.subtract(first, second, out=first)
+        self.margin_sum += float(margin.sum(dtype=np.float64))
+        self.uncertain += int(np.count_nonzero(margin < self.uncertain_margin))
+        self.pixels += labels.size
 
     def uncertainty(self) -> dict[str, float]:
         n = max(self.pixels, 1)

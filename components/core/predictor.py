@@ -130,7 +130,10 @@ class SmpPredictor(Predictor):
         return self
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        logits = self.net(batch).float()
+        # fp32 and NCHW in one copy: softmax over the channels of a channels_last tensor is
+        # several times slower on CPU (measured: 17 ms vs 5 ms per batch of 8 tiles of 512 px),
+        # and the blender then reads each tile's probabilities contiguously.
+        logits = self.net(batch).to(torch.float32, memory_format=torch.contiguous_format)
         if self.spec.binary:
             fg = torch.sigmoid(logits)
             return torch.cat([1.0 - fg, fg], dim=1)

@@ -40,7 +40,11 @@ class InferSettings(Section):
     )
     window: Literal["hann", "gaussian"] = "hann"
     batch_size: int = Field(8, ge=1, description="tiles per forward pass (from several images)")
-    num_workers: int = Field(2, ge=0, description="image decoding processes (0 = main process)")
+    num_workers: int = Field(
+        2,
+        ge=0,
+        description="image decoding workers: processes on CUDA, threads on CPU (0 = main thread)",
+    )
     prefetch: int = Field(2, ge=1, description="decoded images queued per worker")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto",

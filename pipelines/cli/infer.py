@@ -40,7 +40,12 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 )
 @click.option("--window", type=click.Choice(["hann", "gaussian"]), default=None)
 @click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
-@click.option("--num-workers", type=int, default=None, help="Decoding worker processes.")
+@click.option(
+    "--num-workers",
+    type=int,
+    default=None,
+    help="Decoding workers (threads on CPU, processes on CUDA).",
+)
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None)
 @click.option(
     "--threshold", type=float, default=None, help="One threshold for every class (default: argmax)."
