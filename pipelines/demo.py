@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core import storage, tracking
-from components.core.artifacts import write_jsonl
+from components.core.artifacts import read_jsonl, write_jsonl
 from components.core.errors import SegloopError
 from components.core.images import load_mask
 from components.core.labels import LabelSet
@@ -42,6 +43,7 @@ from components.report.stage import most_changed_samples
 from pipelines.annotator import simulate_annotator, wait_for_people
 from pipelines.config import SegloopConfig, load_config
 from pipelines.local import LocalRunResult, run_local
+from pipelines.loop_goals import LoopFigures, verdicts
 from pipelines.stack import Stack
 
 log = logging.getLogger(__name__)
@@ -53,23 +55,43 @@ class DemoSize:
     image: int  # square images, pixels
     test: int  # fixed held-out test images
     seed: int  # labelled seed images (round 0)
+    probe: int  # fixed probe images from the pool: never selected or trained on
     window: int  # pool images queried and pre-annotated per round
-    budget: int  # of which the most uncertain go to people
+    budget: int  # of which the selector sends this many to people
     train: dict[str, Any]
 
 
 # Sized for a 2-core CPU: small images, a resnet18 encoder cut to 3 stages with a thin decoder,
-# small batches (learning here is bound by the number of steps, not by image size).
+# small batches (learning here is bound by the number of steps, not by image size). Every round
+# fine-tunes the champion (`train.init_from`) on all labels so far for the same number of epochs,
+# so a round's schedule grows with its data.
 TINY_UNET = {
     "model_kwargs": {"encoder_depth": 3, "decoder_channels": [16, 8, 8]},
     "pad_divisor": 8,
-    "lr": 0.01,
+    "lr": 0.003,
     "batch_size": 4,
+    "init_from": "alias:champion",
+    # The val split is a few images: its best epoch is mostly noise, the last one saw the most.
+    "keep": "last",
     # No early stopping: a tiny model from scratch can sit on "all background" for a few epochs.
     "patience": 0,
 }
-SMALL = DemoSize(image=64, test=8, seed=8, window=10, budget=5, train={**TINY_UNET, "epochs": 10})
-FULL = DemoSize(image=64, test=16, seed=16, window=30, budget=12, train={**TINY_UNET, "epochs": 30})
+SMALL = DemoSize(
+    image=64, test=8, seed=8, probe=8, window=10, budget=5, train={**TINY_UNET, "epochs": 10}
+)
+FULL = DemoSize(
+    image=64, test=32, seed=8, probe=24, window=36, budget=12, train={**TINY_UNET, "epochs": 60}
+)
+
+
+@dataclass
+class ProbeResult:
+    """The champion's pre-annotations of the fixed probe set, against the ground truth."""
+
+    model_version: int
+    images: int
+    changed_share: float  # share of pixels a person would change
+    mean_iou: float  # mean over images of the per-image mean IoU (as the per-batch figure)
 
 
 @dataclass
@@ -77,8 +99,10 @@ class RoundResult:
     round: int
     data: str  # where this round's new labels came from
     images_refined: int
+    labelled_images: int  # labelled so far (the seed set and every round's batch)
     correction_iou: float | None
     changed_share: float | None
+    probe: ProbeResult | None  # the champion that pre-annotated this round's batch, on the probe
     test_mean_iou: float
     per_class_iou: dict[str, float]
     split_hash: str
@@ -88,11 +112,15 @@ class RoundResult:
     train_run_id: str | None
     pipelines: list[str] = field(default_factory=list)  # run folders
     aliases: list[str] = field(default_factory=list)  # at the end of the demo
+    champion_test_mean_iou: float = 0.0  # the champion's after this round's register
+    champion_per_class_iou: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class DemoResult:
     stamp: str
+    seed: int
+    strategy: str
     workdir: str
     registered_model: str
     mlflow_ui: str
@@ -101,12 +129,26 @@ class DemoResult:
     seconds: float
     rounds: list[RoundResult]
     next_batch: str | None = None
+    next_probe: ProbeResult | None = None  # the final champion on the probe set
+    verdicts: list[str] = field(default_factory=list)
+
+    def figures(self) -> LoopFigures:
+        """What the loop's yield goals read (pipelines.loop_goals)."""
+        measured = [r for r in self.rounds if r.probe is not None]
+        return LoopFigures(
+            champion_miou=[r.champion_test_mean_iou for r in self.rounds],
+            probe_changed=[r.probe.changed_share for r in measured],
+            probe_iou=[r.probe.mean_iou for r in measured],
+            class_iou=dict(self.rounds[-1].champion_per_class_iou),
+        )
 
 
 # ---------------------------------------------------------------- config
 
 
-def demo_settings(size: DemoSize, workdir: Path, name: str, cvat: bool) -> dict[str, Any]:
+def demo_settings(
+    size: DemoSize, workdir: Path, name: str, cvat: bool, seed: int
+) -> dict[str, Any]:
     """The demo's config layer: over the config file's values, under the `-o` overrides."""
     return {
         "project": {"subname": name},
@@ -118,7 +160,7 @@ def demo_settings(size: DemoSize, workdir: Path, name: str, cvat: bool) -> dict[
         # People finish a CVAT job by setting its state to completed, whatever its stage.
         "download_cvat": {"job_state": "completed"} if cvat else {},
         "infer": {"num_workers": 0},
-        "select": {"strategy": "uncertainty", "budget": size.budget},
+        "select": {"budget": size.budget, "seed": seed},
         "preprocess": {
             "tile_size": size.image,
             "val_fraction": 0.25,
@@ -129,7 +171,7 @@ def demo_settings(size: DemoSize, workdir: Path, name: str, cvat: bool) -> dict[
             "encoder_name": "resnet18",
             "encoder_weights": None,
             "workers": 0,
-            "seed": 0,
+            "seed": seed,
             **size.train,
         },
     }
@@ -154,6 +196,7 @@ class DemoData:
     images: dict[str, str]
     test: list[str]
     seed: list[str]
+    probe: list[str]  # a fixed random sample of the pool, left out of every window
     windows: list[list[str]]  # pool ids per round's batch (1-based: windows[r - 1])
     testset_uri: str
 
@@ -163,21 +206,26 @@ class DemoData:
         return load_mask(self.masks[record_id])
 
 
-def make_demo_data(cfg: SegloopConfig, size: DemoSize, rounds: int, prefix: str) -> DemoData:
-    """The synthetic dataset in S3, the image table, and the fixed held-out test set."""
-    n = size.test + size.seed + (rounds + 1) * size.window
+def make_demo_data(
+    cfg: SegloopConfig, size: DemoSize, rounds: int, prefix: str, seed: int = 0
+) -> DemoData:
+    """The synthetic dataset in S3, the image table, the fixed held-out test set, the seed set,
+    the probe set and each round's window of the pool."""
+    n = size.test + size.seed + size.probe + (rounds + 1) * size.window
     synth = make_dataset(
         storage.join(prefix, "data"),
         n,
-        seed=0,
+        seed=seed,
         db_url=cfg.db.url,
         table=cfg.db.table,
         size=(size.image, size.image),
     )
     ids = synth.ids
-    test, seed = ids[: size.test], ids[size.test : size.test + size.seed]
+    test, labelled = ids[: size.test], ids[size.test : size.test + size.seed]
     pool = ids[size.test + size.seed :]
-    windows = [pool[i : i + size.window] for i in range(0, len(pool), size.window)]
+    probe = sorted(random.Random(seed).sample(pool, size.probe))
+    rest = [i for i in pool if i not in set(probe)]
+    windows = [rest[i : i + size.window] for i in range(0, len(rest), size.window)]
     labels = LabelSet.load(synth.labels_uri)
     masks = {r["image_id"]: r["mask_uri"] for r in synth.records}
     images = {r["image_id"]: r["image_uri"] for r in synth.records}
@@ -187,7 +235,9 @@ def make_demo_data(cfg: SegloopConfig, size: DemoSize, rounds: int, prefix: str)
         storage.copy(images[rid], storage.join(testset, "images", storage.name(images[rid])))
         storage.copy(masks[rid], storage.join(testset, "masks", f"{rid}.png"))
     labels.save(storage.join(testset, "labels.json"))
-    return DemoData(labels, synth.labels_uri, masks, images, test, seed, windows, testset)
+    return DemoData(
+        labels, synth.labels_uri, masks, images, test, labelled, probe, windows, testset
+    )
 
 
 def write_seed_predictions(data: DemoData, folder: Path) -> Path:
@@ -206,8 +256,33 @@ def write_seed_predictions(data: DemoData, folder: Path) -> Path:
 
 
 def window_filters(ids: list[str]) -> list[str]:
-    """Query filters for a contiguous window of synthetic ids (`img_00012` ...)."""
-    return [f"image_id>={ids[0]}", f"image_id<={ids[-1]}"]
+    """The query filter for one round's window of the pool (its ids)."""
+    return [f"image_id={','.join(ids)}"]
+
+
+def measure_probe(cfg: SegloopConfig, data: DemoData, model_uri: str, version: int, out: Path):
+    """Pre-annotate the probe set with `model_uri` (as infer does for a batch) and measure what
+    a person would change against the ground truth."""
+    from components.download_cvat.download import correction
+    from components.infer.infer import run_infer
+
+    records = out / "records.jsonl"
+    write_jsonl(records, [{"image_id": i, "image_uri": data.images[i]} for i in data.probe])
+    run_infer(cfg, records=str(records), out=str(out / "infer"), model=model_uri)
+    manifest = {e["record_id"]: e for e in read_jsonl(out / "infer" / "manifest.jsonl")}
+    changed = pixels = 0
+    ious = []
+    for rid in data.probe:
+        entry = manifest.get(rid) or {}
+        if entry.get("status") != "ok":
+            raise SegloopError(f"probe image {rid} was not pre-annotated: {entry.get('error')}")
+        effort = correction(
+            load_mask(out / "infer" / entry["mask"]), data.truth(rid), data.labels.num_classes
+        )
+        changed += effort["changed_pixels"]
+        pixels += effort["pixels"]
+        ious.append(effort["iou"])
+    return ProbeResult(version, len(ious), changed / pixels, sum(ious) / len(ious))
 
 
 # ---------------------------------------------------------------- results of a pipeline run
@@ -223,23 +298,32 @@ def _out(result: LocalRunResult, task: str, output: str) -> str:
 
 
 def collect_round(
-    number: int, data_source: str, result: LocalRunResult, runs: list[str], refined: bool = True
+    number: int,
+    data_source: str,
+    result: LocalRunResult,
+    runs: list[str],
+    previous: RoundResult | None = None,
+    probe: ProbeResult | None = None,
 ) -> RoundResult:
-    """One round's numbers from its pipeline outputs (`refined`: its labels were corrections of
-    pre-annotations, so the correction effort means something)."""
+    """One round's numbers from its pipeline outputs. `previous`: the round before (its
+    champion stays champion unless this round's model is promoted, and its labelled images
+    count); round 0 has none, and its labels are no corrections of pre-annotations."""
     download = storage.read_json(Path(_out(result, "download-cvat", "dataset")) / "metrics.json")
     evaluation = storage.read_json(Path(_out(result, "evaluate", "evaluation")) / "metrics.json")
     registration = storage.read_json(
         Path(_out(result, "register", "registration")) / "register.json"
     )
     correction = download.get("correction") or {}
-    measured = refined and bool(correction.get("images"))
-    return RoundResult(
+    measured = previous is not None and bool(correction.get("images"))
+    images = int(download["images"])
+    r = RoundResult(
         round=number,
         data=data_source,
-        images_refined=int(download["images"]),
+        images_refined=images,
+        labelled_images=images + (previous.labelled_images if previous else 0),
         correction_iou=correction.get("mean_iou") if measured else None,
         changed_share=correction.get("changed_share") if measured else None,
+        probe=probe,
         test_mean_iou=float(evaluation["mean_iou"]),
         per_class_iou={k: v for k, v in (evaluation.get("iou") or {}).items() if v is not None},
         split_hash=str(evaluation["split_hash"]),
@@ -249,6 +333,12 @@ def collect_round(
         train_run_id=registration.get("run_id"),
         pipelines=runs,
     )
+    champion = r if r.promoted or previous is None else previous
+    r.champion_test_mean_iou = r.test_mean_iou if champion is r else previous.champion_test_mean_iou
+    r.champion_per_class_iou = (
+        r.per_class_iou if champion is r else dict(previous.champion_per_class_iou)
+    )
+    return r
 
 
 # ---------------------------------------------------------------- the demo
@@ -263,7 +353,8 @@ def run_demo(
     overrides: tuple[str, ...] | list[str] = (),
     *,
     small: bool = False,
-    rounds: int = 2,
+    rounds: int = 3,
+    seed: int = 0,
     workdir: str | Path | None = None,
     wait: bool = False,
     wait_timeout_s: float = 7200,
@@ -273,7 +364,8 @@ def run_demo(
     """The loop as the module docstring tells it: stack, data, round 0, rounds 1..R, summary."""
     if rounds < 1:
         raise SegloopError(f"--rounds must be at least 1, got {rounds}")
-    demo = DemoRun.configure(config_path, overrides, SMALL if small else FULL, workdir, echo)
+    size = SMALL if small else FULL
+    demo = DemoRun.configure(config_path, overrides, size, workdir, echo, seed)
     demo.check_annotation_backend()
     demo.start_stack()
     demo.write_data(rounds)
@@ -293,6 +385,7 @@ class DemoRun:
 
     cfg: SegloopConfig
     size: DemoSize
+    seed: int
     stamp: str
     run_name: str  # task names and the registered model are this run's own
     work: Path
@@ -304,6 +397,7 @@ class DemoRun:
     samples: list[Sample] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)  # every round's download, for preprocess
     upload_dir: str = ""  # the batch pre-annotated last, waiting for people
+    probe: ProbeResult | None = None  # the current champion on the probe set
 
     @classmethod
     def configure(
@@ -313,6 +407,7 @@ class DemoRun:
         size: DemoSize,
         workdir: str | Path | None,
         echo: Echo,
+        seed: int = 0,
     ) -> DemoRun:
         started = time.monotonic()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -321,10 +416,9 @@ class DemoRun:
         run_name = f"{user.project.name}-{stamp}"
         work = Path(workdir or Path("runs") / "demo" / stamp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        cfg = load_config(
-            config_path, list(overrides), extra=demo_settings(size, work, run_name, use_cvat)
-        )
-        return cls(cfg, size, stamp, run_name, work, echo, started)
+        settings = demo_settings(size, work, run_name, use_cvat, seed)
+        cfg = load_config(config_path, list(overrides), extra=settings)
+        return cls(cfg, size, seed, stamp, run_name, work, echo, started)
 
     @property
     def registered_model(self) -> str:
@@ -361,7 +455,7 @@ class DemoRun:
         """2. The synthetic dataset in S3, its image table, the fixed held-out test set."""
         bucket = self.cfg.stack.bucket
         prefix = f"s3://{bucket}/demo/{self.stamp}"
-        self.data = make_demo_data(self.cfg, self.size, rounds, prefix)
+        self.data = make_demo_data(self.cfg, self.size, rounds, prefix, self.seed)
         self.cfg = _with(
             self.cfg,
             project={"labels": self.data.labels_uri},
@@ -369,9 +463,11 @@ class DemoRun:
         )
         size = self.size
         self.echo(
-            f"synthetic dataset: {len(self.data.masks)} images of {size.image}x{size.image} px "
-            f"in {prefix}/data; fixed held-out test set {len(self.data.test)}, labelled seed set "
-            f"{len(self.data.seed)}, pool {size.window} images per round"
+            f"synthetic dataset (seed {self.seed}): {len(self.data.masks)} images of "
+            f"{size.image}x{size.image} px in {prefix}/data; fixed held-out test set "
+            f"{len(self.data.test)}, labelled seed set {len(self.data.seed)}, probe set "
+            f"{len(self.data.probe)}; each round the champion pre-annotates {size.window} pool "
+            f"images and select ({self.cfg.select.strategy}) sends {size.budget} to people"
         )
 
     def batch_cfg(self, batch: int, **more: dict[str, Any]) -> SegloopConfig:
@@ -408,8 +504,9 @@ class DemoRun:
         self.datasets.append(_out(training, "download-cvat", "dataset"))
         pre = run_local("pre_annotation", self.batch_cfg(1))
         runs = [str(training.run_dir), str(pre.run_dir)]
-        self.results.append(collect_round(0, "seed (ground truth)", training, runs, False))
+        self.results.append(collect_round(0, "seed (ground truth)", training, runs))
         self.upload_dir = _out(pre, "upload-cvat", "tasks")
+        self.measure_probe(0)
 
     def _open_batch(self, number: int) -> tuple[dict[str, Any], str]:
         _banner(
@@ -445,9 +542,26 @@ class DemoRun:
         result = run_local("active_learning", round_cfg, params={"earlier_datasets": self.datasets})
         dataset = _out(result, "download-cvat", "dataset")
         self.datasets.append(dataset)
-        self.results.append(collect_round(number, source, result, [str(result.run_dir)]))
+        runs = [str(result.run_dir)]
+        self.results.append(
+            collect_round(number, source, result, runs, self.results[-1], self.probe)
+        )
         self.samples += most_changed_samples(dataset, self.upload_dir, 2, round_number=number)
         self.upload_dir = _out(result, "upload-cvat", "tasks")
+        self.measure_probe(number)
+
+    def measure_probe(self, number: int) -> None:
+        """The champion after round `number` (the one that pre-annotates the next batch) on the
+        probe set: what a person would change on typical new images."""
+        alias = self.cfg.register.champion_alias
+        version = current_version(self.cfg, self.registered_model, alias)
+        self.probe = measure_probe(
+            self.cfg,
+            self.data,
+            f"models:/{self.registered_model}@{alias}",
+            version,
+            self.work / f"round{number}" / "probe",
+        )
 
     def finish(self) -> DemoResult:
         """5. Aliases as the registry holds them, the loop report, summary.json, MLflow."""
@@ -455,24 +569,28 @@ class DemoRun:
         aliases = current_aliases(self.cfg, name)
         for r in self.results:
             r.aliases = aliases.get(r.model_version, [])
-        report = str(self.work / "loop_report.html")
-        write_loop_report(
-            report,
-            [round_summary(r) for r in self.results],
-            self.samples,
-            self.data.labels,
-            title=f"segloop demo {self.stamp}: registered model {name}",
-        )
         demo = DemoResult(
             stamp=self.stamp,
+            seed=self.seed,
+            strategy=self.cfg.select.strategy,
             workdir=str(self.work),
             registered_model=name,
             mlflow_ui=f"{self.mlflow_uri}/#/models/{name}",
-            report=report,
+            report=str(self.work / "loop_report.html"),
             summary=str(self.work / "summary.json"),
             seconds=round(time.monotonic() - self.started, 1),
             rounds=self.results,
             next_batch=self.upload_dir,
+            next_probe=self.probe,
+        )
+        demo.verdicts = [v.line() for v in verdicts(demo.figures())]
+        write_loop_report(
+            demo.report,
+            [round_summary(r) for r in self.results],
+            self.samples,
+            self.data.labels,
+            title=f"segloop demo {self.stamp}: registered model {name}",
+            verdicts=demo.verdicts,
         )
         storage.write_json(demo.summary, asdict(demo))
         log_demo_run(self.cfg, demo)
@@ -488,10 +606,19 @@ def round_summary(r: RoundResult) -> RoundSummary:
         correction_iou=r.correction_iou,
         changed_share=r.changed_share,
         test_miou=r.test_mean_iou,
+        labelled_images=r.labelled_images,
+        champion_miou=r.champion_test_mean_iou,
+        probe_iou=r.probe.mean_iou if r.probe else None,
+        probe_changed_share=r.probe.changed_share if r.probe else None,
         model_version=str(r.model_version),
         alias=",".join(r.aliases) or None,
         per_class_iou=r.per_class_iou,
     )
+
+
+def current_version(cfg: SegloopConfig, name: str, alias: str) -> int:
+    """The version `alias` points at now."""
+    return int(tracking.client(cfg).get_model_version_by_alias(name, alias).version)
 
 
 def current_aliases(cfg: SegloopConfig, name: str) -> dict[int, list[str]]:
@@ -508,10 +635,23 @@ def log_demo_run(cfg: SegloopConfig, demo: DemoResult) -> None:
     mlflow = tracking.setup(cfg)
     with mlflow.start_run(run_name=f"demo-{demo.stamp}"):
         mlflow.set_tags(
-            {"segloop.demo": demo.stamp, "segloop.registered_model": demo.registered_model}
+            {
+                "segloop.demo": demo.stamp,
+                "segloop.registered_model": demo.registered_model,
+                "segloop.demo_seed": str(demo.seed),
+                "segloop.select_strategy": demo.strategy,
+            }
         )
         for r in demo.rounds:
-            values = {"test_mean_iou": r.test_mean_iou, "images_refined": r.images_refined}
+            values = {
+                "test_mean_iou": r.test_mean_iou,
+                "champion_test_mean_iou": r.champion_test_mean_iou,
+                "images_refined": r.images_refined,
+                "labelled_images": r.labelled_images,
+            }
+            if r.probe:
+                values["probe_changed_share"] = r.probe.changed_share
+                values["probe_iou"] = r.probe.mean_iou
             if r.correction_iou is not None:
                 values["correction_iou"] = r.correction_iou
             if r.changed_share is not None:
@@ -525,12 +665,28 @@ def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
-def summary_text(demo: DemoResult) -> str:
-    """Where to look, why each round was (not) promoted, then the table: the last thing shown."""
-    header = (
-        f"{'round':>5}  {'images':>6}  {'labels from':<36} {'pre-ann IoU':>11}  {'px changed':>10}  "
-        f"{'test mIoU':>9}  {'version':>7}  {'promoted':>8}  aliases now"
+SUMMARY_COLUMNS = (
+    f"{'round':>5}  {'labelled':>8}  {'labels from':<20} {'batch IoU':>9} {'batch px':>8}  "
+    f"{'probe IoU':>9} {'probe px':>8}  {'test mIoU':>9} {'champion':>8}  {'version':>7} "
+    f"{'promoted':>8}  aliases now"
+)
+
+
+def _row(r: RoundResult) -> str:
+    probe = r.probe
+    return (
+        f"{r.round:>5}  {r.labelled_images:>8}  {r.data.removeprefix('refined by the '):<20} "
+        f"{_fmt(r.correction_iou):>9} {_fmt(r.changed_share, '{:.1%}'):>8}  "
+        f"{_fmt(probe and probe.mean_iou):>9} {_fmt(probe and probe.changed_share, '{:.1%}'):>8}  "
+        f"{r.test_mean_iou:>9.3f} {r.champion_test_mean_iou:>8.3f}  {r.model_version:>7} "
+        f"{'yes' if r.promoted else 'no':>8}  {','.join(r.aliases) or '-'}"
     )
+
+
+def summary_text(demo: DemoResult) -> str:
+    """Where to look, why each round was (not) promoted, then the table and the verdicts on the
+    loop's goals: the last thing shown."""
+    last = demo.next_probe
     lines = [
         "",
         f"loop report:     {demo.report}",
@@ -540,17 +696,23 @@ def summary_text(demo: DemoResult) -> str:
         f"took {demo.seconds:.0f} s; the stack keeps running (stop it with `segloop down`)",
         "",
         *(f"round {r.round}: {r.reason}" for r in demo.rounds[1:]),
-        "pre-ann IoU: mean IoU of the pre-annotation against the refined mask (1 = nothing to "
-        "correct); px changed: share of pixels people changed; test mIoU: on the same held-out "
-        f"test set every round (test hash {demo.rounds[0].split_hash[:12]}).",
+        "batch: this round's batch, pre-annotated by the champion and refined (IoU of the "
+        "pre-annotation against the refined mask, 1 = nothing to correct; px: share of pixels "
+        "changed); it depends on which images the selector picked. probe: the same champion on "
+        f"the fixed probe set ({last.images if last else 0} typical pool images, never selected "
+        "or trained on), against the ground truth. test mIoU: this round's model; champion: "
+        "the champion after the round's register; both on the same held-out test set (test "
+        f"hash {demo.rounds[0].split_hash[:12]}).",
         "",
-        f"segloop demo {demo.stamp}: summary",
-        header,
+        f"segloop demo {demo.stamp} (seed {demo.seed}, select.strategy={demo.strategy}): summary",
+        SUMMARY_COLUMNS,
+        *(_row(r) for r in demo.rounds),
     ]
-    for r in demo.rounds:
+    if last:
         lines.append(
-            f"{r.round:>5}  {r.images_refined:>6}  {r.data:<36} {_fmt(r.correction_iou):>11}  "
-            f"{_fmt(r.changed_share, '{:.1%}'):>10}  {r.test_mean_iou:>9.3f}  {r.model_version:>7}  "
-            f"{'yes' if r.promoted else 'no':>8}  {','.join(r.aliases) or '-'}"
+            f"{'next':>5}  {'':>8}  {'':<20} {'':>9} {'':>8}  {last.mean_iou:>9.3f} "
+            f"{last.changed_share:>8.1%}  (the final champion, v{last.model_version})"
         )
+    lines += ["", "the loop's goals (this run; `python -m benchmarks loop` over seeds):"]
+    lines += [f"  {v}" for v in demo.verdicts]
     return "\n".join(lines)

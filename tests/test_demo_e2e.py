@@ -132,14 +132,19 @@ def check_registry_and_summary(client, summary, rounds: int) -> dict[int, dict[s
 
 @pytest.mark.e2e
 def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
-    proc, summary = run_demo(tmp_path, stack_dir)
+    proc, summary = run_demo(tmp_path, stack_dir, "--rounds", "2")
     out = proc.stdout
     assert "SIMULATED ANNOTATOR: this step stands in for people" in out
-    # One line per pipeline task, full task logs in files: the whole story in under 60 lines,
-    # ending with the summary table.
+    # One line per pipeline task, full task logs in files: the whole story in under 70 lines,
+    # ending with the summary table and one verdict line per goal of the loop.
     shown = out.splitlines() + proc.stderr.splitlines()
-    assert len(shown) < 60, "\n".join(shown)
-    assert out.rstrip().splitlines()[-1].lstrip().startswith(str(len(summary["rounds"]) - 1))
+    assert len(shown) < 70, "\n".join(shown)
+    tail = out.rstrip().splitlines()[-len(summary["verdicts"]) - 5 :]
+    assert [line.strip() for line in tail[-len(summary["verdicts"]) :]] == summary["verdicts"]
+    assert tail[0].lstrip().startswith("2 ") and tail[1].lstrip().startswith("next ")
+    goals = ["champion test mIoU rises", "probe effort", "probe pre-annotation IoU", "every class"]
+    for goal, line in zip(goals, summary["verdicts"], strict=True):
+        assert goal in line and line.startswith(("met", "NOT met")), line
     assert "  training         train            ok" in out
     assert "loop report:" in out and "MLflow UI:" in out and summary["mlflow_ui"] in out
 
@@ -158,6 +163,15 @@ def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
         assert r["images_refined"] == 5 and r["data"] == "refined by the simulated annotator"
         assert 0 <= r["changed_share"] <= 1 and 0 <= r["correction_iou"] <= 1
     assert rounds[0]["images_refined"] == 8 and rounds[0]["changed_share"] is None
+    assert [r["labelled_images"] for r in rounds] == [8, 13, 18]
+    # The probe: round r's batch was pre-annotated by the champion after round r - 1; that
+    # champion also pre-annotated the fixed probe set, and next_probe is the final champion's.
+    assert rounds[0]["probe"] is None
+    for r, before in zip(rounds[1:], rounds, strict=False):
+        assert r["probe"]["images"] == 8 and 0 <= r["probe"]["changed_share"] <= 1
+        champion = [x for x in rounds[: before["round"] + 1] if x["promoted"]][-1]
+        assert r["probe"]["model_version"] == champion["model_version"]
+    assert summary["next_probe"]["images"] == 8
 
     client, _ = mlflow_client(stack_dir, monkeypatch)
     check_registry_and_summary(client, summary, rounds=2)
@@ -176,10 +190,38 @@ def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
         total += entry["correction"]["pixels"]
     assert rounds[1]["changed_share"] == pytest.approx(changed / total, abs=1e-6)
 
-    # The report exists, shows the rounds and the side-by-side overlays, and is in MLflow.
+    # The probe effort is what a person would change on the probe images: recount it from the
+    # probe's pre-annotations and the ground truth.
+    workdir = tmp_path / "work"
+    probe_dir = workdir / "round1" / "probe" / "infer"
+    entries = [json.loads(line) for line in (probe_dir / "manifest.jsonl").read_text().splitlines()]
+    changed = total = 0
+    for entry in entries:
+        truth = load_mask(
+            f"s3://segloop/demo/{summary['stamp']}/data/masks/{entry['record_id']}.png"
+        )
+        changed += int((load_mask(probe_dir / entry["mask"]) != truth).sum())
+        total += truth.size
+    assert rounds[2]["probe"]["changed_share"] == pytest.approx(changed / total, abs=1e-9)
+    probe_ids = {e["record_id"] for e in entries}
+    trained = {
+        e["record_id"]
+        for r in rounds[1:]
+        for line in (Path(r["pipelines"][0]) / "download-cvat" / "dataset" / "manifest.jsonl")
+        .read_text()
+        .splitlines()
+        if (e := json.loads(line))
+    }
+    assert not probe_ids & trained, "probe images are never selected or trained on"
+
+    # The report exists, shows the rounds, the label-efficiency curves, the verdicts and the
+    # side-by-side overlays, and is in MLflow.
     report = Path(summary["report"])
     html = report.read_text()
-    assert "Pre-annotation and refined mask" in html and html.count("data:image/png") >= 3
+    assert "Pre-annotation and refined mask" in html and html.count("data:image/png") >= 4
+    assert "Does the loop pay off?" in html and 'alt="label efficiency' in html
+    for line in summary["verdicts"]:
+        assert line.split(":")[0] in html
     demo_runs = client.search_runs(
         [client.get_experiment_by_name("demo").experiment_id],
         filter_string=f"tags.`segloop.demo` = '{summary['stamp']}'",
@@ -194,6 +236,10 @@ def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
     effort = client.get_metric_history(demo_run.info.run_id, "correction_changed_share")
     assert {m.step: m.value for m in effort} == pytest.approx(
         {r["round"]: r["changed_share"] for r in rounds[1:]}
+    )
+    probe = client.get_metric_history(demo_run.info.run_id, "probe_changed_share")
+    assert {m.step: m.value for m in probe} == pytest.approx(
+        {r["round"]: r["probe"]["changed_share"] for r in rounds[1:]}
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 
@@ -12,7 +13,13 @@ from PIL import Image
 
 from components.core.images import save_mask_png, save_rgb
 from components.core.labels import LabelSet, overlay_color
-from components.report.loop_report import RoundSummary, Sample, write_loop_report
+from components.report.loop_report import (
+    Curve,
+    RoundSummary,
+    Sample,
+    render_loop_report,
+    write_loop_report,
+)
 
 LABELS = LabelSet.model_validate(
     {
@@ -98,3 +105,27 @@ def test_loop_report_stage_refuses_a_folder_that_is_no_download(tmp_path):
     with pytest.raises(SegloopError, match="has no provenance.json: is it a download-cvat output"):
         run_loop_report(load_config(None, []), download=str(tmp_path), out=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_loop_report_shows_label_efficiency_curves_and_verdicts(tmp_path):
+    rounds = [
+        RoundSummary(0, 8, None, None, 0.5, "1", None, {}, 8, 0.5),
+        RoundSummary(1, 12, 0.7, 0.04, 0.66, "2", None, {}, 20, 0.66, 0.71, 0.031),
+        RoundSummary(2, 12, 0.8, 0.03, 0.72, "3", "champion", {}, 32, 0.72, 0.78, 0.017),
+    ]
+    curves = [
+        Curve("uncertainty", [8, 20, 32], [0.5, 0.66, 0.72], [1, 2], [0.031, 0.017]),
+        Curve("random", [8, 20, 32], [0.5, 0.6, 0.65], [1, 2], [0.031, 0.025], [0, 0.02, 0.03]),
+    ]
+    lines = ["met      champion test mIoU rises every round: 0.500 -> 0.660 -> 0.720"]
+    page = render_loop_report(rounds, [], LABELS, "t", curves=curves, verdicts=lines)
+    assert "Does the loop pay off?" in page and html.escape(lines[0]) in page
+    # Labelled images, probe IoU and probe effort are columns of the rounds table.
+    assert "<td>32</td>" in page and "<td>0.780</td>" in page and "<td>1.7%</td>" in page
+    pictures = re.findall(r"alt=\"([^\"]+)\" src=\"data:image/png", page)
+    assert any(p.startswith("label efficiency") for p in pictures)
+    # Without curves given, the run's own (champion and each round's model) are drawn.
+    own = render_loop_report(rounds, [], LABELS, "t")
+    assert "label efficiency" in own and "Does the loop pay off?" not in own
+    # Rounds from elsewhere (no labelled counts): no curve at all.
+    assert "label efficiency" not in render_loop_report(ROUNDS, [], LABELS, "t")

@@ -147,10 +147,11 @@ def test_exg_pre_annotates_synthetic_field_images(tmp_path):
         green = np.isin(truth, [1, 2])  # grass, broadleaf; rosettes are red (low ExG)
         green_inter += int((pred & green).sum())
         green_union += int((pred | green).sum())
-    # Measured on these 12 images (seed 0, 128 px, JPEG): foreground IoU 0.835, green-plant IoU
-    # 0.972 (the red rosettes are missed by design: their ExG is negative). Floors a bit below.
-    assert inter / union > 0.78
-    assert green_inter / green_union > 0.93
+    # Measured on these 12 images (seed 0, 128 px, JPEG, with crop residue and uneven light):
+    # foreground IoU 0.801, green-plant IoU 0.915 (the red rosettes are missed by design: their
+    # ExG is negative; shadows dim some leaves below the Otsu threshold). Floors a bit below.
+    assert inter / union > 0.77
+    assert green_inter / green_union > 0.89
 
 
 def test_exg_fixed_threshold_and_cleanup_on_a_drawn_plant():

@@ -14,7 +14,7 @@ from components.core import db, storage
 from components.core.errors import SegloopError
 from components.core.images import load_mask, load_rgb
 from components.core.labels import LabelSet
-from components.core.synthetic import LABELS, make_dataset, parse_size, render
+from components.core.synthetic import LABELS, area_bin, make_dataset, parse_size, render
 
 COLUMNS = [
     "image_id",
@@ -65,8 +65,10 @@ def test_layout_labels_and_table(small):
 def test_species_empty_images_and_sizes(small):
     names = {r["category_common_name"] for r in small.records}
     assert {"grass", "broadleaf", "rosette", None} <= names
-    bins = {r["estimated_area_bin"] for r in small.records}
-    assert len(bins - {None}) >= 3, bins
+    # Plant sizes range from small to a large share of the image: over 100 images, empty fields
+    # and at least three area bins occur.
+    bins = {area_bin(float(render(1, i, 96, 64)[1].astype(bool).mean())) for i in range(100)}
+    assert None in bins and len(bins - {None}) >= 3, bins
 
 
 def test_species_differ_in_colour_and_shape():

@@ -1,11 +1,14 @@
 """A small agricultural-like dataset for tests and the demo, deterministic by seed.
 
-Field images have a soil texture (low-frequency colour blotches, grain noise, pebbles) and plants
-of three species that differ in shape and colour:
+Field images have a soil texture (low-frequency colour blotches, grain noise, pebbles), crop
+residue (straw: thin tan strips, part of the background), uneven light (a per-image exposure and
+colour cast, soft shadows) and plants of three species. As in real fields, colour alone does not
+tell the species apart: grass and broadleaf share a range of greens, so a model has to learn their
+shapes and textures, which takes more than a handful of labelled images:
 
-- `grass`: a tuft of long narrow yellow-green leaves,
-- `broadleaf`: a few wide, round dark-green leaves,
-- `rosette`: a small ring of short reddish leaves.
+- `grass`: a tuft of long narrow leaves with a light midrib, mostly yellow-green,
+- `broadleaf`: a few wide, round leaves with dark veins, mostly dark green,
+- `rosette`: a ring of many short leaves around a dark centre, red to reddish green.
 
 Plant sizes range from a few pixels to a large share of the image; some images have no plant.
 Each image has a ground-truth class-id mask (uint8 PNG, 0 = soil/background), and the dataset
@@ -43,12 +46,15 @@ LABELS = LabelSet(
         Label(name="rosette", id=3, color="#c83c78"),
     ]
 )
-# Base leaf colours (RGB) as they look in the images; each plant jitters them.
-LEAF_RGB = {
-    "grass": (140, 178, 58),
-    "broadleaf": (44, 112, 40),
-    "rosette": (152, 52, 78),
+# Leaf colours (RGB): each plant mixes the two ends of its species' range at a random point, so
+# the grass and broadleaf ranges overlap in the middle (colour is a hint, not the answer).
+DARK_GREEN, YELLOW_GREEN = (50, 116, 42), (146, 178, 60)
+LEAF_RANGE = {
+    "grass": (0.45, 1.0),  # share of the way from DARK_GREEN to YELLOW_GREEN
+    "broadleaf": (0.0, 0.55),
 }
+ROSETTE_RGB = ((160, 48, 84), (132, 62, 96))  # red ... purple-red
+STRAW_RGB = (178, 156, 104)
 STATES = ("NC", "MD", "TX")
 SEASONS = ("cool_season", "summer_weeds", "summer_cash")
 LARGE_SIZE = (2048, 1536)
@@ -100,7 +106,7 @@ def soil(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
 
 def _leaf(
     img: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     cls: int,
     cx: float,
     cy: float,
@@ -108,9 +114,11 @@ def _leaf(
     b: float,
     theta: float,
     rgb: np.ndarray,
+    veins: bool = False,
 ) -> None:
-    """Paint one elliptic leaf (semi-axes a along theta, b across) into image and mask."""
-    h, w = mask.shape
+    """Paint one elliptic leaf (semi-axes a along theta, b across) into image and mask (None:
+    paint the image only, for background residue). Veins: dark midrib and side veins."""
+    h, w = img.shape[:2]
     a, b = max(a, 1.0), max(b, 0.8)
     r = a + 1
     x0, x1 = max(0, int(cx - r)), min(w, int(cx + r) + 2)
@@ -125,12 +133,31 @@ def _leaf(
     inside = d <= 1.0
     if not inside.any():
         return
-    # Darker towards the edge, a light midrib along the long axis.
+    # Darker towards the edge.
     shade = (1.05 - 0.3 * d)[..., None] * rgb
-    shade += (np.abs(v) < 0.12 * b)[..., None] * np.float32(18)
+    if veins:
+        # Net-veined leaf: a dark midrib and dark side veins at 45 degrees.
+        side = np.abs(np.sin((u * 0.7 + np.abs(v)) * (3.2 / max(b, 1.0)) * math.pi)) < 0.18
+        dark = (np.abs(v) < 0.1 * b + 0.4) | side
+        shade *= np.where(dark, 0.72, 1.0)[..., None].astype(np.float32)
+    else:
+        # Parallel-veined (grass) or plain leaf: a light midrib along the long axis.
+        shade += (np.abs(v) < 0.12 * b)[..., None] * np.float32(18)
     region = img[y0:y1, x0:x1]
     region[inside] = shade[inside]
-    mask[y0:y1, x0:x1][inside] = cls
+    if mask is not None:
+        mask[y0:y1, x0:x1][inside] = cls
+
+
+def leaf_colour(rng: np.random.Generator, species: str) -> np.ndarray:
+    """One plant's leaf colour, drawn from its species' range (see LEAF_RANGE)."""
+    if species == "rosette":
+        lo, hi = (np.array(c, dtype=np.float32) for c in ROSETTE_RGB)
+        t = rng.uniform(0.0, 1.0)
+    else:
+        lo, hi = np.array(DARK_GREEN, np.float32), np.array(YELLOW_GREEN, np.float32)
+        t = rng.uniform(*LEAF_RANGE[species])
+    return lo + (hi - lo) * np.float32(t) + rng.uniform(-10, 10, size=3).astype(np.float32)
 
 
 def plant(
@@ -144,13 +171,13 @@ def plant(
 ) -> None:
     """Draw a plant of `species` with radius about `size` pixels centred at (cx, cy)."""
     cls = LABELS.by_name(species).id
-    rgb = np.array(LEAF_RGB[species], dtype=np.float32) + rng.uniform(-14, 14, size=3)
+    rgb = leaf_colour(rng, species)
     start = rng.uniform(0, 2 * math.pi)
     if species == "grass":
         for _ in range(int(rng.integers(3, 8))):
             ang = rng.uniform(0, 2 * math.pi)
             length = size * rng.uniform(0.6, 1.0)
-            width = length * rng.uniform(0.05, 0.09)
+            width = max(length * rng.uniform(0.12, 0.18), 1.5)
             ox, oy = math.cos(ang) * length / 2, math.sin(ang) * length / 2
             _leaf(img, mask, cls, cx + ox, cy + oy, length / 2, width, ang, rgb)
     elif species == "broadleaf":
@@ -159,7 +186,7 @@ def plant(
             ang = start + 2 * math.pi * j / k + rng.uniform(-0.3, 0.3)
             length = size * rng.uniform(0.45, 0.6)
             ox, oy = math.cos(ang) * length * 0.9, math.sin(ang) * length * 0.9
-            _leaf(img, mask, cls, cx + ox, cy + oy, length, length * 0.8, ang, rgb)
+            _leaf(img, mask, cls, cx + ox, cy + oy, length, length * 0.8, ang, rgb, veins=True)
     elif species == "rosette":
         k = int(rng.integers(8, 13))
         for j in range(k):
@@ -167,9 +194,29 @@ def plant(
             length = size * rng.uniform(0.3, 0.42)
             ox, oy = math.cos(ang) * length, math.sin(ang) * length
             _leaf(img, mask, cls, cx + ox, cy + oy, length, length * 0.45, ang, rgb)
-        _leaf(img, mask, cls, cx, cy, size * 0.18, size * 0.18, 0.0, rgb * 0.7)
+        _leaf(img, mask, cls, cx, cy, size * 0.18, size * 0.18, 0.0, rgb * 0.6)
     else:
         raise SegloopError(f"unknown species {species!r}; known: {', '.join(SPECIES)}")
+
+
+def straw(img: np.ndarray, rng: np.random.Generator, short: int) -> None:
+    """Crop residue: a few thin tan strips on the soil (background, not in the mask)."""
+    h, w = img.shape[:2]
+    for _ in range(int(rng.integers(0, 6))):
+        length = short * rng.uniform(0.08, 0.3)
+        rgb = np.array(STRAW_RGB, np.float32) + rng.uniform(-22, 22, size=3).astype(np.float32)
+        width = max(length * rng.uniform(0.04, 0.08), 0.9)
+        ang = rng.uniform(0, math.pi)
+        _leaf(img, None, 0, rng.uniform(0, w), rng.uniform(0, h), length / 2, width, ang, rgb)
+
+
+def lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uneven light over the whole picture: exposure, a colour cast and soft shadows."""
+    h, w = img.shape[:2]
+    exposure = rng.uniform(0.75, 1.2)
+    cast = rng.uniform(-8, 8, size=3).astype(np.float32)
+    shadow = np.clip(_smooth_noise(rng, w, h, max(8, min(w, h) // 3)) * 1.5, -1, 0) * 0.3
+    return img * np.float32(exposure) * (1 + shadow)[..., None] + cast
 
 
 def render(
@@ -179,6 +226,8 @@ def render(
     rng = np.random.default_rng([seed, index])
     img = soil(rng, width, height)
     mask = np.zeros((height, width), dtype=np.uint8)
+    short = min(width, height)
+    straw(img, rng, short)
     # The first images guarantee every species and one empty field; the rest are random.
     if index < len(SPECIES):
         first: list[str] = [SPECIES[index]]
@@ -189,7 +238,6 @@ def render(
     drawn: list[str] = []
     if first:
         extra = [SPECIES[int(k)] for k in rng.integers(0, len(SPECIES), int(rng.integers(0, 4)))]
-        short = min(width, height)
         for k, species in enumerate(first + extra):
             # Log-uniform radius up to ~40% of the short side; the first plant is clearly
             # visible, the others go down to a few pixels.
@@ -200,6 +248,7 @@ def render(
             cx, cy = rng.uniform(0, width), rng.uniform(0, height)
             plant(img, mask, rng, species, cx, cy, size)
             drawn.append(species)
+    img = lighting(img, rng)
     return np.clip(img, 0, 255).astype(np.uint8), mask, drawn
 
 

@@ -46,6 +46,24 @@ class RoundSummary:
     model_version: str | None
     alias: str | None
     per_class_iou: dict[str, float] = field(default_factory=dict)
+    labelled_images: int | None = None  # labelled so far
+    champion_miou: float | None = None  # the champion's test mean IoU after the round
+    # The champion that pre-annotated this round's batch, on a fixed probe set (the demo's).
+    probe_iou: float | None = None
+    probe_changed_share: float | None = None
+
+
+@dataclass
+class Curve:
+    """One label-efficiency curve (e.g. a selection strategy, mean over seeds) for the plots."""
+
+    name: str
+    labelled: list[int]  # labelled images after each round
+    champion_miou: list[float]  # the champion's test mean IoU after each round
+    probe_rounds: list[int]  # rounds with a probe figure
+    probe_changed: list[float]  # share of probe pixels a person would change
+    miou_spread: list[float] | None = None  # +- (e.g. the standard deviation over seeds)
+    probe_spread: list[float] | None = None
 
 
 @dataclass
@@ -86,6 +104,60 @@ def _round_plots(rounds: list[RoundSummary]) -> str:
     axes[1].yaxis.set_major_formatter(PercentFormatter(decimals=1))
     for ax in axes:
         ax.set_xticks(xs)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def curves_of(rounds: list[RoundSummary]) -> list[Curve]:
+    """This run's own curves: the champion's and each round's model's test mIoU."""
+    with_counts = [r for r in rounds if r.labelled_images is not None]
+    if not with_counts:
+        return []
+    probed = [r for r in with_counts if r.probe_changed_share is not None]
+    champion = Curve(
+        "champion",
+        [r.labelled_images for r in with_counts],
+        [r.champion_miou if r.champion_miou is not None else r.test_miou or 0 for r in with_counts],
+        [r.round for r in probed],
+        [r.probe_changed_share for r in probed],
+    )
+    model = Curve(
+        "round's model",
+        champion.labelled,
+        [r.test_miou or 0 for r in with_counts],
+        [],
+        [],
+    )
+    return [champion, model]
+
+
+def _efficiency_plot(curves: list[Curve]) -> str | None:
+    """Label efficiency: test mIoU against labelled images, and probe effort per round."""
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for c in curves:
+        line = axes[0].errorbar(
+            c.labelled, c.champion_miou, yerr=c.miou_spread, marker="o", capsize=3, label=c.name
+        )
+        if c.probe_changed:
+            axes[1].errorbar(
+                c.probe_rounds,
+                [100 * v for v in c.probe_changed],
+                yerr=[100 * v for v in c.probe_spread] if c.probe_spread else None,
+                marker="o",
+                capsize=3,
+                color=line[0].get_color(),
+                label=c.name,
+            )
+    axes[0].set(title="test mean IoU vs labelled images", xlabel="labelled images")
+    axes[0].set(ylabel="mean IoU", ylim=(0, 1))
+    axes[1].set(title="probe effort: pixels a person changes", xlabel="round")
+    axes[1].set(ylabel="pixels changed")
+    axes[1].set_ylim(bottom=0)
+    axes[1].yaxis.set_major_formatter(PercentFormatter(decimals=1))
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
@@ -134,16 +206,24 @@ def render_loop_report(
     labels: LabelSet,
     title: str,
     samples_note: str | None = None,
+    curves: list[Curve] | None = None,
+    verdicts: list[str] | None = None,
 ) -> str:
-    """The page; `samples_note` says why there are no samples when there are none."""
+    """The page; `samples_note` says why there are no samples when there are none; `curves`
+    (default: this run's own) are the label-efficiency curves, `verdicts` the lines judging the
+    loop's goals (pipelines.loop_goals)."""
     palette = labels.overlay_palette()
     rows = [
         [
             r.round,
             "-" if r.images_refined is None else r.images_refined,
+            "-" if r.labelled_images is None else r.labelled_images,
             _fmt(r.correction_iou),
             percent(r.changed_share),
+            _fmt(r.probe_iou),
+            percent(r.probe_changed_share),
             _fmt(r.test_miou),
+            _fmt(r.champion_miou),
             r.model_version or "-",
             r.alias or "-",
         ]
@@ -154,6 +234,8 @@ def render_loop_report(
         title=title,
         rows=rows,
         round_plots=_round_plots(rounds),
+        efficiency_plot=_efficiency_plot(curves if curves is not None else curves_of(rounds)),
+        verdicts=verdicts or [],
         class_plot=_class_plot(rounds),
         legend=labels.legend(),
         samples=sample_rows,
@@ -171,7 +253,14 @@ def percent(share: float | None) -> str:
 
 
 def write_loop_report(
-    uri: str | Path, rounds, samples, labels, title="segloop active-learning loop"
+    uri: str | Path,
+    rounds,
+    samples,
+    labels,
+    title="segloop active-learning loop",
+    curves: list[Curve] | None = None,
+    verdicts: list[str] | None = None,
 ) -> str:
-    storage.write_text(str(uri), render_loop_report(rounds, samples, labels, title))
+    page = render_loop_report(rounds, samples, labels, title, curves=curves, verdicts=verdicts)
+    storage.write_text(str(uri), page)
     return str(uri)

@@ -14,14 +14,21 @@ from pipelines.cli.common import config_options
 @click.option(
     "--small",
     is_flag=True,
-    help="A faster, smaller run (fewer images, 10 epochs instead of 30): what the tests run.",
+    help="A faster, smaller run (fewer and fewer-epoch rounds): what the tests run.",
 )
 @click.option(
     "--rounds",
     type=click.IntRange(1, 20),
-    default=2,
+    default=3,
     show_default=True,
     help="Active-learning rounds after round 0.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the synthetic dataset, the probe set, training and random selection.",
 )
 @click.option(
     "--workdir",
@@ -52,7 +59,7 @@ from pipelines.cli.common import config_options
     help="--wait: seconds between looks at the tasks.",
 )
 @config_options
-def demo(small, rounds, workdir, wait, wait_timeout_s, poll_s, config_path, overrides):
+def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, config_path, overrides):
     """Run the active-learning loop end to end on the embedded stack.
 
     Starts the stack if needed, writes a synthetic dataset, trains a first model on a labelled
@@ -69,12 +76,15 @@ def demo(small, rounds, workdir, wait, wait_timeout_s, poll_s, config_path, over
         root.setLevel(logging.WARNING)
         # MLflow prints "View run ..." links; the summary ends with the MLflow UI address.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # ... and a progress bar per model download (the probe's pre-annotation loads one).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     run_demo(
         config_path,
         overrides,
         small=small,
         rounds=rounds,
+        seed=seed,
         workdir=workdir,
         wait=wait,
         wait_timeout_s=wait_timeout_s,
