@@ -3,6 +3,7 @@
     python -m benchmarks loop                  # 3 seeds x (uncertainty, diverse, random)
     python benchmarks/bench_loop.py --seeds 0 1 2 3 --strategies uncertainty random
     python benchmarks/bench_loop.py --rounds 3 --out runs/bench-loop
+    python benchmarks/bench_loop.py --out runs/bench-loop/<time> --reuse   # print it again
 
 Each (seed, strategy) is one whole `segloop demo` (pipelines.demo.run_demo) on the embedded
 stack: the same synthetic dataset, seed set, probe set, test set, windows, budget and training
@@ -33,7 +34,7 @@ from benchmarks.rows import record  # noqa: E402
 from components.core.synthetic import LABELS  # noqa: E402
 from components.report.loop_report import Curve, write_loop_report  # noqa: E402
 from components.select.settings import SelectSettings  # noqa: E402
-from pipelines.demo import DemoResult, round_summary, run_demo  # noqa: E402
+from pipelines.demo import DemoResult, quiet_console, round_summary, run_demo  # noqa: E402
 from pipelines.loop_goals import LoopFigures, verdicts  # noqa: E402
 
 DEFAULT_STRATEGY = SelectSettings().strategy
@@ -53,7 +54,7 @@ class Spread:
 
     def text(self, pattern: str = "{:.3f}") -> str:
         return (
-            f"{pattern.format(self.mean)} +- {pattern.format(self.sd)} "
+            f"{pattern.format(self.mean)} +- {pattern.replace('+', '').format(self.sd)} "
             f"[{pattern.format(self.low)}..{pattern.format(self.high)}]"
         )
 
@@ -102,6 +103,10 @@ def run_all(args) -> dict[str, StrategyRuns]:
     for seed in args.seeds:
         for strategy in args.strategies:
             work = Path(args.out) / f"{strategy}-seed{seed}"
+            if args.reuse and (work / "summary.json").is_file():
+                out[strategy].runs.append(DemoResult.load(work / "summary.json"))
+                print(f"seed {seed} {strategy:<12} (finished earlier: {work})", flush=True)
+                continue
             work.mkdir(parents=True, exist_ok=True)
             start = time.monotonic()
             with open(work / "console.txt", "w") as console, contextlib.redirect_stdout(console):
@@ -125,17 +130,33 @@ def run_all(args) -> dict[str, StrategyRuns]:
     return out
 
 
-def print_strategy(runs: StrategyRuns) -> None:
+def strategy_table(runs: StrategyRuns) -> list[str]:
+    """Per round: labelled images, champion test mIoU, probe effort and IoU (mean +- sd
+    [min..max] over seeds); then the final champion's per-class test IoU."""
     figs = runs.figures()
     first = runs.runs[0]
-    print(f"\n{runs.strategy}: mean +- sd [min..max] over {len(figs)} seeds")
-    print(f"{'round':>5} {'labelled':>8}  {'champion test mIoU':<28} {'probe px changed':<28}")
+    lines = [
+        f"{runs.strategy}: mean +- sd [min..max] over {len(figs)} seeds",
+        f"{'round':>5} {'labelled':>8}  {'champion test mIoU':<28} {'probe px changed':<30} "
+        "probe IoU",
+    ]
     miou = per_round([f.champion_miou for f in figs])
     probe = per_round([f.probe_changed for f in figs])
+    probe_iou = per_round([f.probe_iou for f in figs])
     probe_rounds = [r.round for r in first.rounds if r.probe is not None]
     for r, spread in zip(first.rounds, miou, strict=True):
-        p = probe[probe_rounds.index(r.round)].text("{:.2%}") if r.round in probe_rounds else "-"
-        print(f"{r.round:>5} {r.labelled_images:>8}  {spread.text():<28} {p:<28}")
+        at = probe_rounds.index(r.round) if r.round in probe_rounds else None
+        px = "-" if at is None else probe[at].text("{:.2%}")
+        iou = "-" if at is None else probe_iou[at].text()
+        lines.append(f"{r.round:>5} {r.labelled_images:>8}  {spread.text():<28} {px:<30} {iou}")
+    classes = {
+        name: Spread.of([f.class_iou.get(name, 0.0) for f in figs]) for name in figs[0].class_iou
+    }
+    lines.append(
+        "final champion test IoU per class: "
+        + "; ".join(f"{name} {spread.text()}" for name, spread in classes.items())
+    )
+    return lines
 
 
 def compare(all_runs: dict[str, StrategyRuns], default: str) -> list[tuple[str, str, bool]]:
@@ -172,6 +193,30 @@ def compare(all_runs: dict[str, StrategyRuns], default: str) -> list[tuple[str, 
     return lines
 
 
+def verdict_line(goal: str, figure: str, met: bool) -> str:
+    return f"{'met    ' if met else 'NOT met'}  {goal}: {figure}"
+
+
+def summarize(
+    all_runs: dict[str, StrategyRuns], default: str
+) -> tuple[list[str], list[tuple[str, str, bool]]]:
+    """The printout after the runs, and every judged goal as (goal, figure, met): the loop's
+    goals on the default strategy's means over seeds, then active learning against random."""
+    lines: list[str] = []
+    for runs in all_runs.values():
+        lines += ["", *strategy_table(runs)]
+    judged = [
+        (f"{default}: {v.goal}", v.figure, v.met)
+        for v in verdicts(all_runs[default].mean_figures())
+    ]
+    lines += ["", f"the loop's goals, on the means over seeds of the default strategy ({default}):"]
+    lines += [f"  {verdict_line(*j)}" for j in judged]
+    comparison = compare(all_runs, default)
+    lines += ["", "active learning vs random selection:"]
+    lines += [f"  {verdict_line(*j)}" for j in comparison]
+    return lines, judged + comparison
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -179,27 +224,23 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="as the demo (default 3)")
     ap.add_argument("--out", default=f"runs/bench-loop/{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument("-o", "--override", action="append", default=[], help="SECTION.KEY=VALUE")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the runs already finished under --out (their summary.json) instead of "
+        "running them again: resume an interrupted benchmark, or print a finished one again",
+    )
     args = ap.parse_args()
     if len(args.seeds) < 3:
         print("note: the goals are judged over at least 3 seeds; fewer give a rough look only")
     default = DEFAULT_STRATEGY if DEFAULT_STRATEGY in args.strategies else args.strategies[0]
+    quiet_console()
 
     all_runs = run_all(args)
-    for runs in all_runs.values():
-        print_strategy(runs)
-
-    print(f"\nthe loop's goals, on the means over seeds of the default strategy ({default}):")
-    judged = verdicts(all_runs[default].mean_figures())
-    for v in judged:
-        print(f"  {v.line()}")
-        record(
-            f"loop ({default}, {len(args.seeds)} seeds): {v.goal}", v.figure, "", None, "", v.met
-        )
-    print("\nactive learning vs random selection:")
-    comparison = compare(all_runs, default)
-    for goal, figure, met in comparison:
-        print(f"  {'met    ' if met else 'NOT met'}  {goal}: {figure}")
-        record(f"loop: {goal}", figure, "", None, "", met)
+    lines, judged = summarize(all_runs, default)
+    print("\n".join(lines), flush=True)
+    for goal, figure, met in judged:
+        record(f"loop, {len(args.seeds)} seeds: {goal}", figure, "", None, "", met)
 
     first = all_runs[default].runs[0]
     report = Path(args.out) / "loop_bench_report.html"
@@ -212,8 +253,7 @@ def main() -> int:
         title=f"segloop loop benchmark: {len(args.seeds)} seeds x {', '.join(args.strategies)} "
         f"(table: {default}, seed {first.seed}; samples: each run's own loop_report.html)",
         curves=[runs.curve() for runs in all_runs.values()],
-        verdicts=[v.line() for v in judged]
-        + [f"{'met    ' if m else 'NOT met'}  {g}: {f}" for g, f, m in comparison],
+        verdicts=[verdict_line(*j) for j in judged],
     )
     print(f"\nreport (label-efficiency curves per strategy): {report}")
     return 0

@@ -132,6 +132,17 @@ class DemoResult:
     next_probe: ProbeResult | None = None  # the final champion on the probe set
     verdicts: list[str] = field(default_factory=list)
 
+    @classmethod
+    def load(cls, uri: str | Path) -> DemoResult:
+        """A finished demo's result from its summary.json."""
+        data = storage.read_json(uri)
+        rounds = []
+        for r in data.pop("rounds"):
+            probe = r.pop("probe")
+            rounds.append(RoundResult(**r, probe=ProbeResult(**probe) if probe else None))
+        probe = data.pop("next_probe")
+        return cls(**data, rounds=rounds, next_probe=ProbeResult(**probe) if probe else None)
+
     def figures(self) -> LoopFigures:
         """What the loop's yield goals read (pipelines.loop_goals)."""
         measured = [r for r in self.rounds if r.probe is not None]
@@ -346,6 +357,14 @@ def collect_round(
 
 def _banner(echo: Echo, text: str) -> None:
     echo(f"── {text}")
+
+
+def quiet_console() -> None:
+    """The demo tells its own story: no in-process INFO lines, no MLflow "View run" links (the
+    summary ends with the MLflow UI address), no progress bar per model download."""
+    logging.getLogger().setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def run_demo(

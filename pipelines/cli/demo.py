@@ -67,17 +67,13 @@ def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, config_path
     annotator, or people with --wait) -> the active_learning pipeline on KFP's local runner.
     Ends with a summary table, the HTML loop report and the MLflow UI address.
     """
-    from pipelines.demo import run_demo
+    from pipelines.demo import quiet_console, run_demo
 
     # The demo tells its own story (one line per task); stage logs go to the task log files.
     # `segloop -v` or SEGLOOP_LOG_LEVEL bring the in-process log lines back.
     root = logging.getLogger()
     if root.level > logging.DEBUG and "SEGLOOP_LOG_LEVEL" not in os.environ:
-        root.setLevel(logging.WARNING)
-        # MLflow prints "View run ..." links; the summary ends with the MLflow UI address.
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        # ... and a progress bar per model download (the probe's pre-annotation loads one).
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        quiet_console()
 
     run_demo(
         config_path,
