@@ -119,7 +119,7 @@ def test_loop_report_shows_label_efficiency_curves_and_verdicts(tmp_path):
     ]
     lines = ["met      champion test mIoU rises every round: 0.500 -> 0.660 -> 0.720"]
     page = render_loop_report(rounds, [], LABELS, "t", curves=curves, verdicts=lines)
-    assert "Does the loop pay off?" in page and html.escape(lines[0]) in page
+    assert "Does the loop pay off?" in page and lines[0] in html.unescape(page)
     # Labelled images, probe IoU and probe effort are columns of the rounds table.
     assert "<td>32</td>" in page and "<td>0.780</td>" in page and "<td>1.7%</td>" in page
     pictures = re.findall(r"alt=\"([^\"]+)\" src=\"data:image/png", page)
