@@ -136,16 +136,21 @@ def _efficiency_plot(curves: list[Curve]) -> str | None:
     if not curves:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for c in curves:
+    # Markers and dashes differ per curve, so curves that coincide stay visible.
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-.")]
+    for i, c in enumerate(curves):
+        marker, dashes = styles[i % len(styles)]
         line = axes[0].errorbar(
-            c.labelled, c.champion_miou, yerr=c.miou_spread, marker="o", capsize=3, label=c.name
-        )
+            c.labelled, c.champion_miou, yerr=c.miou_spread, marker=marker, linestyle=dashes,
+            capsize=3, label=c.name,
+        )  # fmt: skip
         if c.probe_changed:
             axes[1].errorbar(
                 c.probe_rounds,
                 [100 * v for v in c.probe_changed],
                 yerr=[100 * v for v in c.probe_spread] if c.probe_spread else None,
-                marker="o",
+                marker=marker,
+                linestyle=dashes,
                 capsize=3,
                 color=line[0].get_color(),
                 label=c.name,
@@ -155,6 +160,7 @@ def _efficiency_plot(curves: list[Curve]) -> str | None:
     axes[1].set(title="probe effort: pixels a person changes", xlabel="round")
     axes[1].set(ylabel="pixels changed")
     axes[1].set_ylim(bottom=0)
+    axes[1].set_xticks(sorted({r for c in curves for r in c.probe_rounds}))
     axes[1].yaxis.set_major_formatter(PercentFormatter(decimals=1))
     for ax in axes:
         ax.legend(fontsize=8)
