@@ -161,3 +161,30 @@ def test_missing_uncertainty_is_a_clear_error(tmp_path):
         run_select(cfg_with(), predictions=str(tmp_path / "empty"), out=str(tmp_path / "o"))
     with pytest.raises(SegloopError, match="no such file"):
         run_select(cfg_with(), predictions=str(tmp_path / "absent"), out=str(tmp_path / "o"))
+
+
+def test_mixed_takes_the_most_uncertain_and_a_seeded_random_share_of_the_rest(tmp_path):
+    pred = make_predictions(tmp_path / "pred", n=12)
+    picks = {}
+    for seed in (1, 1, 2):
+        out = tmp_path / f"m{seed}-{len(picks)}"
+        run_select(
+            cfg_with(strategy="mixed", budget=4, random_share=0.5, seed=seed),
+            predictions=str(pred),
+            out=str(out),
+        )
+        rows = artifacts.read_jsonl(out / "selected.jsonl")
+        assert [r["record_id"] for r in rows[:2]] == ["img11", "img10"]  # most uncertain
+        rest = [r["record_id"] for r in rows[2:]]
+        assert len(set(rest)) == 2 and not {"img11", "img10"} & set(rest)
+        assert all(r["reason"] == f"random share of mixed (seed {seed})" for r in rows[2:])
+        picks[(seed, len(picks))] = rest
+    first, again, other = picks.values()
+    assert first == again and first != other
+    # random_share=1 is random selection; 0 is uncertainty.
+    run_select(
+        cfg_with(strategy="mixed", budget=3, random_share=0),
+        predictions=str(pred),
+        out=str(tmp_path / "u"),
+    )
+    assert selected_ids(tmp_path / "u") == ["img11", "img10", "img09"]

@@ -94,6 +94,23 @@ def pick_random(entries: list[dict], budget: int, seed: int) -> list[tuple[dict,
     return [(e, 0.0, f"random (seed {seed})") for e in picked]
 
 
+def pick_mixed(
+    entries: list[dict], budget: int, metric: str, seed: int, random_share: float
+) -> list[tuple[dict, float, str]]:
+    """The most uncertain images, plus a seeded random share of the others: the random part
+    keeps showing the model typical images while its uncertainty is still a poor guide (the
+    first rounds), the uncertain part the images it gets most wrong."""
+    n_random = min(round(budget * random_share), budget)
+    chosen = pick_uncertain(entries, budget - n_random, metric)
+    taken = {str(e["record_id"]) for e, _, _ in chosen}
+    rest = [e for e in entries if str(e["record_id"]) not in taken]
+    explore = pick_random(rest, n_random, seed)
+    return chosen + [
+        (e, uncertainty_score(e, metric), f"random share of mixed (seed {seed})")
+        for e, _, _ in explore
+    ]
+
+
 def pick_stratified(
     entries: list[dict], budget: int, seed: int, group_of
 ) -> list[tuple[dict, float, str]]:
@@ -131,6 +148,8 @@ def run_select(
             chosen = pick_diverse(candidates, s.budget, s.metric, s.min_hash_distance)
         elif s.strategy == "random":
             chosen = pick_random(candidates, s.budget, s.seed)
+        elif s.strategy == "mixed":
+            chosen = pick_mixed(candidates, s.budget, s.metric, s.seed, s.random_share)
         else:
             chosen = pick_stratified(candidates, s.budget, s.seed, _grouper(s.stratify_by, records))
 
@@ -140,7 +159,7 @@ def run_select(
                 "candidates": len(candidates),
                 "selected": len(chosen),
                 "strategy": s.strategy,
-                "metric": s.metric if s.strategy in ("uncertainty", "diverse") else None,
+                "metric": s.metric if s.strategy in ("uncertainty", "diverse", "mixed") else None,
                 "mean_score_selected": sum(c[1] for c in chosen) / len(chosen) if chosen else 0.0,
             }
             artifacts.write_metrics(out_dir, metrics)
