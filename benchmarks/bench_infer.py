@@ -39,7 +39,9 @@ one contender spread; all runs are printed, with the load average.
 Memory: peak RSS of `segloop infer` (run_infer, default settings) on one 9504x6336 JPEG in a
 child process; reported as the child's own peak (getrusage) and the peak of the sum over its
 whole process tree (main + any decoding worker processes; on CPU segloop decodes in threads;
-sampled from /proc). Goal: < 3 GB.
+sampled from /proc); then the same for MONAI's sliding window (same model, tile 512, batch 8,
+overlap 0.25, Gaussian, the same precision: bf16 autocast where the CPU has it) in its own
+child. Goals: < 3 GB, and no more than MONAI.
 """
 
 from __future__ import annotations
@@ -125,10 +127,29 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def memory_child(image: str, model: str, out: str, workers: int) -> None:
-    """Runs inside the child process: one full-size image through run_infer."""
-    cfg = load_config(extra={"infer": {"model": model, "device": "cpu", "num_workers": workers}})
-    metrics = run_infer(cfg, images=image, out=out)
+def memory_child(image: str, model: str, out: str, contender: str) -> None:
+    """Runs inside the child process: one full-size image through run_infer (default settings,
+    amp=auto), or through MONAI's sliding window at the same precision (`contender` monai)."""
+    if contender == "monai":
+        net, spec = load_checkpoint(model, "cpu")
+        start = time.perf_counter()
+        files = sorted(Path(image).glob("*.jpg"))
+        run_monai(
+            net,
+            spec,
+            files,
+            Path(out),
+            torch.device("cpu"),
+            pick_amp("auto", torch.device("cpu")),
+            512,
+            8,
+        )
+        seconds = time.perf_counter() - start
+        pixels = sum(Image.open(f).width * Image.open(f).height for f in files)
+        metrics = {"mp_per_s": pixels / 1e6 / seconds, "seconds": seconds, "tiles": "-", "ok": 1}
+    else:
+        cfg = load_config(extra={"infer": {"model": model, "device": "cpu", "num_workers": 2}})
+        metrics = run_infer(cfg, images=image, out=out)
     print(
         json.dumps(
             {
@@ -148,21 +169,15 @@ def bench_memory(tmp: Path, h: int, w: int) -> None:
     folder.mkdir()
     Image.fromarray(field_image(h, w)).save(folder / "field.jpg", quality=90)
     model = make_checkpoint(tmp / "mem-model", "Unet", "mobilenet_v2", 512, small=True)
-    for workers in (2,):  # the default
-        out = tmp / f"mem-out-{workers}"
+    peaks = {}
+    for contender in ("segloop", "monai"):  # segloop with its defaults (amp=auto, 2 workers)
+        out = tmp / f"mem-out-{contender}"
         child = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--_memory-child",
-                str(folder),
-                str(model),
-                str(out),
-                str(workers),
-            ],
+            [sys.executable, __file__, "--_memory-child", str(folder), str(model), str(out),
+             contender],
             stdout=subprocess.PIPE,
             text=True,
-        )
+        )  # fmt: skip
         peak = 0
         stop = threading.Event()
 
@@ -178,23 +193,31 @@ def bench_memory(tmp: Path, h: int, w: int) -> None:
         stop.set()
         sampler.join()
         if child.returncode:
-            print(f"   child failed (exit {child.returncode})")
+            print(f"   {contender}: child failed (exit {child.returncode})")
             continue
         fig = json.loads(stdout.strip().splitlines()[-1])
+        peaks[contender] = peak
         print(
-            f"   num_workers={workers}: peak RSS main process {fig['self_peak'] / GB:.2f} GB, "
-            f"whole process tree {peak / GB:.2f} GB (goal < 3 GB: "
-            f"{'met' if peak < 3 * GB else 'NOT met'}); {fig['tiles']} tiles, "
-            f"{fig['seconds']:.1f} s, {fig['mp_per_s']:.2f} MP/s"
+            f"   {contender}: peak RSS main process {fig['self_peak'] / GB:.2f} GB, whole "
+            f"process tree {peak / GB:.2f} GB; {fig['tiles']} tiles, {fig['seconds']:.1f} s, "
+            f"{fig['mp_per_s']:.2f} MP/s"
         )
-        record(
-            f"peak RSS, one {w}x{h} JPEG, CPU (process tree)",
-            f"{peak / GB:.2f} GB",
-            None,
-            None,
-            "< 3 GB",
-            peak < 3 * GB,
-        )
+    if "segloop" not in peaks:
+        return
+    peak, monai = peaks["segloop"], peaks.get("monai")
+    print(
+        f"   goal < 3 GB: {'met' if peak < 3 * GB else 'NOT met'}"
+        + (f"; segloop / MONAI {peak / monai:.2f} (goal <= 1: "
+           f"{'met' if peak <= monai else 'NOT met'})" if monai else "")
+    )  # fmt: skip
+    record(
+        f"peak RSS, one {w}x{h} JPEG, CPU, amp=auto (process tree), vs MONAI",
+        f"{peak / GB:.2f} GB",
+        f"{monai / GB:.2f} GB" if monai else None,
+        peak / monai if monai else None,
+        "< 3 GB and <= MONAI's",
+        peak < 3 * GB and (monai is None or peak <= monai),
+    )
 
 
 # ---------------------------------------------------------------- speed
@@ -528,8 +551,7 @@ def main() -> None:
     ap.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._memory_child:
-        image, model, out, workers = args._memory_child
-        memory_child(image, model, out, int(workers))
+        memory_child(*args._memory_child)
         return
     with tempfile.TemporaryDirectory(prefix="segloop-bench-") as tmp:
         tmp = Path(tmp)
