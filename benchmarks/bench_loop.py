@@ -1,6 +1,6 @@
 """Does the loop pay off? The demo's loop over several seeds and selection strategies.
 
-    python -m benchmarks loop                  # 3 seeds x (uncertainty, diverse, random)
+    python -m benchmarks loop                  # 3 seeds x (uncertainty, diverse, mixed, random)
     python benchmarks/bench_loop.py --seeds 0 1 2 3 --strategies uncertainty random
     python benchmarks/bench_loop.py --rounds 3 --out runs/bench-loop
     python benchmarks/bench_loop.py --out runs/bench-loop/<time> --reuse   # print it again
@@ -220,7 +220,9 @@ def summarize(
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--strategies", nargs="+", default=["uncertainty", "diverse", "random"])
+    ap.add_argument(
+        "--strategies", nargs="+", default=["uncertainty", "diverse", "mixed", "random"]
+    )
     ap.add_argument("--rounds", type=int, default=3, help="as the demo (default 3)")
     ap.add_argument("--out", default=f"runs/bench-loop/{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument("-o", "--override", action="append", default=[], help="SECTION.KEY=VALUE")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import click
 
 from components.core.config import stage_run_dir
+from components.select.settings import SelectSettings
 from pipelines.cli.common import config_options, load_cfg, set_if
+
+# The strategies the `select` section accepts (one list: the settings' own).
+STRATEGIES = get_args(SelectSettings.model_fields["strategy"].annotation)
 
 
 @click.command("select")
@@ -16,7 +22,7 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["uncertainty", "diverse", "random", "stratified"]),
+    type=click.Choice(STRATEGIES),
     default=None,
 )
 @click.option("--budget", "-n", type=int, default=None, help="How many images to pick.")
