@@ -235,7 +235,8 @@ def make_demo_data(
     test, labelled = ids[: size.test], ids[size.test : size.test + size.seed]
     pool = ids[size.test + size.seed :]
     probe = sorted(random.Random(seed).sample(pool, size.probe))
-    rest = [i for i in pool if i not in set(probe)]
+    probe_ids = set(probe)
+    rest = [i for i in pool if i not in probe_ids]
     windows = [rest[i : i + size.window] for i in range(0, len(rest), size.window)]
     labels = LabelSet.load(synth.labels_uri)
     masks = {r["image_id"]: r["mask_uri"] for r in synth.records}
@@ -271,7 +272,9 @@ def window_filters(ids: list[str]) -> list[str]:
     return [f"image_id={','.join(ids)}"]
 
 
-def measure_probe(cfg: SegloopConfig, data: DemoData, model_uri: str, version: int, out: Path):
+def measure_probe(
+    cfg: SegloopConfig, data: DemoData, model_uri: str, version: int, out: Path
+) -> ProbeResult:
     """Pre-annotate the probe set with `model_uri` (as infer does for a batch) and measure what
     a person would change against the ground truth."""
     from components.download_cvat.download import correction
@@ -286,7 +289,10 @@ def measure_probe(cfg: SegloopConfig, data: DemoData, model_uri: str, version: i
     for rid in data.probe:
         entry = manifest.get(rid) or {}
         if entry.get("status") != "ok":
-            raise SegloopError(f"probe image {rid} was not pre-annotated: {entry.get('error')}")
+            raise SegloopError(
+                f"probe image {rid} was not pre-annotated ({entry.get('reason', 'no result')}); "
+                f"see {out / 'infer' / 'manifest.jsonl'}"
+            )
         effort = correction(
             load_mask(out / "infer" / entry["mask"]), data.truth(rid), data.labels.num_classes
         )
