@@ -350,11 +350,11 @@ def collect_round(
         train_run_id=registration.get("run_id"),
         pipelines=runs,
     )
-    champion = r if r.promoted or previous is None else previous
-    r.champion_test_mean_iou = r.test_mean_iou if champion is r else previous.champion_test_mean_iou
-    r.champion_per_class_iou = (
-        r.per_class_iou if champion is r else dict(previous.champion_per_class_iou)
-    )
+    if r.promoted or previous is None:  # this round's model is the champion now
+        r.champion_test_mean_iou, r.champion_per_class_iou = r.test_mean_iou, dict(r.per_class_iou)
+    else:
+        r.champion_test_mean_iou = previous.champion_test_mean_iou
+        r.champion_per_class_iou = dict(previous.champion_per_class_iou)
     return r
 
 

@@ -544,8 +544,9 @@ def _fit(
         progress.history.append(row)
         if tracker is not None:
             _log_epoch(s, tracker, row, improved)
-            keep_last = s.keep == "last"
-            _save_epoch_checkpoints(tracker, trainer, d.spec, progress, epoch, improved, keep_last)
+            # With `train.keep=last` every epoch's weights become best/.
+            as_best = improved or s.keep == "last"
+            _save_epoch_checkpoints(tracker, trainer, d.spec, progress, epoch, as_best)
             tracker.manifest.add({**row, "status": OK, "best": improved})
         if s.patience and d.val_loader is not None and progress.stale >= s.patience:
             log.info("train: early stop at epoch %d (no gain for %d epochs)", epoch, progress.stale)
@@ -630,12 +631,10 @@ def _save_epoch_checkpoints(
     spec: ModelSpec,
     progress: _Progress,
     epoch: int,
-    improved: bool,
-    keep_last: bool = False,
+    as_best: bool,
 ) -> None:
-    """best/ on a new best (every epoch with `train.keep=last`); last/ and its state.pt every
-    epoch, so `--resume` can continue."""
-    if improved or keep_last:
+    """best/ when `as_best`; last/ and its state.pt every epoch, so `--resume` can continue."""
+    if as_best:
         save_checkpoint(trainer.net, spec, tracker.root / "best")
     save_checkpoint(trainer.net, spec, tracker.root / "last")
     torch.save(
