@@ -30,6 +30,9 @@ TINY = {
         "batch_size": 8,
         "workers": 0,
         "seed": 0,
+        # fp32 on every machine: amp=auto trains in bf16 on CPUs with native bf16 (AMX,
+        # AVX512-BF16), which would make the learned scores depend on the CPU.
+        "amp": "off",
     }
 }
 
