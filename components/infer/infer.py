@@ -14,9 +14,12 @@ engine (`components.core.inference`) and writes into `out` (a folder or s3:// pr
                             height, pixels (per class name), uncertainty, ms, status, reason
   metrics.json              counts, megapixels, MP/s, failures, device, settings
   labels.json, model.json (smp), cfg.yaml
+  settings.json             the settings that shape these outputs (`OUTPUT_SETTINGS`, the model)
 
-Images already `ok` in the manifest are skipped unless `infer.overwrite`; failures are recorded
-and skipped; the stage fails when more than `infer.max_failures` images fail.
+Images already `ok` in the manifest are skipped; an output made with other settings is refused
+unless `infer.overwrite`, which starts the folder clean; a local output is locked while a run
+writes it (`components.core.outputs`). Failures are recorded and skipped; the stage fails when
+more than `infer.max_failures` images fail.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from components.core import artifacts, images, storage
+from components.core import artifacts, images, outputs, storage
 from components.core.config import save_resolved, stage_run_dir
 from components.core.errors import SegloopError
 from components.core.inference import TileEngine, pick_device
@@ -398,9 +401,12 @@ def run_infer(
     predictor = load_predictor(cfg, model_uri, device, predictor)
     engine = build_engine(s, predictor, device)
 
-    with storage.output_dir(out) as folder:
+    settings = output_settings(s, model_uri, predictor, engine)
+    with outputs.open_output(
+        out, "infer", settings, overwrite=s.overwrite, overwrite_hint=OVERWRITE_HINT
+    ) as folder:
         write_run_files(cfg, folder, predictor)
-        manifest = open_manifest(folder, s.overwrite)
+        manifest = artifacts.Manifest(folder)
         todo = [r for r in inputs if not manifest.done(r.record_id)]
         skipped = len(inputs) - len(todo)
         if skipped:
@@ -512,11 +518,36 @@ def write_run_files(cfg: InferConfig, folder: Path, predictor: Predictor) -> Non
         storage.write_text(folder / "model.json", predictor.spec.model_dump_json(indent=2) + "\n")
 
 
-def open_manifest(folder: Path, overwrite: bool) -> artifacts.Manifest:
-    """The output's manifest; with `overwrite` an earlier run's rows are forgotten."""
-    if overwrite:
-        (folder / "manifest.jsonl").unlink(missing_ok=True)
-    return artifacts.Manifest(folder)
+# The settings that shape infer's outputs: a resumed output must have been made with the same.
+# Not: device, batch_size, num_workers, prefetch, channels_last (speed), max_failures, shards.
+OUTPUT_SETTINGS = (
+    "predictor_params",
+    "label_map",
+    "drop",
+    "overlap",
+    "window",
+    "threshold",
+    "min_area",
+    "uncertain_margin",
+    "coco",
+    "overlays",
+    "overlay_max_side",
+)
+OVERWRITE_HINT = "pass --overwrite (infer.overwrite=true)"
+
+
+def output_settings(
+    s: InferSettings, model_uri: str | None, predictor: Predictor, engine: TileEngine
+) -> dict[str, Any]:
+    """What made an infer output: the model, its classes, the resolved tiling and precision."""
+    return {
+        **{name: getattr(s, name) for name in OUTPUT_SETTINGS},
+        "predictor": getattr(predictor, "name", type(predictor).__name__),
+        "model": model_uri,
+        "labels": list(predictor.info.labels.names),
+        "tile_size": engine.tile,
+        "amp": str(engine.amp_dtype).replace("torch.", "") if engine.amp_dtype else "off",
+    }
 
 
 def segment(

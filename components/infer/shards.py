@@ -24,11 +24,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.core import artifacts, storage
+from components.core import artifacts, outputs, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
-from components.infer.infer import Record, _check_ids, records_from_jsonl, run_infer, write_coco
+from components.infer.infer import (
+    OVERWRITE_HINT,
+    Record,
+    _check_ids,
+    records_from_jsonl,
+    run_infer,
+    write_coco,
+)
 from components.infer.settings import InferConfig
 
 log = logging.getLogger("segloop.infer")
@@ -37,7 +44,7 @@ SHARD_FILE = "shard.json"
 # Per-image outputs that the merge copies from every shard (whichever exist).
 SHARD_FOLDERS = ("masks", "overlays", "coco")
 # Files every shard writes the same; the merge takes them from shard 0 after checking they agree.
-SHARED_FILES = ("labels.json", "model.json")
+SHARED_FILES = ("labels.json", "model.json", outputs.SETTINGS_FILE)
 # Metrics that add up over shards.
 SUMMED = ("images", "processed", "skipped_done", "ok", "failed", "annotations", "tiles")
 
@@ -228,9 +235,15 @@ def merge_shards(
     everything = records_from_jsonl(records)
     _check_ids(everything)
     shards = len(shard_outputs)
-    with storage.output_dir(out) as folder, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         local = [stack.enter_context(storage.local_input(uri)) for uri in shard_outputs]
         folders = _order_shards(local, everything)
+        settings = storage.read_json(folders[0] / outputs.SETTINGS_FILE)["settings"]
+        folder = stack.enter_context(
+            outputs.open_output(
+                out, "infer", settings, overwrite=s.overwrite, overwrite_hint=OVERWRITE_HINT
+            )
+        )
         save_resolved(cfg, folder)
         for name in SHARED_FILES:
             text = _shared_file(folders, name)
