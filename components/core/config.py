@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+import reprlib
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -127,17 +128,117 @@ class SharedConfig(Section):
 Config = TypeVar("Config", bound=Section)
 
 
-def _read_file(path: str) -> dict[str, Any]:
-    from components.core import storage  # here, not at the top: boto3 stays out of start-up
+# A real config holds a few hundred values; aliases may not expand it past this (a "billion
+# laughs" file would otherwise hang every walk over it and print gigabytes in an error).
+MAX_YAML_VALUES = 100_000
+MAX_ERROR_LINES = 20
 
-    text = storage.read_text(path)
+
+def clip(text: str, size: int = 200) -> str:
+    """A user's text cut to `size` characters for a message."""
+    return text if len(text) <= size else f"{text[:size]}... ({len(text):,} characters)"
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxstring = short.maxother = 80
+    short.maxlist = short.maxdict = 6
+    short.maxlevel = 2
+    return short
+
+
+_SHORT = _short_repr()
+
+
+class _Refused(Exception):
+    """YAML that parses but that a config may not hold; the message names the line."""
+
+
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and aliases that expand past MAX_YAML_VALUES."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` with own keys after it overrides, as YAML means
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _Refused(
+                        f"line {line}: duplicate key {clip(str(key), 80)!r} (first at line "
+                        f"{seen[key]}); keep one of them"
+                    )
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base class names it
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` holds once every alias is expanded (shared nodes counted once
+    per use); refuses an alias inside the node it names, and sizes over MAX_YAML_VALUES."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    line = node.start_mark.line + 1
+    if id(node) in open_nodes:
+        raise _Refused(f"line {line}: an alias refers to the mapping or list that holds it")
+    open_nodes.add(id(node))
+    children = node.value if isinstance(node, yaml.SequenceNode) else []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    size = 1 + sum(_expanded_size(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(id(node))
+    if size > MAX_YAML_VALUES:
+        raise _Refused(
+            f"line {line}: aliases (*name) expand this to over {MAX_YAML_VALUES:,} values; "
+            "write the values out, or use fewer aliases"
+        )
+    sizes[id(node)] = size
+    return size
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A PyYAML error as one line: what and where (its own text spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        context = f"{exc.context}: " if exc.context else ""
+        return clip(f"{context}{exc.problem}{where}", 300)
+    return clip(" ".join(str(exc).split()), 300)
+
+
+def load_yaml(text: str, source: str, hint: str = "", kind: str = "YAML") -> Any:
+    """YAML as a config reads it: safe tags only, no duplicate keys, aliases bounded; errors
+    are one line naming `source` (and `hint`, what to do)."""
     try:
-        if path.endswith(".toml"):
+        return yaml.load(text, Loader=_ConfigYamlLoader)  # noqa: S506 (a SafeLoader)
+    except _Refused as exc:
+        raise ConfigError(f"{source}, {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid {kind}: {_yaml_problem(exc)}{hint}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply to be a config") from None
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    from components.core import limits  # here, not at the top: boto3 stays out of start-up
+
+    text = limits.read_user_text(path, limits.CONFIG)
+    if path.endswith(".toml"):
+        try:
             data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid YAML/TOML: {exc}") from exc
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
+            raise ConfigError(f"config file {path} is not valid YAML/TOML: {exc}") from None
+    else:
+        data = load_yaml(text, f"config file {path}", kind="YAML/TOML") or {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of sections, got {type(data).__name__}"
@@ -150,15 +251,19 @@ def _parse_overrides(overrides: list[str]) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     for item in overrides:
-        key, sep, _ = item.partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
-                f"override {item!r} is not of the form section.key=value (e.g. -o train.epochs=5)"
+                f"override {clip(item)!r} is not of the form section.key=value "
+                "(e.g. -o train.epochs=5)"
             )
+        # OmegaConf reads the value as YAML; this bounds its aliases and names a bad value.
+        hint = f"; quote it, e.g. -o '{clip(key, 80)}=\"{clip(value, 80)}\"'"
+        load_yaml(value, f"override {clip(item)!r}: the value", hint)
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from exc
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot parse overrides: {clip(str(exc), 300)}") from None
 
 
 def _merge_omegaconf(
@@ -173,7 +278,9 @@ def _merge_omegaconf(
     try:
         return OmegaConf.to_container(OmegaConf.merge(*configs), resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot merge config {path or '(defaults)'}: {exc}") from exc
+        raise ConfigError(
+            f"cannot merge config {path or '(defaults)'}: {clip(' '.join(str(exc).split()), 300)}"
+        ) from None
 
 
 # What `_merge_plain` reads as OmegaConf does (through its YAML loader); anything else is left
@@ -312,19 +419,23 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 def describe_validation_error(
     exc: ValidationError, root: type[BaseModel], source: str | None = None
 ) -> str:
-    """One line per problem: the dotted key, the value given and what is allowed."""
+    """One line per problem (the first MAX_ERROR_LINES): the dotted key, the value given (cut
+    short) and what is allowed."""
     where = f" in {source}" if source else ""
     lines = [f"invalid config{where}:"]
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_ERROR_LINES]:
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc)
-        value = err.get("input")
+        key = clip(".".join(str(p) for p in loc), 120)
+        value = _SHORT.repr(err.get("input"))
         if err["type"] == "extra_forbidden":
             parent = _model_at(root, loc[:-1])
             allowed = ", ".join(parent.model_fields) if parent else "?"
-            lines.append(f"  unknown key '{key}' (value {value!r}); allowed here: {allowed}")
+            lines.append(f"  unknown key '{key}' (value {value}); allowed here: {allowed}")
         else:
-            lines.append(f"  '{key}' = {value!r}: {err['msg']}")
+            lines.append(f"  '{key}' = {value}: {clip(err['msg'])}")
+    if len(errors) > MAX_ERROR_LINES:
+        lines.append(f"  ... and {len(errors) - MAX_ERROR_LINES} more")
     return "\n".join(lines)
 
 

@@ -2,23 +2,26 @@
 
 Images are decoded with EXIF orientation applied, so masks match what people see in CVAT.
 RGBA, grayscale, palette and 16-bit images are converted to 8-bit RGB; truncated or corrupt
-files raise `SegloopError` naming the file.
+files raise `SegloopError` naming the file. Every read goes through `limits` (regular files
+within a size cap) and every decode checks the header's size against the pixel budget first.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from components.core import storage
+from components.core import limits, storage
 from components.core.errors import SegloopError
 
-# Full SemiF bench images are 9504x6336 (60 MP); allow up to 250 MP before PIL's bomb guard.
-Image.MAX_IMAGE_PIXELS = 250_000_000
+# Our budget (limits.PIXELS) is checked before each decode; PIL's own bomb guard, which refuses
+# at twice its limit, backs it up where an image is opened elsewhere.
+Image.MAX_IMAGE_PIXELS = limits.max_image_pixels()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -32,16 +35,15 @@ SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"BM", 0, "BMP"),
     (b"WEBP", 8, "WebP"),
 )
-PEEK_BYTES = 16
+SIGNATURE_NAMES = "PNG, JPEG, TIFF, GIF, BMP or WebP"
 # PIL names in-memory files by their repr (`<_io.BytesIO object at 0x7f...>`): noise for people.
 _OBJECT_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
 
 
-def peek(data: bytes, size: int = PEEK_BYTES) -> str:
-    """The first bytes as safe, printable text: ASCII as is, anything else escaped."""
-    escapes = {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x27: "\\'", 0x5C: "\\\\"}
-    text = "".join(escapes.get(b, chr(b) if 32 <= b < 127 else f"\\x{b:02x}") for b in data[:size])
-    return text + ("..." if len(data) > size else "")
+def _looks_like_text(data: bytes) -> bool:
+    """Whether the start of `data` is printable UTF-8 (an HTML error page, a config file...)."""
+    head = data[:512].decode("utf-8", errors="ignore")
+    return bool(head) and all(c.isprintable() or c in "\r\n\t" for c in head)
 
 
 def unreadable_reason(data: bytes, exc: BaseException | None = None) -> str:
@@ -51,10 +53,37 @@ def unreadable_reason(data: bytes, exc: BaseException | None = None) -> str:
     kind = next((name for sig, at, name in SIGNATURES if data[at : at + len(sig)] == sig), None)
     if exc is None or isinstance(exc, UnidentifiedImageError):
         if kind is None:
-            return f"not an image (starts with '{peek(data)}')"
+            # Never the bytes themselves: the file may be /etc/passwd or hold a secret.
+            what = "bytes of text" if _looks_like_text(data) else "bytes"
+            return f"not an image ({len(data)} {what}; no {SIGNATURE_NAMES} signature)"
         return f"damaged or unsupported {kind} file ({len(data)} bytes; cannot be decoded)"
     detail = _OBJECT_REPR.sub("", str(exc)).strip(" :") or type(exc).__name__
     return f"damaged {kind or 'image'} file ({detail})"
+
+
+def read_image_bytes(uri: str | Path) -> bytes:
+    """An image or mask file's bytes: a regular file within limits.IMAGE."""
+    return limits.read_user_bytes(uri, limits.IMAGE)
+
+
+def open_checked(fp, source: str) -> Image.Image:
+    """`Image.open` (lazy: header only) that refuses a claimed size over the pixel budget."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        # PIL refuses above twice our budget before we see the size; its message has the count.
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        raise limits.over_budget(
+            source, f"{int(claimed[1]) / 1e6:.0f} MP" if claimed else ""
+        ) from None
+    try:
+        limits.check_pixels(*img.size, source)
+    except SegloopError:
+        img.close()
+        raise
+    return img
 
 
 def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -62,7 +91,7 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
     if not data:
         raise SegloopError(f"{source}: {unreadable_reason(data)}; replace or remove the file")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_checked(io.BytesIO(data), source) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb_array(img)
@@ -86,14 +115,14 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 def load_rgb(uri: str | Path) -> np.ndarray:
     """Read an image from a path or URI as HxWx3 uint8 RGB."""
-    return decode_rgb(storage.read_bytes(uri), source=str(uri))
+    return decode_rgb(read_image_bytes(uri), source=str(uri))
 
 
 def image_size(uri: str | Path) -> tuple[int, int]:
     """(width, height) after EXIF orientation, reading only the header where possible."""
-    data = storage.read_bytes(uri)
+    data = read_image_bytes(uri)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_checked(io.BytesIO(data), str(uri)) as img:
             orientation = img.getexif().get(0x0112, 1)
             w, h = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -103,14 +132,14 @@ def image_size(uri: str | Path) -> tuple[int, int]:
 
 def load_mask(uri: str | Path) -> np.ndarray:
     """Read a class-id mask PNG (mode L or P) as an HxW uint8 array."""
-    data = storage.read_bytes(uri)
+    data = read_image_bytes(uri)
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        with open_checked(io.BytesIO(data), str(uri)) as img:
             if img.mode not in ("L", "P"):
                 raise SegloopError(
                     f"{uri}: a class-id mask must be a single-channel PNG (mode L or P), got mode {img.mode}"
                 )
+            img.load()
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SegloopError(f"{uri}: not a readable mask: {unreadable_reason(data, exc)}") from exc

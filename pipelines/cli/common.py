@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from components.core.errors import ConfigError
 from pipelines.config import SegloopConfig, load_config
 
 
@@ -21,7 +22,6 @@ def config_options(func: Callable) -> Callable:
         "--config",
         "-c",
         "config_path",
-        type=click.Path(dir_okay=False),
         default=None,
         envvar="SEGLOOP_CONFIG",
         help="Config file (YAML or TOML). Default: $SEGLOOP_CONFIG.",
@@ -36,9 +36,27 @@ def config_options(func: Callable) -> Callable:
     )
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_config_path(kwargs.get("config_path"))
         return func(*args, **kwargs)
 
     return wrapper
+
+
+def _check_config_path(path: str | None) -> None:
+    """A config path that is a folder or missing, named by where it came from."""
+    if not path or path.startswith("s3://"):
+        return
+    source = click.get_current_context().get_parameter_source("config_path")
+    origin = (
+        f"SEGLOOP_CONFIG={path}"
+        if source is click.core.ParameterSource.ENVIRONMENT
+        else f"--config {path}"
+    )
+    unset = " (or unset SEGLOOP_CONFIG)" if origin.startswith("SEGLOOP") else ""
+    if os.path.isdir(path):
+        raise ConfigError(f"{origin} is a folder; give a config file (YAML or TOML){unset}")
+    if not os.path.lexists(path):
+        raise ConfigError(f"{origin}: no such file; give a config file (YAML or TOML){unset}")
 
 
 def set_if(section: dict[str, Any], **values: Any) -> dict[str, Any]:
