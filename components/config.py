@@ -8,6 +8,7 @@ with the pipelines (`pipelines.config.SegloopConfig`), which hand the components
 
 from __future__ import annotations
 
+from components.core import redact, shutdown
 from components.core.config import parse_json_into
 from components.download_cvat.settings import DownloadCvatConfig
 from components.evaluate.settings import EvaluateConfig
@@ -41,5 +42,11 @@ class RunConfig(
 
 
 def config_from_json(text: str) -> RunConfig:
-    """The config as a KFP component receives it: one JSON string parameter."""
+    """The config as a KFP component receives it: one JSON string parameter.
+
+    Every component body starts here, so this also guards the task's process: its log lines
+    (pod logs) are masked, and SIGTERM (a stopped pod) cleans up temporary folders.
+    """
+    redact.install()
+    shutdown.exit_cleanly_on_sigterm()
     return parse_json_into(RunConfig, text)

@@ -17,6 +17,8 @@ from collections import deque
 from pathlib import Path
 from typing import IO
 
+from components.core.redact import redact
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The local runner's own log lines (kfp/local/task_dispatcher.py), colours stripped.
 TASK_START = re.compile(r"Executing task '([^']+)'")
@@ -76,6 +78,7 @@ class TaskLogRouter(io.TextIOBase):
 
     # ---- routing
     def _line(self, line: str) -> None:
+        line = redact(line)  # task logs quote executor input: the run's config, its addresses
         plain = ANSI.sub("", line)
         if self.verbose:
             self.target.write(line)

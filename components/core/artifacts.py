@@ -18,6 +18,7 @@ from typing import Any
 
 from components.core import storage
 from components.core.errors import SegloopError
+from components.core.redact import redact, redact_data
 
 OK = "ok"
 FAILED = "failed"
@@ -53,6 +54,8 @@ class Manifest:
     def add(self, entry: dict[str, Any]) -> None:
         if self.key not in entry or "status" not in entry:
             raise ValueError(f"manifest entry needs '{self.key}' and 'status': {entry}")
+        if entry.get("reason"):  # a reason quotes errors, and errors may quote addresses
+            entry = {**entry, "reason": redact(entry["reason"])}
         self.entries[str(entry[self.key])] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
@@ -107,7 +110,7 @@ def write_jsonl(uri: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
-    storage.write_json(storage.join(str(folder), "metrics.json"), metrics)
+    storage.write_json(storage.join(str(folder), "metrics.json"), redact_data(metrics))
 
 
 def check_failures(

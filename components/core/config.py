@@ -31,17 +31,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.core.errors import ConfigError
+from components.core.redact import is_secret_key  # noqa: F401
+from components.core.redact import redact_data as mask_secrets
 from components.core.settings_base import Section
 
-SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
-
-
-def is_secret_key(name: str) -> bool:
-    """Whether a key's name says it holds a credential (password, secret, token, ...)."""
-    return any(w in name.lower() for w in SECRET_WORDS)
-
-
-URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 # libyaml's emitter where PyYAML has it, several times faster: the text yaml.safe_dump writes
 # (a long quoted string may fold at other spaces; it reads back the same).
 SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -437,20 +430,6 @@ def describe_validation_error(
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"  ... and {len(errors) - MAX_ERROR_LINES} more")
     return "\n".join(lines)
-
-
-def mask_secrets(data: Any) -> Any:
-    """Replace the values of keys that look like credentials, recursively."""
-    if isinstance(data, dict):
-        return {
-            k: "***" if is_secret_key(str(k)) and v else mask_secrets(v) for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [mask_secrets(v) for v in data]
-    if isinstance(data, str):
-        # A password inside a URL (e.g. db.url=postgresql://user:pw@host/db) is a secret too.
-        return URL_PASSWORD.sub(r"\1***@", data)
-    return data
 
 
 def stage_run_dir(cfg: SharedConfig, stage: str) -> str:

@@ -13,9 +13,11 @@ pieces. Every request has a timeout, so a hung server cannot hang a pipeline.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,11 @@ MAX_BACKOFF_S = 30.0
 
 
 class TransientCvatError(Exception):
-    """The server could not be reached or answered 5xx: worth another try."""
+    """The server could not be reached or answered 5xx (`status`): worth another try."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class RequestTooLarge(SegloopError):
@@ -72,10 +78,20 @@ def _detail(exc: api_exceptions.ApiException) -> str:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, TypeError):
-        return (body or exc.reason or "").strip()[:300]
+        return short_text(body) or (exc.reason or "").strip()
     if isinstance(data, dict) and set(data) == {"detail"}:
         return str(data["detail"])[:300]
     return json.dumps(data)[:300]
+
+
+def short_text(body: str, limit: int = 200) -> str:
+    """A text or HTML answer as one short line: an HTML page's title (else first heading, else
+    its text without tags), whitespace collapsed. CVAT's error pages are whole HTML documents."""
+    if re.search(r"<[A-Za-z!/]", body):
+        found = re.search(r"<(title|h1)\b[^>]*>(.*?)</\1\s*>", body, re.I | re.S)
+        body = found.group(2) if found else body
+        body = re.sub(r"<[^>]*>", " ", body)
+    return " ".join(html.unescape(body).split())[:limit]
 
 
 def explain(exc: BaseException, host: str, what: str) -> BaseException:
@@ -89,7 +105,7 @@ def explain(exc: BaseException, host: str, what: str) -> BaseException:
     if isinstance(exc, api_exceptions.ApiException):
         status, detail = exc.status or 0, _detail(exc)
         if status >= 500:
-            return TransientCvatError(f"HTTP {status}: {detail}")
+            return TransientCvatError(f"HTTP {status}: {detail}", status=status)
         if status == 413:
             return RequestTooLarge(
                 f"CVAT at {host} refused a request as too large while trying to {what}"
@@ -214,6 +230,11 @@ def retrying(host: str, settings: CvatSettings, what: str, fn: Callable[[], T]) 
             reraise=True,
         )(fn)
     except TransientCvatError as exc:
+        if exc.status:  # it answered: up, but failing
+            raise SegloopError(
+                f"CVAT at {host} failed to {what}: {exc} ({attempts} attempts); the server is "
+                "up but failing: see the CVAT server's logs, then run again"
+            ) from None
         raise SegloopError(
             f"CVAT at {host} is unreachable or failing: could not {what} after {attempts} "
             f"attempts (last: {exc}); check that the server is up and CVAT_HOST is right"

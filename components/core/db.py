@@ -7,15 +7,14 @@ create the indexes that keep filtering fast.
 
 Both engines get the same SQL functions: SQLite connections made here have `md5(text)` (as
 PostgreSQL has built in: lowercase hex of the UTF-8 bytes), so an expression like
-`md5('7:' || id)` gives the same value on both. PostgreSQL connections time out after
-`CONNECT_TIMEOUT_S` unless the URL sets `connect_timeout`; connection errors are one line
-without the password.
+`md5('7:' || id)` gives the same value on both. PostgreSQL connections time out, and SQLite waits
+for a locked database, after `SEGLOOP_DB_TIMEOUT_S` (components.core.timeouts) unless the URL
+sets `connect_timeout` / `timeout`; connection errors are one line without the password.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -33,9 +32,9 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from components.core import timeouts
 from components.core.errors import SegloopError
-
-URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+from components.core.redact import redact
 
 # Columns of the SemiF-like image table that `segloop data synth` writes.
 IMAGE_COLUMNS: list[tuple[str, Any]] = [
@@ -64,7 +63,6 @@ RECOMMENDED_INDEXES: list[tuple[str, ...]] = [
     ("batch_id",),
     ("category_common_name", "state", "image_id"),
 ]
-CONNECT_TIMEOUT_S = 10
 MIN_SQLITE_WINDOW = (3, 25, 0)  # ROW_NUMBER() OVER (...)
 
 
@@ -92,7 +90,7 @@ def one_line(exc: BaseException) -> str:
     inner = getattr(exc, "orig", None) or exc
     lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
     text = "; ".join(ln for ln in lines if not ln.startswith("(Background on this error"))
-    return URL_PASSWORD.sub(r"\1***@", text) or type(inner).__name__
+    return redact(text) or type(inner).__name__
 
 
 def md5_hex(value: Any) -> str | None:
@@ -161,12 +159,15 @@ def engine(url: str, readonly: bool = False) -> Engine:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
     connect_args: dict[str, Any] = {}
+    wait_s = timeouts.seconds(timeouts.DB_TIMEOUT_S)
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         driver = parsed.get_driver_name()
         if driver in ("psycopg", "psycopg2", "psycopg2cffi", ""):
-            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+            connect_args["connect_timeout"] = max(1, round(wait_s))  # libpq takes whole seconds
         elif driver == "pg8000":
-            connect_args["timeout"] = CONNECT_TIMEOUT_S
+            connect_args["timeout"] = wait_s
+    elif parsed.get_backend_name() == "sqlite" and "timeout" not in parsed.query:
+        connect_args["timeout"] = wait_s  # how long to wait for another writer's lock
     try:
         eng = sa.create_engine(parsed, future=True, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:

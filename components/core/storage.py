@@ -2,7 +2,8 @@
 
 S3 goes through boto3 with the endpoint, credentials and region from the environment
 (`AWS_ENDPOINT_URL` or `S3_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-`AWS_REGION`), standard-mode retries, multipart transfers for large objects and a few parallel
+`AWS_REGION`), connect and read timeouts and standard-mode retries (bounded, set in
+`components.core.timeouts`), multipart transfers for large objects and a few parallel
 transfers for folders. Local writes are atomic (temp name, then rename) so an interrupted stage
 never leaves a half file that a re-run trusts. Failures raise `StorageError` naming the URI and
 the cause in words.
@@ -24,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from components.core import timeouts
 from components.core.errors import StorageError
 
 MB = 1024 * 1024
@@ -96,15 +98,16 @@ def transfer_config():
 
 
 @lru_cache(maxsize=8)
-def _client(endpoint: str | None, credentials_key: str, region: str | None):
+def _client(endpoint: str | None, credentials_key: str, region: str | None, limits: tuple):
     import boto3
     from botocore.config import Config
 
     # `credentials_key` only makes the cache notice changed credentials; boto3 reads the env.
+    connect_s, read_s, max_attempts = limits
     config = Config(
-        retries={"mode": "standard", "max_attempts": 4},
-        connect_timeout=5,
-        read_timeout=120,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_s,
+        read_timeout=read_s,
         max_pool_connections=32,
         s3={"addressing_style": "path"} if endpoint else None,
     )
@@ -124,6 +127,16 @@ def s3_client():
         endpoint_url(),
         hashlib.sha256(creds.encode()).hexdigest(),
         os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        s3_limits(),
+    )
+
+
+def s3_limits() -> tuple[float, float, int]:
+    """(connect timeout s, read timeout s, attempts) of S3 requests (see components.core.timeouts)."""
+    return (
+        timeouts.seconds(timeouts.S3_CONNECT_TIMEOUT_S),
+        timeouts.seconds(timeouts.S3_READ_TIMEOUT_S),
+        timeouts.attempts(timeouts.S3_MAX_ATTEMPTS),
     )
 
 
@@ -133,8 +146,10 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
+        ConnectTimeoutError,
         EndpointConnectionError,
         NoCredentialsError,
+        ReadTimeoutError,
     )
 
     where = endpoint_url() or "AWS S3"
@@ -144,6 +159,14 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
         exc = inner
     if isinstance(exc, NoCredentialsError):
         why = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run `segloop up` and `source .segloop/stack.env`)"
+    elif isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        connect_s, read_s, tries = s3_limits()
+        waited = read_s if isinstance(exc, ReadTimeoutError) else connect_s
+        why = (
+            f"endpoint {where} did not answer within {waited:g} s ({tries} attempts): is the "
+            "object store running and healthy, and AWS_ENDPOINT_URL right? (a slow one: raise "
+            "SEGLOOP_S3_READ_TIMEOUT_S / SEGLOOP_S3_CONNECT_TIMEOUT_S)"
+        )
     elif isinstance(exc, EndpointConnectionError):
         why = f"endpoint {where} is unreachable: is the object store running (`segloop up`) and AWS_ENDPOINT_URL right?"
     elif isinstance(exc, ClientError):
@@ -360,8 +383,15 @@ def _parallel(jobs: list[tuple[str, str]], workers: int) -> None:
     if not jobs:
         return
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        for future in [pool.submit(copy, s, d) for s, d in jobs]:
-            future.result()
+        futures = [pool.submit(copy, s, d) for s, d in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            # A failure, Ctrl-C or SIGTERM: start no more copies; the running ones end within
+            # their timeouts, then temporary folders are cleaned up.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def upload_dir(local: str | Path, uri: str, workers: int = FOLDER_WORKERS) -> int:

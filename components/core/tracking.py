@@ -12,7 +12,9 @@ Everything that reads MLflow takes the URI explicitly (`tracking_uri(cfg)`, `cli
 `checkpoint.load_checkpoint(..., tracking_uri=...)`): nothing relies on MLflow's process-wide
 default, which would be `./mlflow.db` in the current folder. An http(s) server that does not
 answer is reported as "cannot reach MLflow at <url>" within about `REACH_WAIT_S` seconds
-(`ensure_reachable`), instead of MLflow's own retries (minutes).
+(`ensure_reachable`), instead of MLflow's own retries (minutes); MLflow's own calls get a shorter
+timeout and fewer retries by default (`components.core.timeouts`). The URI is masked in every
+message (a password in it never shows).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from components.core import timeouts
 from components.core.config import SharedConfig
 from components.core.errors import SegloopError
 
@@ -83,6 +86,7 @@ def setup(cfg: SharedConfig, experiment: bool = True):
     fallback = not (cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     uri = tracking_uri(cfg)
     ensure_reachable(uri)
+    timeouts.mlflow_defaults()
     mlflow.set_tracking_uri(uri)
     if experiment:
         try:
@@ -93,7 +97,7 @@ def setup(cfg: SharedConfig, experiment: bool = True):
             mlflow.set_experiment(experiment_name(cfg))
         except Exception as exc:  # connection refused, auth, bad URI: all end here
             raise SegloopError(
-                f"cannot reach MLflow at {uri} ({type(exc).__name__}: {str(exc)[:300]}); "
+                f"cannot reach MLflow at {uri} ({type(exc).__name__}: {one_line(exc)}); "
                 "start the stack (`segloop up`) or set MLFLOW_TRACKING_URI"
             ) from exc
     return mlflow
@@ -111,6 +115,7 @@ def client(cfg: SharedConfig):
 def client_for(uri: str):
     from mlflow import MlflowClient
 
+    timeouts.mlflow_defaults()
     return MlflowClient(tracking_uri=uri)
 
 
@@ -153,6 +158,11 @@ def ensure_reachable(uri: str, wait_s: float | None = None) -> None:
         "tracking server (`segloop up` for the local stack) or fix mlflow.tracking_uri / "
         "MLFLOW_TRACKING_URI"
     )
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An MLflow error as one short line (its messages span lines and quote whole responses)."""
+    return " ".join(str(exc).split())[:limit]
 
 
 def log_split_input(split: dict[str, Any], source: str, context: str = "training") -> None:
@@ -211,5 +221,5 @@ def run_id_for_model(uri: str, tracking_uri: str) -> str | None:
         name, _, version = ref.partition("/")
         return client.get_model_version(name, version).run_id
     except MlflowException as exc:
-        log.warning("cannot find the MLflow run of %s: %s", uri, exc)
+        log.warning("cannot find the MLflow run of %s: %s", uri, one_line(exc))
         return None

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from components.core import redact, shutdown
 from components.core.errors import SegloopError
 from pipelines.cli.common import setup_logging
 
@@ -57,11 +58,18 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    # Before anything runs: no secret reaches the terminal, and SIGTERM cleans up like Ctrl-C.
+    redact.install()
+    redact.guard_streams()
+    shutdown.exit_cleanly_on_sigterm()
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except shutdown.Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(shutdown.EXIT_CODE)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from components.core import redact
 from components.core.errors import ConfigError
 from pipelines.config import SegloopConfig, load_config
 
@@ -77,6 +78,8 @@ def load_cfg(
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log lines on stderr; every record masked (`redact.install`), library records included."""
+    redact.install()
     level = (
         logging.DEBUG
         if verbose

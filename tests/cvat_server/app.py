@@ -11,7 +11,8 @@ files / Upload-Finish, honouring `sorting_method` and `upload_file_order`), back
 jobs, and dataset exports ("Segmentation mask 1.1", "COCO 1.0").
 
 Fault injection for the failure tests (`faults`, set at start or with POST /_test/faults):
-`max_body_bytes` (413 above it), `fail` (answer N matching requests with a 5xx), `die` (exit
+`max_body_bytes` (413 above it), `fail` (answer N matching requests with a 5xx, with a JSON
+detail or the rule's `html` page), `die` (exit
 the process on the N-th matching request, before or after handling it), `zip_slip` (exports
 carry an entry that climbs out of the extraction folder). GET /_test/log lists requests seen.
 """
@@ -265,6 +266,8 @@ class CvatApp:
                 self.fault_counts[key] = self.fault_counts.get(key, 0) + 1
                 self._drain(request, length)
                 entry["status"] = rule.get("status", 500)
+                if rule.get("html"):  # an error page, as CVAT's Django or its proxy sends one
+                    return Response(rule["html"], status=entry["status"], content_type="text/html")
                 return _json({"detail": "injected server error"}, entry["status"])
         response = self._handle(request)
         entry["status"] = response.status_code

@@ -1,0 +1,65 @@
+"""Connect and read timeouts and retry counts of every network client, in one place.
+
+Each is an environment variable with a default that keeps a dead or silent server from hanging
+a command (a server that accepts connections and never answers fails within about
+attempts x (connect + read) seconds, with the endpoint named); raise one where a slow but
+working server needs longer. The CVAT client's are config settings (`cvat.request_timeout_s`,
+`cvat.retries`, `cvat.backoff_s`), as it already had them.
+
+| variable | default | client |
+|---|---|---|
+| SEGLOOP_S3_CONNECT_TIMEOUT_S | 5 | S3 (boto3): TCP connect |
+| SEGLOOP_S3_READ_TIMEOUT_S | 60 | S3: wait for each answer (not the whole transfer) |
+| SEGLOOP_S3_MAX_ATTEMPTS | 3 | S3: attempts per request, boto3's standard retry mode |
+| SEGLOOP_DB_TIMEOUT_S | 10 | PostgreSQL connect_timeout; SQLite busy timeout |
+| MLFLOW_HTTP_REQUEST_TIMEOUT | 60 | MLflow REST calls (MLflow's own variable; its default is 120) |
+| MLFLOW_HTTP_REQUEST_MAX_RETRIES | 3 | MLflow REST retries (MLflow's own; its default 7 takes minutes) |
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from components.core.errors import SegloopError
+
+S3_CONNECT_TIMEOUT_S = ("SEGLOOP_S3_CONNECT_TIMEOUT_S", 5.0)
+S3_READ_TIMEOUT_S = ("SEGLOOP_S3_READ_TIMEOUT_S", 60.0)
+S3_MAX_ATTEMPTS = ("SEGLOOP_S3_MAX_ATTEMPTS", 3)
+DB_TIMEOUT_S = ("SEGLOOP_DB_TIMEOUT_S", 10.0)
+# MLflow reads these itself on every request; segloop only gives them shorter defaults.
+MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
+
+
+def seconds(setting: tuple[str, float]) -> float:
+    """The setting's value from the environment (a positive number of seconds), else its default."""
+    name, default = setting
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise SegloopError(f"{name}={text!r} is not a positive number of seconds; fix or unset it")
+    return value
+
+
+def attempts(setting: tuple[str, int]) -> int:
+    """The setting's value from the environment (a whole number >= 1), else its default."""
+    name, default = setting
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise SegloopError(
+            f"{name}={text!r} is not a whole number of attempts >= 1; fix or unset it"
+        )
+    return int(text)
+
+
+def mlflow_defaults() -> None:
+    """Give MLflow's HTTP client segloop's shorter timeout and retries, unless the user set them."""
+    for name, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
