@@ -22,6 +22,7 @@ changed-pixel share between the uploaded pre-annotation and the refined mask), `
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -40,7 +41,7 @@ from components.core.labels import LabelSet
 from components.core.metrics import confusion_matrix, scores
 from components.core.progress import track
 from components.core.version import segloop_version
-from components.download_cvat.convert import convert, find_image
+from components.download_cvat.convert import check_image, convert, find_image
 from components.download_cvat.settings import DownloadCvatConfig
 from components.download_cvat.sources import CvatSource, FolderSource, TaskInfo
 
@@ -254,6 +255,32 @@ class Plan:
         return cls(winners, won, lost, duplicates)
 
 
+@dataclass
+class Originals:
+    """The records' own image files fetched for one task, and why the others could not be used."""
+
+    paths: dict[str, Path]  # frame name -> the verified original, staged locally
+    notes: dict[str, str]  # frame name -> why CVAT's copy is used instead
+
+
+def frame_finished(task: TaskInfo, frame: dict[str, Any]) -> bool:
+    """Whether people declared this frame done: its task is completed, or its job is."""
+    if task.status == "completed":
+        return True
+    return any(
+        job.get("state") == "completed"
+        and job.get("start_frame", 0) <= frame["frame"] <= job.get("stop_frame", -1)
+        for job in task.jobs
+    )
+
+
+def _near_misses(rel: str, extras: list[str]) -> str:
+    """Files that look like a renamed mask of this frame (case, suffix, `_edited`...)."""
+    stem = Path(rel).stem.lower()
+    near = [e for e in extras if Path(e).name.lower().startswith(stem)]
+    return f"; found instead: {', '.join(near[:3])}" if near else ""
+
+
 class Downloader:
     def __init__(
         self,
@@ -298,19 +325,120 @@ class Downloader:
         where = f"task {task.id} ({task.name})"
         frames = task.frames if frames is None else frames
         with tempfile.TemporaryDirectory(prefix="segloop-download-") as tmp:
-            root = source.materialize(
-                task, self.settings.format, self.settings.include_images, Path(tmp)
+            originals = self.originals(task, frames, Path(tmp) / "originals")
+            # CVAT's copies are only exported when some frame has no usable original.
+            copies = self.settings.include_images and len(originals.paths) < len(frames)
+            root = source.materialize(task, self.settings.format, copies, Path(tmp))
+            converted = convert(
+                root,
+                self.settings.format,
+                frames,
+                self.labels,
+                where,
+                [f["name"] for f in task.frames],
             )
-            masks = convert(root, self.settings.format, frames, self.labels, where)
+            if converted.extras:
+                shown = ", ".join(converted.extras[:5])
+                more = f", ... ({len(converted.extras)})" if len(converted.extras) > 5 else ""
+                log.warning(
+                    "%s: %d files match no frame and were not read: %s%s",
+                    where,
+                    len(converted.extras),
+                    shown,
+                    more,
+                )
             for frame in track(frames, total=len(frames), desc=f"convert {where}", unit="img"):
                 record_id = str(self.record_of(task, frame)["record_id"])
                 # The files of whatever held this record before go first, so an image or mask
                 # of another task (or another file type) can never stay beside this one.
                 _unlink_files(self.out_dir, manifest.entries.get(record_id))
-                manifest.add(self._frame(task, frame, masks[frame["name"]], root))
+                manifest.add(self._frame(task, frame, converted, root, originals))
+
+    def originals(self, task: TaskInfo, frames: list[dict[str, Any]], dest: Path) -> Originals:
+        """Fetch and verify each frame's original image (size, and hash when the upload kept it).
+
+        CVAT decodes and re-encodes the images of an export (cvat-ai/cvat#8771), so its copies
+        are not the files people uploaded; the records' own files are.
+        """
+        found = Originals({}, {})
+        if not self.settings.include_images or self.settings.image_source != "original":
+            return found
+        for frame in frames:
+            known = self.record_of(task, frame)
+            uri = known.get("image_uri")
+            if not uri:
+                found.notes[frame["name"]] = "no original known (give --upload-dir)"
+                continue
+            try:
+                found.paths[frame["name"]] = _fetch_original(str(uri), frame, known, dest)
+            except SegloopError as exc:
+                found.notes[frame["name"]] = str(exc)
+        # A folder task's own copies are the uploaded files, so only CVAT's are worth a warning.
+        if found.notes and (self.cfg.cvat.backend != "folder" or self.upload is not None):
+            shown = "; ".join(f"{n}: {why}" for n, why in list(found.notes.items())[:3])
+            log.warning(
+                "task %s: %d of %d images are CVAT's copies, not the originals (%s%s); "
+                "provenance.json and the manifest say which",
+                task.id,
+                len(found.notes),
+                len(frames),
+                shown,
+                "; ..." if len(found.notes) > 3 else "",
+            )
+        return found
+
+    def _mask(self, task: TaskInfo, frame: dict[str, Any], converted, root: Path):
+        """The frame's class-id mask, or why it has none (a failure, never all background)."""
+        name = frame["name"]
+        if name in converted.masks:
+            return converted.masks[name]
+        folder = self.cfg.cvat.backend == "folder"
+        if name in converted.unreadable:
+            where = f"{root}/" if folder else "the export's "
+            return f"task {task.id}: mask of frame {name} is unreadable: {where}{converted.unreadable[name]}"
+        looked = converted.missing[name]
+        if self.settings.missing_mask == "empty" and frame_finished(task, frame):
+            return np.zeros((frame["height"], frame["width"]), dtype=np.uint8)
+        what = (
+            f"no mask {root}/{looked}"
+            if folder
+            else f"no shapes in CVAT (no {looked} in the export)"
+        )
+        if self.settings.missing_mask == "empty":
+            return (
+                f"task {task.id}: frame {name} has {what}, and neither its task nor its job is "
+                "completed, so it is not known to be all background; finish it in CVAT"
+            )
+        return (
+            f"task {task.id}: frame {name} has {what}{_near_misses(looked, converted.extras)}; "
+            "restore its mask, or set download_cvat.missing_mask=empty (--missing-mask empty) "
+            "if frames without a mask are all background"
+        )
+
+    def _image(
+        self, task: TaskInfo, frame: dict[str, Any], root: Path, originals: Originals, rel: str
+    ) -> str:
+        """Write the frame's image to `rel`: the original, else CVAT's copy (checked)."""
+        name = frame["name"]
+        if name in originals.paths:
+            storage.copy(originals.paths[name], self.out_dir / rel)
+            return "original"
+        src = find_image(root, name)
+        if src is None:
+            raise SegloopError(f"task {task.id}: image {name} is not in the export")
+        check_image(
+            src.read_bytes(), f"task {task.id}: image {src}", frame["width"], frame["height"]
+        )
+        storage.copy(src, self.out_dir / rel)
+        return "export"
 
     def _frame(
-        self, task: TaskInfo, frame: dict[str, Any], mask: np.ndarray, root: Path
+        self,
+        task: TaskInfo,
+        frame: dict[str, Any],
+        converted,
+        root: Path,
+        originals: Originals,
     ) -> dict[str, Any]:
         known = self.record_of(task, frame)
         record_id = str(known["record_id"])
@@ -329,16 +457,18 @@ class Downloader:
             "mask": f"masks/{safe}.png",
             "correction": None,
         }
+        mask = self._mask(task, frame, converted, root)
+        if isinstance(mask, str):
+            return {**entry, "status": artifacts.FAILED, "mask": None, "reason": mask}
         if self.settings.include_images:
-            src = find_image(root, frame["name"])
-            if src is None:
-                return {
-                    **entry,
-                    "status": artifacts.FAILED,
-                    "reason": f"task {task.id}: image {frame['name']} is not in the export",
-                }
             rel = f"images/{safe}{Path(frame['name']).suffix.lower()}"
-            storage.copy(src, self.out_dir / rel)
+            try:
+                entry["image_source"] = self._image(task, frame, root, originals, rel)
+            except SegloopError as exc:
+                reason = str(exc) if str(exc).startswith("task ") else f"task {task.id}: {exc}"
+                return {**entry, "status": artifacts.FAILED, "reason": reason}
+            if frame["name"] in originals.notes:
+                entry["image_note"] = originals.notes[frame["name"]]
             entry["image"] = rel
         save_mask_png(self.out_dir / entry["mask"], mask)
         pre_rel = known.get("preannotation")
@@ -349,6 +479,19 @@ class Downloader:
                 if pre.shape == mask.shape:
                     entry["correction"] = correction(pre, mask, self.labels.num_classes)
         return entry
+
+
+def _fetch_original(uri: str, frame: dict[str, Any], known: dict[str, Any], dest: Path) -> Path:
+    """Stage the record's own image file and check it is still the image that was uploaded."""
+    if not storage.is_s3(uri) and not storage.local_path(uri).is_file():
+        raise SegloopError(f"{uri} is not a file any more")
+    path = dest / frame["name"]  # a checked plain file name (sources.check_frames)
+    storage.copy(uri, path)
+    data = path.read_bytes()
+    if known.get("sha256") and hashlib.sha256(data).hexdigest() != known["sha256"]:
+        raise SegloopError(f"{uri} changed since the upload")
+    check_image(data, uri, frame["width"], frame["height"])
+    return path
 
 
 def run_download_cvat(cfg: DownloadCvatConfig, out: str) -> dict[str, Any]:
@@ -395,6 +538,113 @@ def run_download_cvat(cfg: DownloadCvatConfig, out: str) -> dict[str, Any]:
     return metrics
 
 
+def _previous_tasks(settings, out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The last run's tasks by id, when its files may be reused (same image and mask rules)."""
+    path = out_dir / "provenance.json"
+    if not settings.resume or not path.exists():
+        return {}
+    before = storage.read_json(path)
+    if (before.get("image_source"), before.get("missing_mask")) != (
+        settings.image_source,
+        settings.missing_mask,
+    ):
+        return {}
+    return {str(t["id"]): t for t in before.get("tasks", [])}
+
+
+def _unchanged(
+    before: dict[str, Any] | None, task: TaskInfo, mine: list[dict[str, Any] | None], out_dir: Path
+) -> bool:
+    """Whether the last run's files of `task` are complete and its updated date is the same."""
+    return bool(
+        before
+        and before.get("updated_date") == task.updated_date
+        and all(
+            e
+            and str(e.get("task_id")) == str(task.id)
+            and e["status"] == artifacts.OK
+            and (out_dir / e["mask"]).exists()
+            and (not e.get("image") or (out_dir / e["image"]).exists())
+            for e in mine
+        )
+    )
+
+
+def _download_tasks(
+    downloader: Downloader, source, chosen: list[TaskInfo], plan: Plan, manifest, previous
+) -> dict[str, list]:
+    """Export and convert each chosen task (oldest first) unless its files can be kept."""
+    done: dict[str, list] = {"exported": [], "reused": [], "superseded": []}
+    for task in sorted(chosen, key=recency):
+        frames = plan.won[str(task.id)]
+        if not frames:
+            done["superseded"].append(task.id)
+            log.info("task %s: every record is taken from a newer task; not exported", task.id)
+            continue
+        mine = [
+            manifest.entries.get(str(downloader.record_of(task, f)["record_id"])) for f in frames
+        ]
+        if _unchanged(previous.get(str(task.id)), task, mine, downloader.out_dir):
+            done["reused"].append(task.id)
+            log.info("task %s unchanged since the last download; keeping its files", task.id)
+            continue
+        downloader.task(source, task, manifest, frames)
+        done["exported"].append(task.id)
+    return done
+
+
+def _provenance(
+    cfg: DownloadCvatConfig,
+    source,
+    chosen: list[TaskInfo],
+    rejected: list[dict[str, Any]],
+    plan: Plan,
+    entries: list[dict[str, Any]],
+) -> dict[str, Any]:
+    settings = cfg.download_cvat
+    return {
+        "backend": cfg.cvat.backend,
+        "source": source.location,
+        "format": settings.format,
+        "downloaded_at": datetime.now(UTC).isoformat(),
+        "segloop_version": segloop_version(),
+        "upload_dir": settings.upload_dir,
+        "image_source": settings.image_source,
+        "images_from": _images_from(entries),
+        "missing_mask": settings.missing_mask,
+        "tasks": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "url": t.url,
+                "project_id": t.project_id,
+                "status": t.status,
+                "updated_date": t.updated_date,
+                "jobs": t.jobs,
+                "images": len(t.frames),
+                "images_kept": len(plan.won[str(t.id)]),
+                "images_superseded": plan.lost[str(t.id)],
+                "images_from": _images_from(
+                    [e for e in entries if str(e.get("task_id")) == str(t.id)]
+                ),
+            }
+            for t in chosen
+        ],
+        "rejected": rejected,
+        "on_duplicate": settings.on_duplicate,
+        "duplicates": plan.duplicates,
+    }
+
+
+def _images_from(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """How many images are the records' originals and how many CVAT's (re-encoded) copies."""
+    ok = [e for e in entries if e.get("status") == artifacts.OK and e.get("image")]
+    return {
+        source: sum(1 for e in ok if e.get("image_source", "export") == source)
+        for source in ("original", "export")
+    }
+
+
 def _write(
     cfg: DownloadCvatConfig,
     downloader: Downloader,
@@ -406,45 +656,14 @@ def _write(
 ) -> dict[str, Any]:
     settings = cfg.download_cvat
     out_dir, labels = downloader.out_dir, downloader.labels
-    previous = {}
-    if settings.resume and (out_dir / "provenance.json").exists():
-        previous = {
-            str(t["id"]): t for t in storage.read_json(out_dir / "provenance.json").get("tasks", [])
-        }
+    previous = _previous_tasks(settings, out_dir)
     earlier: dict[str, dict[str, Any]] = {}
     if not settings.resume:
         # Nothing is reused, but the files the last run wrote are still known, to clear them.
         earlier = artifacts.Manifest(out_dir).entries
         (out_dir / "manifest.jsonl").unlink(missing_ok=True)
     manifest = artifacts.Manifest(out_dir)
-    exported, reused, superseded = [], [], []
-    for task in sorted(chosen, key=recency):
-        frames = plan.won[str(task.id)]
-        if not frames:
-            superseded.append(task.id)
-            log.info("task %s: every record is taken from a newer task; not exported", task.id)
-            continue
-        before = previous.get(str(task.id))
-        mine = [
-            manifest.entries.get(str(downloader.record_of(task, f)["record_id"])) for f in frames
-        ]
-        if (
-            before
-            and before.get("updated_date") == task.updated_date
-            and all(
-                e
-                and str(e.get("task_id")) == str(task.id)
-                and e["status"] == artifacts.OK
-                and (out_dir / e["mask"]).exists()
-                and (not e.get("image") or (out_dir / e["image"]).exists())
-                for e in mine
-            )
-        ):
-            reused.append(task.id)
-            log.info("task %s unchanged since the last download; keeping its files", task.id)
-            continue
-        downloader.task(source, task, manifest, frames)
-        exported.append(task.id)
+    done = _download_tasks(downloader, source, chosen, plan, manifest, previous)
     _drop_stale(manifest, out_dir, set(plan.winners), earlier)
     entries = list(manifest.entries.values())
     per_task = {
@@ -453,48 +672,22 @@ def _write(
     }
     labels.save(out_dir / "labels.json")
     storage.write_json(
-        out_dir / "provenance.json",
-        {
-            "backend": cfg.cvat.backend,
-            "source": source.location,
-            "format": settings.format,
-            "downloaded_at": datetime.now(UTC).isoformat(),
-            "segloop_version": segloop_version(),
-            "upload_dir": settings.upload_dir,
-            "tasks": [
-                {
-                    "id": t.id,
-                    "name": t.name,
-                    "url": t.url,
-                    "project_id": t.project_id,
-                    "status": t.status,
-                    "updated_date": t.updated_date,
-                    "jobs": t.jobs,
-                    "images": len(t.frames),
-                    "images_kept": len(plan.won[str(t.id)]),
-                    "images_superseded": plan.lost[str(t.id)],
-                }
-                for t in chosen
-            ],
-            "rejected": rejected,
-            "on_duplicate": settings.on_duplicate,
-            "duplicates": plan.duplicates,
-        },
+        out_dir / "provenance.json", _provenance(cfg, source, chosen, rejected, plan, entries)
     )
-    seconds = time.monotonic() - started
     metrics = {
         "backend": cfg.cvat.backend,
         "format": settings.format,
         "tasks": len(chosen),
-        "tasks_exported": len(exported),
-        "tasks_unchanged": len(reused),
-        "tasks_superseded": len(superseded),
+        "tasks_exported": len(done["exported"]),
+        "tasks_unchanged": len(done["reused"]),
+        "tasks_superseded": len(done["superseded"]),
         "tasks_rejected": len(rejected),
         "images": sum(1 for e in entries if e["status"] == artifacts.OK),
         "images_failed": sum(1 for e in entries if e["status"] != artifacts.OK),
+        "images_from": _images_from(entries),
         "duplicates": len(plan.duplicates),
         "frames_superseded": sum(plan.lost.values()),
-        "seconds": round(seconds, 3),
+        "seconds": round(time.monotonic() - started, 3),
         "correction": {**_summary(entries), "per_task": per_task},
     }
     manifest.compact()

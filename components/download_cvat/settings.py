@@ -29,7 +29,19 @@ class DownloadCvatSettings(Section):
         None, description="every job must be in this state"
     )
     format: Literal["Segmentation mask 1.1", "COCO 1.0"] = "Segmentation mask 1.1"
-    include_images: bool = Field(True, description="take the images from the export")
+    include_images: bool = Field(True, description="put the images beside the masks")
+    image_source: Literal["original", "export"] = Field(
+        "original",
+        description="original (default): each record's own image file, as the upload's frame map "
+        "names it (byte for byte; CVAT re-encodes the images of an export), CVAT's copy only "
+        "where the original is unreachable or changed; export: always CVAT's copy",
+    )
+    missing_mask: Literal["error", "empty"] = Field(
+        "error",
+        description="a frame without a mask (no mask file; no shapes in CVAT): error (default; "
+        "the frame fails and is left out) or empty (all background, only in a completed task "
+        "or job)",
+    )
     resume: bool = Field(True, description="skip tasks whose updated_date did not change")
     on_duplicate: Literal["newest", "error"] = Field(
         "newest",

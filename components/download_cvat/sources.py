@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from components.core import storage
 from components.core.cvat_client import CvatConnection, connect
 from components.core.errors import SegloopError
-from components.download_cvat.convert import safe_extract
+from components.download_cvat.convert import contained, safe_extract, unsafe_name
 from components.download_cvat.settings import DownloadCvatConfig
 
 log = logging.getLogger("segloop.download_cvat")
@@ -35,6 +38,38 @@ class TaskInfo:
     frames: list[dict[str, Any]]
     jobs: list[dict[str, Any]] = field(default_factory=list)
     handle: Any = None
+
+
+def check_frames(frames: list[dict[str, Any]], where: str) -> None:
+    """Refuse a task whose frame names are paths or repeat (one line, before anything is read)."""
+    seen: set[str] = set()
+    for frame in frames:
+        why = unsafe_name(frame["name"])
+        if why:
+            raise SegloopError(
+                f"{where}: frame {frame['frame']} is named {frame['name']!r}, and {why}; rename "
+                "the file (a frame name must be a plain file name) and recreate the task"
+            )
+        if frame["name"] in seen:
+            raise SegloopError(f"{where}: two frames are named {frame['name']!r}")
+        seen.add(frame["name"])
+
+
+class FolderFrame(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    frame: int = Field(ge=0)
+    name: str
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class FolderTask(BaseModel):
+    """What download-cvat needs of a folder task's task.json (upload-cvat writes more)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    status: str = "annotation"
+    frames: list[FolderFrame]
 
 
 class CvatSource:
@@ -117,7 +152,7 @@ class CvatSource:
             return task.get_jobs(), task.get_frames_info() if task.size else []
 
         jobs, frames = self.conn.retrying(f"read task {task.id}", read)
-        return TaskInfo(
+        info = TaskInfo(
             id=task.id,
             name=task.name,
             url=f"{self.conn.host}/tasks/{task.id}",
@@ -141,6 +176,8 @@ class CvatSource:
             ],
             handle=task,
         )
+        check_frames(info.frames, f"task {task.id} ({task.name}) at {self.conn.host}")
+        return info
 
     def materialize(self, task: TaskInfo, fmt: str, include_images: bool, tmp: Path) -> Path:
         archive = tmp / f"task_{task.id}.zip"
@@ -189,9 +226,7 @@ class FolderSource:
                 f
                 for f in folders
                 if fnmatch.fnmatchcase(f.name, settings.name_pattern)
-                or fnmatch.fnmatchcase(
-                    storage.read_json(f / "task.json")["name"], settings.name_pattern
-                )
+                or fnmatch.fnmatchcase(self._task(f).name, settings.name_pattern)
             ]
         elif upload:
             wanted = {str(t["id"]) for t in upload["tasks"]}
@@ -203,21 +238,51 @@ class FolderSource:
             folders = [f for f in folders if f.name in wanted]
         return [self._info(folder) for folder in folders]
 
+    def _task(self, folder: Path) -> FolderTask:
+        """task.json, read only inside the backend folder and checked (one line when wrong)."""
+        if not folder.resolve().is_relative_to(self.root.resolve()):
+            raise SegloopError(
+                f"task folder {folder} is a link that leads out of {self.location}; refusing to read it"
+            )
+        path = contained(folder, "task.json", "task file")
+        doc = storage.read_json(path)
+        try:
+            task = FolderTask.model_validate(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            at = ".".join(str(p) for p in first["loc"]) or "the file"
+            raise SegloopError(
+                f"{path}: {at}: {first['msg'].lower()}; it is not a task.json as upload-cvat "
+                "--backend folder writes it (name, status, frames with frame, name, width, "
+                "height); restore it"
+            ) from None
+        check_frames([f.model_dump() for f in task.frames], f"task folder {folder}")
+        return task
+
     def _info(self, folder: Path) -> TaskInfo:
-        meta = storage.read_json(folder / "task.json")
-        newest = max(p.stat().st_mtime for p in folder.rglob("*") if p.is_file())
+        meta = self._task(folder)
         return TaskInfo(
             id=folder.name,
-            name=meta["name"],
+            name=meta.name,
             url=storage.join(self.location, folder.name),
             project_id=None,
-            status=str(meta.get("status", "annotation")),
-            updated_date=datetime.fromtimestamp(newest, UTC).isoformat(),
+            status=meta.status,
+            updated_date=datetime.fromtimestamp(_newest_change(folder), UTC).isoformat(),
             frames=[
-                {k: f[k] for k in ("frame", "name", "width", "height")} for f in meta["frames"]
+                {"frame": f.frame, "name": f.name, "width": f.width, "height": f.height}
+                for f in meta.frames
             ],
             handle=folder,
         )
 
     def materialize(self, task: TaskInfo, fmt: str, include_images: bool, tmp: Path) -> Path:
         return task.handle
+
+
+def _newest_change(folder: Path) -> float:
+    """The newest modification time of a task folder's files, not following links out of it."""
+    newest = 0.0
+    for parent, _, files in os.walk(folder):  # os.walk does not enter linked folders
+        for name in files:
+            newest = max(newest, (Path(parent) / name).lstat().st_mtime)
+    return newest

@@ -42,6 +42,24 @@ def labelmap_text(labels: LabelSet) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_writable(root: str) -> None:
+    """Name the task folder (not the staged image copied into it) when it cannot be written."""
+    if storage.is_s3(root):
+        return
+    path = storage.local_path(root)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".segloop-write-check"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise SegloopError(
+            f"cannot write the task folder {path}: {why.lower()}; give a writable --dir "
+            "(cvat.folder)"
+        ) from None
+
+
 class FolderUploader:
     def __init__(self, cfg: UploadCvatConfig, labels: LabelSet):
         self.cfg = cfg
@@ -104,6 +122,7 @@ class FolderUploader:
         }
 
     def _write(self, root: str, part: Part, frames: list[dict[str, Any]]) -> None:
+        _check_writable(root)
         palette = self.labels.palette()
         images, annotations = [], []
         for frame, p in zip(frames, part.prepared, strict=True):

@@ -14,6 +14,7 @@ Output folder: `tasks.json` (task ids, URLs, frame -> record map, counts), `prea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import string
@@ -69,6 +70,7 @@ class Prepared:
     height: int
     classes: set[int]
     nbytes: int
+    sha256: str
     shapes_future: Future | None = None
 
     @property
@@ -93,6 +95,7 @@ def frame_table(part: Part) -> list[dict[str, Any]]:
             "name": p.item.frame_name,
             "record_id": p.item.record_id,
             "image_uri": p.item.image_uri,
+            "sha256": p.sha256,  # lets download-cvat tell the original from a changed file
             "width": p.width,
             "height": p.height,
             "shapes": len(p.shapes),
@@ -269,7 +272,9 @@ def check(item: Item, staging: Path, num_classes: int) -> Prepared:
         raise SegloopError(
             f"mask {item.mask_path.name} has class ids {unknown} not in the labels file"
         )
-    return Prepared(item, path, width, height, classes, nbytes)
+    with path.open("rb") as staged:
+        digest = hashlib.file_digest(staged, "sha256").hexdigest()
+    return Prepared(item, path, width, height, classes, nbytes, digest)
 
 
 def encode(prepared: Prepared, shape_kind: str) -> list[Shape]:

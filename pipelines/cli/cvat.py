@@ -143,6 +143,20 @@ def upload_cvat_command(
 )
 @click.option("--no-resume", is_flag=True, default=False, help="Export every task again.")
 @click.option(
+    "--image-source",
+    type=click.Choice(["original", "export"]),
+    default=None,
+    help="original (default): each record's own image file (CVAT's copy only where it is "
+    "unreachable or changed); export: CVAT's re-encoded copies.",
+)
+@click.option(
+    "--missing-mask",
+    type=click.Choice(["error", "empty"]),
+    default=None,
+    help="A frame without a mask: error (default) or empty (all background, in completed "
+    "tasks or jobs only).",
+)
+@click.option(
     "--on-duplicate",
     type=click.Choice(["newest", "error"]),
     default=None,
@@ -168,6 +182,8 @@ def download_cvat_command(
     fmt,
     no_images,
     no_resume,
+    image_source,
+    missing_mask,
     on_duplicate,
     backend,
     folder,
@@ -190,6 +206,8 @@ def download_cvat_command(
         job_stage=job_stage,
         job_state=job_state,
         format=fmt,
+        image_source=image_source,
+        missing_mask=missing_mask,
         on_duplicate=on_duplicate,
     )
     if no_images:

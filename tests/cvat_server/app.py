@@ -1340,6 +1340,7 @@ class CvatApp:
                 save_images,
                 out,
                 zip_slip=bool(self.faults.get("zip_slip")),
+                image_quality=task.get("image_quality", 70),
             )
         except Exception as exc:  # noqa: BLE001 - reported through the request, as CVAT does
             with self.store.lock:

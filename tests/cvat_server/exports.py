@@ -5,6 +5,9 @@
 labels have none, `SegmentationClass/<item>.png` painted with label colours in z_order,
 `SegmentationObject/<item>.png` with instance indices in the VOC palette,
 `ImageSets/Segmentation/default.txt`, and `JPEGImages/<frame name>` when images are included.
+Included images are not the uploaded files: CVAT decodes each frame and its exporter encodes
+it again (cvat-ai/cvat#8771), so the test server re-encodes them too: JPEGs at the task's
+`image_quality` (lossy), other formats losslessly (same pixels, other bytes).
 "COCO 1.0" follows Datumaro's `coco_instances`: masks as uncompressed column-major RLE with
 `iscrowd: 1`, polygons as point lists with `iscrowd: 0`, category ids from 1 in label order.
 Masks are decoded as CVAT's server does (`MaskConverter.cvat_rle_to_dm_rle`): the RLE runs
@@ -135,6 +138,19 @@ def _bbox(mask: np.ndarray) -> list[float]:
     ]
 
 
+def reencode(path: Path, quality: int) -> bytes:
+    """A frame as CVAT's export writes it: decoded, then encoded again in its format."""
+    with Image.open(path) as img:
+        fmt = img.format or "PNG"
+        img.load()
+        buf = io.BytesIO()
+        if fmt == "JPEG":
+            img.convert("RGB").save(buf, format="JPEG", quality=quality)
+        else:
+            img.save(buf, format=fmt, compress_level=1)  # lossless, other bytes
+    return buf.getvalue()
+
+
 def build_export(
     fmt: str,
     frames: list[dict[str, Any]],
@@ -144,23 +160,25 @@ def build_export(
     save_images: bool,
     out_path: Path,
     zip_slip: bool = False,
+    image_quality: int = 70,
 ) -> None:
     """Write the export zip for frames (name, width, height), labels and shapes to out_path."""
     by_frame: dict[int, list[dict[str, Any]]] = {}
     for shape in sorted(shapes, key=lambda s: (s.get("z_order", 0), s["id"])):
         by_frame.setdefault(shape["frame"], []).append(shape)
+    media = media_dir if save_images else None
     with zipfile.ZipFile(out_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         if fmt == SEGMENTATION_MASK:
-            _segmentation_mask(zf, frames, labels, by_frame, media_dir, save_images)
+            _segmentation_mask(zf, frames, labels, by_frame, media, image_quality)
         elif fmt == COCO:
-            _coco(zf, frames, labels, by_frame, media_dir, save_images)
+            _coco(zf, frames, labels, by_frame, media, image_quality)
         else:
             raise ValueError(f"unknown format {fmt!r}")
         if zip_slip:  # fault injection: an archive entry that climbs out of the extraction dir
             zf.writestr(zipfile.ZipInfo("../escaped.txt"), b"outside")
 
 
-def _segmentation_mask(zf, frames, labels, by_frame, media_dir, save_images) -> None:
+def _segmentation_mask(zf, frames, labels, by_frame, media_dir, quality) -> None:
     colormap = make_colormap(labels)
     index_of = {name: i for i, (name, _) in enumerate(colormap)}
     label_name = {lab["id"]: lab["name"] for lab in labels}
@@ -174,8 +192,11 @@ def _segmentation_mask(zf, frames, labels, by_frame, media_dir, save_images) -> 
     for frame_no, frame in enumerate(frames):
         item_id = posixpath.splitext(frame["name"])[0]
         item_ids.append(item_id)
-        if save_images:
-            zf.write(media_dir / frame["name"], posixpath.join("JPEGImages", frame["name"]))
+        if media_dir:
+            zf.writestr(
+                posixpath.join("JPEGImages", frame["name"]),
+                reencode(media_dir / frame["name"], quality),
+            )
         h, w = frame["height"], frame["width"]
         classes = np.zeros((h, w), dtype=np.uint8)  # index 0 = background
         instances = np.zeros((h, w), dtype=np.uint8)
@@ -194,7 +215,7 @@ def _segmentation_mask(zf, frames, labels, by_frame, media_dir, save_images) -> 
     zf.writestr("ImageSets/Segmentation/default.txt", "".join(f"{i}\n" for i in item_ids))
 
 
-def _coco(zf, frames, labels, by_frame, media_dir, save_images) -> None:
+def _coco(zf, frames, labels, by_frame, media_dir, quality) -> None:
     category = {lab["id"]: i + 1 for i, lab in enumerate(labels)}
     images, annotations = [], []
     for frame_no, frame in enumerate(frames):
@@ -212,8 +233,11 @@ def _coco(zf, frames, labels, by_frame, media_dir, save_images) -> None:
                 "date_captured": 0,
             }
         )
-        if save_images:
-            zf.write(media_dir / frame["name"], posixpath.join("images", "default", frame["name"]))
+        if media_dir:
+            zf.writestr(
+                posixpath.join("images", "default", frame["name"]),
+                reencode(media_dir / frame["name"], quality),
+            )
         for shape in by_frame.get(frame_no, []):
             area = rasterize(shape, h, w)
             if area is None:
