@@ -7,7 +7,7 @@ REGISTRY ?= ghcr.io/segloop
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PIPELINES := pre_annotation training active_learning
 
-.PHONY: install lock demo test lint format up down status compile images push bench clean
+.PHONY: install lock demo test lint format up down status compile images base-image images-test push bench clean
 
 install: $(STAMP)
 
@@ -58,16 +58,50 @@ compile: install
 	for p in $(PIPELINES); do $(BIN)/segloop compile $$p --output build/pipelines/$$p.yaml || exit 1; done
 
 MLFLOW_TAG ?= 3.17.2
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The container engine: docker (docker buildx build) or podman (podman build); default: docker
+# where its command exists, else podman.
+ENGINE ?= $(if $(shell command -v docker),docker,podman)
+# The Python base of the images: an official python:3.11 image, or BASE_IMAGE, which
+# `make base-image` makes from Debian packages (for sites that reach no container registry).
+PYTHON_IMAGE ?= python:3.11.14-slim-bookworm
+BASE_IMAGE ?= localhost/segloop-python:3.11-bookworm
+# torch of the CPU image: PyTorch's CPU wheel index where it answers, else PyPI (whose wheels
+# carry the CUDA libraries: a larger image that runs the same). The CUDA image always uses PyPI.
+CPU_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?= $(shell curl -fsS -o /dev/null --max-time 10 $(CPU_TORCH_INDEX)/torch/ 2>/dev/null && echo $(CPU_TORCH_INDEX))
+# Optional: a proxy's CA bundle for pip in the build (a build secret: never in the image), and
+# (podman) a local wheel index folder DIR with DIR/simple, mounted read-only into the build.
+CA_BUNDLE ?=
+WHEELS_DIR ?=
+CPU_IMAGE ?= $(REGISTRY)/segloop:$(TAG)
+CUDA_IMAGE ?= $(REGISTRY)/segloop-cuda:$(TAG)
+MLFLOW_IMAGE ?= $(REGISTRY)/mlflow:$(MLFLOW_TAG)
+comma := ,
+BUILD = $(if $(filter docker,$(ENGINE)),docker buildx build --load,podman build --layers --network host) \
+	$(if $(CA_BUNDLE),--secret id=ca$(comma)src=$(CA_BUNDLE)) \
+	$(if $(WHEELS_DIR),--volume $(abspath $(WHEELS_DIR)):$(abspath $(WHEELS_DIR)):ro \
+		--build-arg WHEELS_INDEX_URL=file://$(abspath $(WHEELS_DIR))/simple) \
+	--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg VERSION=$(VERSION)
 
 images:
-	docker buildx build -f images/cpu.Dockerfile -t $(REGISTRY)/segloop:$(TAG) --load .
-	docker buildx build -f images/cuda.Dockerfile -t $(REGISTRY)/segloop-cuda:$(TAG) --load .
-	docker buildx build -f images/mlflow.Dockerfile -t $(REGISTRY)/mlflow:$(MLFLOW_TAG) --load .
+	@echo "images: $(ENGINE), base $(PYTHON_IMAGE), CPU torch from $(or $(TORCH_INDEX_URL),PyPI)"
+	$(BUILD) -f images/segloop.Dockerfile --build-arg VARIANT=cpu \
+		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(CPU_IMAGE) .
+	$(BUILD) -f images/segloop.Dockerfile --build-arg VARIANT=cuda \
+		--build-arg TORCH_INDEX_URL= -t $(CUDA_IMAGE) .
+	$(BUILD) -f images/mlflow.Dockerfile -t $(MLFLOW_IMAGE) .
 
-push:
-	docker buildx build -f images/cpu.Dockerfile -t $(REGISTRY)/segloop:$(TAG) --push .
-	docker buildx build -f images/cuda.Dockerfile -t $(REGISTRY)/segloop-cuda:$(TAG) --push .
-	docker buildx build -f images/mlflow.Dockerfile -t $(REGISTRY)/mlflow:$(MLFLOW_TAG) --push .
+base-image:
+	images/base-image.sh $(BASE_IMAGE) $(ENGINE)
+
+push: images
+	for image in $(CPU_IMAGE) $(CUDA_IMAGE) $(MLFLOW_IMAGE); do $(ENGINE) push $$image || exit 1; done
+
+# Builds the images and runs the three pipelines task by task in them on a real engine (podman
+# by default: it installs it from Debian when missing); see tests/images/run.sh.
+images-test: install
+	ENGINE=$(ENGINE) bash tests/images/run.sh
 
 bench: install
 	$(BIN)/python -m benchmarks

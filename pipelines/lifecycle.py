@@ -175,16 +175,20 @@ def _docker_problem() -> str | None:
     return docker_engine_error()
 
 
-def build_and_push(images: list[tuple[str, str]], context: Path, push: bool = True) -> None:
-    """`docker build` (and `docker push`) each (Dockerfile, image name) from `context`."""
-    for dockerfile, image in images:
+def build_and_push(
+    images: list[tuple[str, str, dict[str, str]]], context: Path, push: bool = True
+) -> None:
+    """`docker build` (and `docker push`) each (Dockerfile, image name, build args) from
+    `context`."""
+    for dockerfile, image, build_args in images:
         path = context / dockerfile
         if not path.is_file():
             raise SegloopError(
                 f"{path} does not exist: run deploy from the segloop source tree (or pass "
                 "--context DIR), where images/*.Dockerfile are"
             )
-        steps = [["docker", "build", "-f", str(path), "-t", image, str(context)]]
+        args = [f"--build-arg={key}={value}" for key, value in build_args.items()]
+        steps = [["docker", "build", "-f", str(path), *args, "-t", image, str(context)]]
         if push:
             steps.append(["docker", "push", image])
         for cmd in steps:
@@ -234,7 +238,11 @@ def deploy(
             built = False
         else:
             build_and_push(
-                [("images/cpu.Dockerfile", cpu), ("images/cuda.Dockerfile", cuda)],
+                [
+                    ("images/segloop.Dockerfile", cpu, {"VARIANT": "cpu"}),
+                    # PyPI's torch wheels carry the CUDA libraries (see the Dockerfile).
+                    ("images/segloop.Dockerfile", cuda, {"VARIANT": "cuda", "TORCH_INDEX_URL": ""}),
+                ],
                 Path(context),
                 push=push,
             )

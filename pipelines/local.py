@@ -169,51 +169,50 @@ def run_local(
     pipeline_root: str | Path | None = None,
     params: dict[str, Any] | None = None,
 ) -> LocalRunResult:
-    """`segloop run`: the pipeline in subprocesses of this Python environment."""
+    """`segloop run`: the pipeline in subprocesses of this Python environment, or each task in
+    the component images with `kfp.local_runner=docker` (what `segloop demo` uses too)."""
+    if cfg.kfp.local_runner == "docker":
+        return run_in_images(name, cfg, pipeline_root, params)
     return run_pipeline_locally(
         name, cfg, local.SubprocessRunner(use_venv=False), pipeline_root, params
     )
 
 
+def run_in_images(
+    name: str,
+    cfg: SegloopConfig,
+    pipeline_root: str | Path | None = None,
+    params: dict[str, Any] | None = None,
+) -> LocalRunResult:
+    """Each task a container of its component image (kfp.images, built by `make images`) on
+    this machine's Docker-API engine, against the embedded stack."""
+    from pipelines.containers import docker_runner, engine_error, exit_status_checked
+
+    problem = engine_error()
+    if problem:
+        raise SegloopError(
+            f"running {name} in its container images needs a Docker engine (Docker, or "
+            f"`podman system service`): {problem}. Start one (and point DOCKER_HOST at it), build the "
+            f"images with `make images`, then retry; `segloop run {name}` without "
+            "kfp.local_runner=docker runs the same pipeline in this Python environment."
+        )
+    _environment(cfg)  # the stack's env first: the runner hands it to the containers
+    runner = docker_runner(cfg)
+    with exit_status_checked():
+        return run_pipeline_locally(name, cfg, runner, pipeline_root, params)
+
+
 def docker_engine_error() -> str | None:
     """Why no Docker engine can run containers here, or None when one answers."""
-    try:
-        import docker
-    except ImportError:
-        return "the `docker` Python package is not installed (pip install docker)"
-    try:
-        client = docker.from_env(timeout=5)
-        client.ping()
-        client.close()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no usable engine
-        return f"no Docker engine answers ({type(exc).__name__}: {exc})"
-    return None
+    from pipelines.containers import engine_error
+
+    return engine_error()
 
 
 def smoke_test(
     name: str, cfg: SegloopConfig, pipeline_root: str | Path | None = None
 ) -> LocalRunResult:
-    """`segloop smoke-test`: the pipeline in the component images (built by `make images`),
-    each task a container on this machine's Docker engine, against the embedded stack."""
-    problem = docker_engine_error()
-    if problem:
-        raise SegloopError(
-            f"smoke-test runs the pipeline in its container images and needs a Docker engine: "
-            f"{problem}. Start Docker (or point DOCKER_HOST at an engine), build the images with "
-            f"`make images`, then retry; without Docker, `segloop run {name}` runs the same "
-            "pipeline in this Python environment."
-        )
-    _environment(cfg)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(("AWS_", "S3_", "MLFLOW_", "CVAT_", "SEGLOOP_"))
-    }
-    runner = local.DockerRunner(
-        # The stack listens on 127.0.0.1: share the host's network; write files as this user.
-        network_mode="host",
-        environment=env,
-        user=f"{os.getuid()}:{os.getgid()}",
-    )
-    root = Path(pipeline_root or Path(cfg.kfp.local_root) / "smoke").resolve()
-    return run_pipeline_locally(name, cfg, runner, root)
+    """`segloop smoke-test`: the pipeline in the component images (see `run_in_images`), in
+    its own pipeline root."""
+    root = Path(pipeline_root or Path(cfg.kfp.local_root) / "smoke")
+    return run_in_images(name, cfg, root)

@@ -325,9 +325,11 @@ def test_deploy_builds_and_pushes_where_docker_answers(workdir, kfp_api, monkeyp
     )
     assert result.images_built
     assert calls.read_text().splitlines() == [
-        f"build -f {repo}/images/cpu.Dockerfile -t registry.example/team/segloop:t1 {repo}",
+        f"build -f {repo}/images/segloop.Dockerfile --build-arg=VARIANT=cpu "
+        f"-t registry.example/team/segloop:t1 {repo}",
         "push registry.example/team/segloop:t1",
-        f"build -f {repo}/images/cuda.Dockerfile -t registry.example/team/segloop-cuda:t1 {repo}",
+        f"build -f {repo}/images/segloop.Dockerfile --build-arg=VARIANT=cuda "
+        f"--build-arg=TORCH_INDEX_URL= -t registry.example/team/segloop-cuda:t1 {repo}",
         "push registry.example/team/segloop-cuda:t1",
     ]
     assert [p["pipeline"] for p in result.pipelines] == ["training"]
@@ -335,7 +337,7 @@ def test_deploy_builds_and_pushes_where_docker_answers(workdir, kfp_api, monkeyp
     monkeypatch.setenv("FAKE_DOCKER_EXIT", "1")
     with pytest.raises(SegloopError, match="`docker build .*` failed with exit status 1"):
         deploy(cfg, client, host=kfp_api.host, context=repo, docker_problem=lambda: None)
-    with pytest.raises(SegloopError, match="cpu.Dockerfile does not exist.*--context"):
+    with pytest.raises(SegloopError, match="segloop.Dockerfile does not exist.*--context"):
         deploy(cfg, client, host=kfp_api.host, context=workdir, docker_problem=lambda: None)
     assert len(stub_uploads(kfp_api)) == 1  # a failed image step uploads nothing
 

