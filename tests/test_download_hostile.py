@@ -23,6 +23,7 @@ import pytest
 from cvat_server.synthetic import make_predictions
 from PIL import Image
 
+from components.core.errors import SegloopError
 from components.core.images import load_mask
 from components.download_cvat.sources import check_frames
 from components.upload_cvat.upload import run_upload_cvat
@@ -363,3 +364,25 @@ def test_the_originals_are_used_where_the_upload_knows_them(task, monkeypatch, c
     provenance = json.loads((task.out / "provenance.json").read_text())
     assert provenance["images_from"] == {"original": 3, "export": 0}
     assert np.asarray(Image.open(copy)).shape == (72, 96, 3)
+
+
+def test_an_upload_into_a_folder_that_cannot_be_written_names_that_folder(tmp_path):
+    """The message names the task folder asked for, not the staged copy of an image."""
+    pred = make_predictions(tmp_path / "data", 1, seed=12, ids=IDS[:1])
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the tasks folder should be\n")
+    cfg = load_config(
+        None,
+        [
+            f"project.labels={pred / 'labels.json'}",
+            "cvat.backend=folder",
+            f"cvat.folder={blocker / 'tasks'}",
+            "upload_cvat.task_name=field",
+        ],
+    )
+    with pytest.raises(SegloopError) as refused:
+        run_upload_cvat(cfg, str(pred), str(tmp_path / "up"))
+    message = str(refused.value)
+    assert f"cannot write the task folder {blocker / 'tasks' / 'field'}" in message
+    assert "give a writable --dir" in message and "segloop-upload-" not in message
+    assert "\n" not in message
