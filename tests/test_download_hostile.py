@@ -386,3 +386,65 @@ def test_an_upload_into_a_folder_that_cannot_be_written_names_that_folder(tmp_pa
     assert f"cannot write the task folder {blocker / 'tasks' / 'field'}" in message
     assert "give a writable --dir" in message and "segloop-upload-" not in message
     assert "\n" not in message
+
+
+# ---------------------------------------------------------------- CVAT frames without shapes
+
+
+@pytest.fixture
+def cvat_env(cvat_server, monkeypatch):
+    for key, value in cvat_server.env().items():
+        monkeypatch.setenv(key, value)
+    return cvat_server
+
+
+def test_a_cvat_frame_without_shapes_is_empty_only_when_accepted_and_its_job_completed(
+    cvat_env, tmp_path
+):
+    """CVAT exports no mask for a frame without shapes: unannotated, not known background."""
+    from cvat_sdk import make_client, models
+
+    from components.download_cvat.download import run_download_cvat
+
+    pred = make_predictions(tmp_path / "data", 2, seed=13, ids=IDS[:2])
+    up, down = tmp_path / "up", tmp_path / "down"
+
+    def cfg(*overrides: str):
+        return load_config(
+            None,
+            [
+                f"project.labels={pred / 'labels.json'}",
+                "cvat.status_check_period_s=0.05",
+                "cvat.backoff_s=0.05",
+                f"download_cvat.upload_dir={up}",
+                *overrides,
+            ],
+        )
+
+    run_upload_cvat(cfg("upload_cvat.task_name=bare"), str(pred), str(up))
+    (entry,) = json.loads((up / "tasks.json").read_text())["tasks"]
+    bare = next(f for f in entry["frames"] if f["record_id"] == IDS[1])
+    client = make_client(cvat_env.host, credentials=(cvat_env.username, cvat_env.password))
+    task = client.tasks.retrieve(entry["id"])
+    shapes = [s.id for s in task.get_annotations().shapes if s.frame == bare["frame"]]
+    task.remove_annotations(ids=shapes)  # a person deletes every shape of one frame
+    (job,) = task.get_jobs()
+    job.update(models.PatchedJobWriteRequest(stage="acceptance", state="completed"))
+
+    with pytest.raises(SegloopError) as refused:
+        run_download_cvat(cfg(), str(down))
+    assert f"frame {bare['name']} has no shapes in CVAT" in str(refused.value)
+    assert "--missing-mask empty" in str(refused.value)
+    assert not (down / "masks" / f"{IDS[1]}.png").exists()
+
+    metrics = run_download_cvat(cfg("download_cvat.missing_mask=empty"), str(down))
+    assert metrics["images"] == 2
+    assert not load_mask(down / "masks" / f"{IDS[1]}.png").any()
+
+    # Accepted, but the job is open again: nobody said the frame is done.
+    job.update(models.PatchedJobWriteRequest(state="in progress"))
+    with pytest.raises(SegloopError) as refused:
+        run_download_cvat(
+            cfg("download_cvat.missing_mask=empty", "download_cvat.resume=false"), str(down)
+        )
+    assert f"its job {job.id} is in progress, not completed" in str(refused.value)

@@ -263,15 +263,21 @@ class Originals:
     notes: dict[str, str]  # frame name -> why CVAT's copy is used instead
 
 
-def frame_finished(task: TaskInfo, frame: dict[str, Any]) -> bool:
-    """Whether people declared this frame done: its task is completed, or its job is."""
-    if task.status == "completed":
-        return True
-    return any(
-        job.get("state") == "completed"
-        and job.get("start_frame", 0) <= frame["frame"] <= job.get("stop_frame", -1)
-        for job in task.jobs
-    )
+def frame_finished(task: TaskInfo, frame: dict[str, Any]) -> str | None:
+    """Why people have not declared this frame done (None: they have).
+
+    CVAT: the job holding the frame is in state `completed` (a task status of completed only
+    says every job reached the acceptance stage). The folder backend has no jobs: the task's
+    status is `completed`.
+    """
+    if not task.jobs:
+        return None if task.status == "completed" else f"the task is {task.status}"
+    for job in task.jobs:
+        if job.get("start_frame", 0) <= frame["frame"] <= job.get("stop_frame", -1):
+            if job.get("state") == "completed":
+                return None
+            return f"its job {job.get('id')} is {job.get('state')}"
+    return "no job holds it"
 
 
 def _near_misses(rel: str, extras: list[str]) -> str:
@@ -397,7 +403,8 @@ class Downloader:
             where = f"{root}/" if folder else "the export's "
             return f"task {task.id}: mask of frame {name} is unreadable: {where}{converted.unreadable[name]}"
         looked = converted.missing[name]
-        if self.settings.missing_mask == "empty" and frame_finished(task, frame):
+        unfinished = frame_finished(task, frame)
+        if self.settings.missing_mask == "empty" and unfinished is None:
             return np.zeros((frame["height"], frame["width"]), dtype=np.uint8)
         what = (
             f"no mask {root}/{looked}"
@@ -406,8 +413,8 @@ class Downloader:
         )
         if self.settings.missing_mask == "empty":
             return (
-                f"task {task.id}: frame {name} has {what}, and neither its task nor its job is "
-                "completed, so it is not known to be all background; finish it in CVAT"
+                f"task {task.id}: frame {name} has {what}, and {unfinished}, not completed, so "
+                "it is not known to be all background; finish it (or restore its mask)"
             )
         return (
             f"task {task.id}: frame {name} has {what}{_near_misses(looked, converted.extras)}; "
