@@ -44,3 +44,9 @@ def images_from_config(images) -> tuple[str, str]:
     cpu = images.cpu or _name(images.registry, CPU_NAME, images.tag)
     cuda = images.cuda or _name(images.registry, CUDA_NAME, images.tag)
     return cpu, cuda
+
+
+def pull_policy(image: str) -> str:
+    """`IfNotPresent` for a reference by digest (it names one image for ever); `Always` for a
+    tag, which a push can move: a node that cached the old image would run it."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"

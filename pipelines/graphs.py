@@ -109,7 +109,7 @@ def _training_tasks(
     )
     splits = prep.outputs["splits"]
     # One DDP process per GPU of the train pod (components.train.launch); 1 on CPU.
-    nproc = cfg.kfp.gpu.accelerator_count if platform.is_gpu_stage(cfg, "train") else 1
+    nproc = platform.gpu_count(cfg, "train") or 1
     tr = platform.apply(train(config_json=config_json, splits=splits, nproc=nproc), "train", cfg)
     model = tr.outputs["model"]
     ev = platform.apply(

@@ -1,11 +1,14 @@
 """Compile-time platform options for pipeline tasks, all from the config's `kfp` section.
 
-Every task gets its image, CPU/memory requests and limits, caching, plain env vars, the pod
-labels the manifests' NetworkPolicy selects and the Kubernetes Secrets it needs as env vars
-(only references: a Secret's values never enter the YAML; required unless marked optional,
-plus per-Secret `optional_keys` that may be absent). The GPU stages (infer and train by
-default) also get the accelerator type and count, node selector labels, tolerations and the
-CUDA image; network stages get retries with exponential backoff.
+Every task gets its image and pull policy, CPU/memory requests and limits, caching, plain env
+vars, the pod labels the manifests' NetworkPolicy selects and the Kubernetes Secrets it needs
+as env vars (only references: a Secret's values never enter the YAML; required unless marked
+optional, plus per-Secret `optional_keys` that may be absent). What the user sets (labels,
+env, resources) adds to segloop's own, never replaces them. Every task writes only to emptyDir
+volumes (/tmp, HOME and its caches); train and infer also get a memory-backed /dev/shm. The
+GPU stages (infer and train by default) also get the accelerator type and their own count
+(train: `kfp.gpu.accelerator_count`, infer: 1 per task), node selector labels, tolerations and
+the CUDA image; network stages get retries with exponential backoff.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
-from components.images import images_from_config
+from components.images import images_from_config, pull_policy
 from pipelines.config import SegloopConfig
-from pipelines.settings import DEFAULT_CACHING, Resources
+from pipelines.settings import DEFAULT_CACHING, TASK_ENV, Resources, with_segloop_labels
 
 # Defaults sized for 256-1024 px field images; override per stage with
 # `-o kfp.resources.<stage>.memory_limit=16Gi`.
@@ -39,9 +42,23 @@ def resources_for(cfg: SegloopConfig, stage: str) -> Resources:
     return Resources(**base)
 
 
-def is_gpu_stage(cfg: SegloopConfig, stage: str) -> bool:
+# Container runtimes give /dev/shm 64 MiB, too little for DataLoader workers and NCCL.
+SHM_STAGES = ("train", "infer")
+# Writable emptyDir volumes of every task: (volume name, mount path).
+SCRATCH_VOLUMES = (("tmp", "/tmp"), ("home", TASK_ENV["HOME"]))
+
+
+def gpu_count(cfg: SegloopConfig, stage: str) -> int:
+    """GPUs per task of `stage`: its own count (infer: 1 per shard), else accelerator_count;
+    accelerator_count 0 (or no accelerator type) puts every stage on the CPU."""
     gpu = cfg.kfp.gpu
-    return stage in gpu.stages and bool(gpu.accelerator_type) and gpu.accelerator_count > 0
+    if stage not in gpu.stages or not gpu.accelerator_type or gpu.accelerator_count == 0:
+        return 0
+    return gpu.stage_counts.get(stage, gpu.accelerator_count)
+
+
+def is_gpu_stage(cfg: SegloopConfig, stage: str) -> bool:
+    return gpu_count(cfg, stage) > 0
 
 
 def image_for(cfg: SegloopConfig, stage: str, gpu: bool = True) -> str:
@@ -63,9 +80,9 @@ def apply(
     (the infer merge); `display_name` replaces the stage name shown in the UI."""
     k = cfg.kfp
     task.set_display_name(display_name or stage.replace("_", "-"))
-    task.set_container_image(image_for(cfg, stage, gpu))
-    if k.images.pull_policy:
-        kubernetes.set_image_pull_policy(task, k.images.pull_policy)
+    image = image_for(cfg, stage, gpu)
+    task.set_container_image(image)
+    kubernetes.set_image_pull_policy(task, k.images.pull_policy or pull_policy(image))
     if k.images.pull_with:
         kubernetes.set_image_pull_secrets(task, list(k.images.pull_with))
 
@@ -75,7 +92,7 @@ def apply(
 
     if gpu and is_gpu_stage(cfg, stage):
         task.set_accelerator_type(k.gpu.accelerator_type)
-        task.set_accelerator_limit(k.gpu.accelerator_count)
+        task.set_accelerator_limit(gpu_count(cfg, stage))
         for label, value in k.gpu.node_selector.items():
             kubernetes.add_node_selector(task, label_key=label, label_value=value)
         for tol in k.gpu.tolerations:
@@ -97,10 +114,17 @@ def apply(
             backoff_max_duration=k.retry.backoff_max_duration,
         )
 
-    for name, value in sorted(k.env.items()):
+    # segloop's env, labels and volumes first; the user's add to them (the settings refuse a
+    # user value that would replace one of segloop's).
+    for name, value in sorted({**TASK_ENV, **k.env}.items()):
         task.set_env_variable(name, value)
-    for label, value in sorted(k.pod_labels.items()):
+    for label, value in sorted(with_segloop_labels(k.pod_labels).items()):
         kubernetes.add_pod_label(task, label_key=label, label_value=value)
+    for volume, path in SCRATCH_VOLUMES:
+        kubernetes.empty_dir_mount(task, volume_name=volume, mount_path=path)
+    if stage in SHM_STAGES:
+        # Memory-backed: it counts against the task's memory limit, which bounds it.
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     for secret in k.env_from.all():
         if stage not in secret.stages:
             continue

@@ -58,6 +58,10 @@ class Toleration(Section):
     toleration_seconds: int | None = Field(None, ge=0)
 
 
+# Infer runs one model on one device: each task (each shard) needs one GPU, whatever train gets.
+GPU_STAGE_COUNTS = {"infer": 1}
+
+
 class GpuSettings(Section):
     """Placement of the GPU stages (infer and train by default)."""
 
@@ -65,13 +69,27 @@ class GpuSettings(Section):
     accelerator_type: str | None = Field(
         "nvidia.com/gpu", description="resource name; None or '' puts the stages on CPU"
     )
+    # What train gets (torchrun starts one rank per GPU); a stage in `stage_counts` gets its own.
     accelerator_count: int = Field(1, ge=0)
+    stage_counts: dict[StageName, int] = Field(
+        default_factory=lambda: dict(GPU_STAGE_COUNTS),
+        description="GPUs per task of a stage (infer: 1 per shard); others: accelerator_count",
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="e.g. {'nvidia.com/gpu.present': 'true'}"
     )
     tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", effect="NoSchedule")]
     )
+
+    @field_validator("stage_counts")
+    @classmethod
+    def _keep_infer_on_one_gpu(cls, counts: dict[str, int]) -> dict[str, int]:
+        # `-o kfp.gpu.stage_counts.train=4` replaces the mapping: infer keeps its 1 unless named.
+        bad = {stage: n for stage, n in counts.items() if n < 0}
+        if bad:
+            raise ValueError(f"GPU counts must be 0 or more, got {bad}")
+        return {**GPU_STAGE_COUNTS, **counts}
 
 
 class Resources(Section):
@@ -174,6 +192,28 @@ POD_LABELS = {
     "app.kubernetes.io/part-of": "segloop",
     "app.kubernetes.io/component": "pipeline-task",
 }
+# Env vars every task gets from segloop (pipelines/platform.py): writable places for the
+# libraries that write under HOME, on emptyDir volumes (the image's own files stay read-only).
+TASK_ENV = {
+    "HOME": "/home/segloop",
+    "TMPDIR": "/tmp",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+    "TORCH_HOME": "/home/segloop/.cache/torch",
+    "HF_HOME": "/home/segloop/.cache/huggingface",
+    "XDG_CACHE_HOME": "/home/segloop/.cache",
+}
+
+
+def with_segloop_labels(labels: dict[str, str]) -> dict[str, str]:
+    """segloop's pod labels plus the user's: a user label adds, never replaces one of segloop's
+    (the MLflow NetworkPolicy admits pods by them)."""
+    clash = {k: v for k, v in labels.items() if k in POD_LABELS and v != POD_LABELS[k]}
+    if clash:
+        raise ValueError(
+            f"pod labels {clash} would replace segloop's own {POD_LABELS}, which the MLflow "
+            "NetworkPolicy admits pipeline pods by; choose other label keys"
+        )
+    return {**POD_LABELS, **labels}
 
 
 class KfpSettings(Section):
@@ -197,11 +237,12 @@ class KfpSettings(Section):
     env: dict[str, str] = Field(
         default_factory=dict, description="plain (non-secret) env vars for every task"
     )
-    # Every task pod carries these labels (kfp.kubernetes.add_pod_label; KFP >= 2.1 applies
-    # them). manifests/base/network-policy.yaml admits pods with the default pair to MLflow.
+    # Every task pod carries these labels (kfp.kubernetes.add_pod_label): segloop's own
+    # (POD_LABELS, which manifests/base/network-policy.yaml admits to MLflow) plus the user's;
+    # `-o kfp.pod_labels.team=vision` adds a label, it does not drop segloop's.
     pod_labels: dict[str, str] = Field(
         default_factory=lambda: dict(POD_LABELS),
-        description="labels of every task pod (the MLflow NetworkPolicy selects the defaults)",
+        description="labels added to segloop's own on every task pod",
     )
     caching: dict[StageName, bool] = Field(
         default_factory=dict, description="per stage; unlisted stages keep DEFAULT_CACHING"
@@ -223,4 +264,16 @@ class KfpSettings(Section):
                 f"{bad} look like credentials; put them in a Kubernetes Secret and list it "
                 "under kfp.env_from instead of kfp.env"
             )
+        # User env adds to segloop's: these point at the task's writable volumes.
+        taken = sorted(k for k in env if k in TASK_ENV and env[k] != TASK_ENV[k])
+        if taken:
+            raise ValueError(
+                f"{taken} are set by segloop on every task (to its writable emptyDir volumes: "
+                f"{ {k: TASK_ENV[k] for k in taken} }); leave them out of kfp.env"
+            )
         return env
+
+    @field_validator("pod_labels")
+    @classmethod
+    def _add_segloop_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return with_segloop_labels(labels)

@@ -29,7 +29,7 @@ from pipelines.compile import (
     read_fingerprint,
 )
 from pipelines.config import load_config, run_config_json
-from pipelines.settings import PIPELINE_NAMES, POD_LABELS
+from pipelines.settings import PIPELINE_NAMES, POD_LABELS, TASK_ENV
 
 GPU_TASKS = {"infer", "train"}
 STAGES_OF = {
@@ -150,7 +150,8 @@ def test_gpu_placement_only_on_infer_and_train(compiled, name):
         assert res.resource_memory_request and res.resource_memory_limit, task
         if task in GPU_TASKS:
             assert res.accelerator.resource_type == "nvidia.com/gpu"
-            assert res.accelerator.resource_count == "2"
+            # accelerator_count=2 is train's: infer runs one model on one device.
+            assert res.accelerator.resource_count == ("2" if task == "train" else "1"), task
             assert dict(platform.node_selector.labels) == {
                 "cloud.google.com/gke-accelerator": "nvidia-l4",
                 "pool": "gpu",
@@ -168,7 +169,13 @@ def test_gpu_placement_only_on_infer_and_train(compiled, name):
             assert container.image == "registry.example.com/agri/segloop:1.2.3"
         if task == "train":
             assert res.resource_memory_limit == "64Gi"
-        assert {e.name: e.value for e in container.env} == {"AWS_REGION": "eu-west-1"}
+        # The user's env adds to segloop's (writable HOME, caches and temp on emptyDir).
+        assert {e.name: e.value for e in container.env} == {**TASK_ENV, "AWS_REGION": "eu-west-1"}
+        # A tag can move: every task pulls it again rather than run a stale cached image.
+        assert platform.image_pull_policy == "Always"
+        mounts = {(m.mount_path, m.medium) for m in platform.empty_dir_mounts}
+        shm = {("/dev/shm", "Memory")} if task in GPU_TASKS else set()
+        assert mounts == {("/tmp", ""), ("/home/segloop", "")} | shm, task
 
 
 def test_secrets_are_references_never_values(compiled):
@@ -448,7 +455,8 @@ def test_infer_shards_fan_out_over_gpu_tasks_and_merge_on_the_cpu(tmp_path, name
     merge_label = merge_spec.executor_label
     shard_res = deployment.executors[shard_label].container.resources
     assert shard_res.accelerator.resource_type == "nvidia.com/gpu"
-    assert shard_res.accelerator.resource_count == "2"
+    # accelerator_count=2 is train's: each shard runs one model on one GPU.
+    assert shard_res.accelerator.resource_count == "1"
     assert deployment.executors[shard_label].container.image.startswith(
         "registry.example.com/agri/segloop-cuda:"
     )
@@ -469,3 +477,31 @@ def test_infer_shards_fan_out_over_gpu_tasks_and_merge_on_the_cpu(tmp_path, name
     one, _, _ = parse(compile_pipeline(name, single, tmp_path / f"{name}-1.yaml"))
     assert set(one.root.dag.tasks) == STAGES_OF[name]
     assert one.root.dag.tasks["infer"].component_ref.name == "comp-infer"
+
+
+def test_user_labels_env_and_gpu_counts_add_to_segloops_own(tmp_path):
+    """`-o kfp.pod_labels.team=vision` adds a label: every pod keeps the ones the MLflow
+    NetworkPolicy admits. A user value that would replace one of segloop's is refused in one
+    line. GPU counts are per stage: train N, infer (each shard) 1, unless a stage is named."""
+    cfg = load_config(
+        None,
+        ["kfp.pod_labels.team=vision", "kfp.env.AWS_REGION=eu-west-1", *OVERRIDES[4:6]],
+    )
+    assert cfg.kfp.pod_labels == {**POD_LABELS, "team": "vision"}
+    spec, deployment, k8s = parse(compile_pipeline("training", cfg, tmp_path / "t.yaml"))
+    for task in spec.root.dag.tasks:
+        label = executor_of(spec, task)
+        assert dict(k8s[label].pod_metadata.labels) == {**POD_LABELS, "team": "vision"}, task
+        env = {e.name: e.value for e in deployment.executors[label].container.env}
+        assert env == {**TASK_ENV, "AWS_REGION": "eu-west-1"}, task
+    with pytest.raises(ConfigError, match="would replace segloop's own"):
+        load_config(None, ["kfp.pod_labels={app.kubernetes.io/component: trainer}"])
+    with pytest.raises(ConfigError, match="set by segloop on every task"):
+        load_config(None, ["kfp.env.HOME=/root"])
+
+    counts = load_config(None, ["kfp.gpu.accelerator_count=4", "kfp.gpu.stage_counts.train=8"])
+    assert counts.kfp.gpu.stage_counts == {"infer": 1, "train": 8}  # infer's 1 is kept
+    spec, deployment, _ = parse(compile_pipeline("active_learning", counts, tmp_path / "a.yaml"))
+    for task, want in [("train", "8"), ("infer", "1")]:
+        res = deployment.executors[executor_of(spec, task)].container.resources
+        assert res.accelerator.resource_count == want, task
