@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from components.core import storage
+from components.core import limits, storage
 from components.core.errors import SegloopError
 from components.core.redact import redact, redact_data
 
@@ -94,14 +94,32 @@ class Manifest:
             )
 
 
+JSON_KINDS = {
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
 def read_jsonl(uri: str | Path) -> list[dict[str, Any]]:
+    """JSON lines, each an object, from a regular file within limits.RECORDS."""
     rows = []
-    for line_no, line in enumerate(storage.read_text(uri).splitlines(), 1):
+    text = limits.read_user_text(uri, limits.RECORDS)
+    for line_no, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SegloopError(f"{uri}:{line_no} is not valid JSON: {exc}") from exc
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise SegloopError(f"{uri}:{line_no} is not valid JSON: {exc}") from None
+            if not isinstance(row, dict):
+                kind = "null" if row is None else JSON_KINDS.get(type(row), type(row).__name__)
+                raise SegloopError(
+                    f"{uri}:{line_no}: each line must be a JSON object ({{...}}), not {kind}; "
+                    "fix or remove the line (records come from `segloop query`)"
+                )
+            rows.append(row)
     return rows
 
 

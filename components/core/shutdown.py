@@ -9,8 +9,12 @@ up. Further SIGTERMs are ignored while that happens, so the clean-up itself is n
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
 import threading
+from typing import NoReturn
 
 EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
 
@@ -28,3 +32,15 @@ def exit_cleanly_on_sigterm() -> None:
     """Turn SIGTERM into `Terminated` (main thread only: signal handlers live there)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once, after the stack has unwound (and cleaned up) on a signal.
+
+    An ordinary exit joins every worker thread first, and one blocked on a silent server holds
+    it until that request's timeout; after Ctrl-C or SIGTERM nothing is left worth waiting for.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -375,23 +375,26 @@ def copy(src: str | Path, dst: str | Path) -> None:
     elif is_s3(dst):
         upload_file(local_path(src), dst)
     else:
-        with _local_errors(src, "copy"), atomic_path(local_path(dst)) as tmp:
-            shutil.copyfile(local_path(src), tmp)
+        # The destination named when it cannot be written (a read-only --out), the source
+        # when it cannot be read.
+        with _local_errors(dst, "write"), atomic_path(local_path(dst)) as tmp:
+            with _local_errors(src, "copy"):
+                shutil.copyfile(local_path(src), tmp)
 
 
 def _parallel(jobs: list[tuple[str, str]], workers: int) -> None:
     if not jobs:
         return
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        futures = [pool.submit(copy, s, d) for s, d in jobs]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            # A failure, Ctrl-C or SIGTERM: start no more copies; the running ones end within
-            # their timeouts, then temporary folders are cleaned up.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    # Not `with ThreadPoolExecutor`: its exit waits for running copies, and after a failure,
+    # Ctrl-C or SIGTERM a copy hung on a silent server would hold the clean-up until its timeout.
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))))
+    try:
+        for future in [pool.submit(copy, s, d) for s, d in jobs]:
+            future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # start no more copies
+        raise
+    pool.shutdown()
 
 
 def upload_dir(local: str | Path, uri: str, workers: int = FOLDER_WORKERS) -> int:

@@ -114,7 +114,13 @@ def convert(value: Any, column: sa.Column, raw: str) -> Any:
                 return False
             raise ValueError(value)
         if kind is int:
-            return int(value)
+            number = int(value)
+            if not -(2**63) <= number < 2**63:
+                raise SegloopError(
+                    f"filter {raw!r}: {value} is out of range for column '{column.name}' "
+                    f"({column.type}: a database integer is a 64-bit number)"
+                )
+            return number
         if kind is float:
             return float(value)
     except ValueError:

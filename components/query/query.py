@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from components.core import db, storage
+from components.core import db, limits, storage
 from components.core.artifacts import write_jsonl, write_metrics
 from components.core.config import save_resolved, stage_run_dir
 from components.core.errors import SegloopError
@@ -533,7 +533,11 @@ def write_parquet(uri: str, rows: list[dict[str, Any]], columns: list[str]) -> N
 
 
 def load_spec(uri: str) -> dict[str, Any]:
-    spec = storage.read_json(uri)
+    text = limits.read_user_text(uri, limits.SPEC)  # a regular file within its size cap
+    try:
+        spec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SegloopError(f"{uri} is not valid JSON ({exc}); give a query_spec.json") from None
     if not isinstance(spec, dict) or "table" not in spec or "filters" not in spec:
         raise SegloopError(f"{uri} is not a query_spec.json written by `segloop query`")
     return spec

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from components.core.errors import SegloopError
+from components.query.settings import MAX_SQL_INT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -70,6 +71,8 @@ def _int(text: str, key: str, raw: str, minimum: int) -> int:
         raise SegloopError(f"sample {raw!r}: {key}={text!r} is not an integer") from None
     if value < minimum:
         raise SegloopError(f"sample {raw!r}: {key} must be >= {minimum}, got {value}")
+    if value > MAX_SQL_INT:
+        raise SegloopError(f"sample {raw!r}: {key} must be at most {MAX_SQL_INT} (2^63-1)")
     return value
 
 

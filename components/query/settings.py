@@ -7,6 +7,9 @@ from pydantic import Field
 from components.core.config import SharedConfig
 from components.core.settings_base import Section
 
+# SQL's BIGINT, the largest row count or offset a database takes as a parameter.
+MAX_SQL_INT = 2**63 - 1
+
 
 class QuerySettings(Section):
     filters: list[str] = Field(
@@ -20,8 +23,8 @@ class QuerySettings(Section):
         description="columns to keep (default: all; the id and the image location are always kept)",
     )
     sort: str | None = Field(None, description="e.g. 'datetime:desc,image_id'")
-    limit: int | None = Field(None, ge=1)
-    offset: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1, le=MAX_SQL_INT)
+    offset: int = Field(0, ge=0, le=MAX_SQL_INT)
     out_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
     allow_empty: bool = False
     preview: int = Field(0, ge=0, description="print the first N rows")

@@ -64,12 +64,12 @@ def main() -> None:
     shutdown.exit_cleanly_on_sigterm()
     try:
         code = cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # Ctrl-C inside a command: click's KeyboardInterrupt
         click.echo("aborted", err=True)
-        sys.exit(130)
+        shutdown.exit_now(130)
     except shutdown.Terminated:
         click.echo("terminated", err=True)
-        sys.exit(shutdown.EXIT_CODE)
+        shutdown.exit_now(shutdown.EXIT_CODE)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -78,5 +78,5 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        shutdown.exit_now(130)
     sys.exit(code if isinstance(code, int) else 0)
