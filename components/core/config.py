@@ -429,6 +429,8 @@ def describe_validation_error(
             lines.append(f"  '{key}' = {value}: {clip(err['msg'])}")
     if len(errors) > MAX_ERROR_LINES:
         lines.append(f"  ... and {len(errors) - MAX_ERROR_LINES} more")
+    if len(lines) == 2:  # one problem: one line
+        return f"{lines[0]} {lines[1].strip()}"
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -57,6 +58,14 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
+# An error message longer than this is cut: a message is read, never a data dump.
+MAX_MESSAGE_CHARS = 4000
+
+
+def clip_message(text: str, size: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= size else f"{text[:size]}... (cut; {len(text):,} characters)"
+
+
 def main() -> None:
     # Before anything runs: no secret reaches the terminal, and SIGTERM cleans up like Ctrl-C.
     redact.install()
@@ -74,7 +83,20 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except SegloopError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {clip_message(str(exc))}", fg="red", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path: a bug to see whole
+        # A path the system refuses (read-only, not a folder, disk full): one line, no traceback.
+        logging.getLogger("segloop").debug("OS error", exc_info=True)
+        click.secho(
+            f"error: cannot use {clip_message(str(exc.filename), 300)}: "
+            f"{exc.strerror or type(exc).__name__}; choose a writable output folder "
+            "(--out / --out-dir) or fix the path and its permissions",
+            fg="red",
+            err=True,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
