@@ -250,7 +250,8 @@ def test_unreadable_image_is_named_in_words(tmp_path):
     }
     assert failed == {
         rows[0]["record_id"]: f"{empty}: empty file (0 bytes)",
-        rows[1]["record_id"]: f"{page}: not an image (starts with '<html>')",
+        rows[1]["record_id"]: f"{page}: not an image (6 bytes of text; no PNG, JPEG, TIFF, "
+        "GIF, BMP or WebP signature)",
     }
 
 

@@ -132,7 +132,11 @@ def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> None:
 
 
 def check_failures(
-    stage: str, failed: list[dict[str, Any]], max_failures: int, id_key: str = "record_id"
+    stage: str,
+    failed: list[dict[str, Any]],
+    max_failures: int,
+    id_key: str = "record_id",
+    manifest: str = "manifest.jsonl",
 ) -> None:
     """Fail the stage (non-zero exit) when more than `max_failures` items failed, naming them."""
     if len(failed) <= max_failures:
@@ -140,5 +144,5 @@ def check_failures(
     shown = "\n".join(f"  {e.get(id_key)}: {e.get('reason')}" for e in failed[:20])
     more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
     raise SegloopError(
-        f"{stage}: {len(failed)} items failed (max_failures={max_failures}); see manifest.jsonl:\n{shown}{more}"
+        f"{stage}: {len(failed)} items failed (max_failures={max_failures}); see {manifest}:\n{shown}{more}"
     )

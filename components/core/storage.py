@@ -42,6 +42,16 @@ def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
 
 
+SUPPORTED_LOCATIONS = "local paths, file:// and s3:// URIs"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def unsupported_scheme(uri: str | Path) -> str | None:
+    """The scheme of a URI this module cannot read (`http`, `gs` ...), else None."""
+    m = _SCHEME.match(str(uri))
+    return m[1] if m and m[1].lower() not in ("s3", "file") else None
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     """`s3://bucket/a/b` -> ("bucket", "a/b")."""
     rest = uri[len("s3://") :]

@@ -311,6 +311,20 @@ def _absolute(uri: str) -> str:
     return uri if storage.is_s3(uri) else str(storage.local_path(uri).expanduser().resolve())
 
 
+def check_replaceable(db_url: str, table: str) -> None:
+    """Only segloop's own synthetic table (its exact columns) may be dropped and remade: a
+    user's table of the same name is refused before anything is written."""
+    if table not in db.list_tables(db_url):
+        return
+    columns = set(db.reflect_table(db_url, table).c.keys())
+    expected = {name for name, _ in db.IMAGE_COLUMNS}
+    if columns != expected:
+        raise SegloopError(
+            f"table {table!r} in {db.safe_url(db_url)} is not segloop's synthetic image table "
+            f"(other columns), so `data synth` will not replace it; pass another --table"
+        )
+
+
 def make_dataset(
     out_uri: str | Path,
     n: int,
@@ -324,12 +338,15 @@ def make_dataset(
     """Write `n` images, masks, labels and an image table; returns where everything is.
 
     `size` is a fixed (w, h) or ((wmin, wmax), (hmin, hmax)) for random sizes; the last `large`
-    of the `n` images are 2048x1536. With `replace`, an existing table of that name is dropped.
+    of the `n` images are 2048x1536. With `replace`, an existing synthetic table of that name is
+    dropped; any other table of that name is refused (`check_replaceable`).
     """
     if n < 1:
         raise SegloopError(f"--n must be at least 1, got {n}")
     if not 0 <= large <= n:
         raise SegloopError(f"--large must be between 0 and n={n}, got {large}")
+    if replace:
+        check_replaceable(db_url, table)
     out = _absolute(str(out_uri))
     sizes = _sizes(size, n, large, np.random.default_rng([seed, 2**31]))
     records = []

@@ -70,32 +70,46 @@ class Record:
 
 
 def records_from_jsonl(uri: str) -> list[Record]:
-    """Query records; relative image paths are taken relative to the records file's folder.
+    """Query records: each names an image by an absolute path or a file:// or s3:// URI.
 
     `uri` may also be a query output folder (or KFP artifact folder) holding `records.jsonl`.
+    Relative locations are refused, not guessed: `segloop query` resolves them against
+    `query.image_root`, the root the image table's relative paths hang from.
     """
     if storage.is_dir(uri) and storage.exists(storage.join(str(uri), "records.jsonl")):
         uri = storage.join(str(uri), "records.jsonl")
-    base = str(uri).rsplit("/", 1)[0] if "/" in str(uri) else "."
-    out = []
-    for n, row in enumerate(artifacts.read_jsonl(uri), 1):
-        rid = row.get("image_id", row.get("record_id"))
-        image_uri = row.get("image_uri")
-        if rid is None or not image_uri:
-            raise SegloopError(
-                f"{uri}:{n}: a record needs 'image_id' and 'image_uri' (got keys {sorted(row)}); "
-                "pass the records.jsonl written by `segloop query`"
-            )
-        image_uri = str(image_uri)
-        relative = not (
-            storage.is_s3(image_uri)
-            or image_uri.startswith("file://")
-            or Path(image_uri).is_absolute()
+    return [_record(row, f"{uri}:{n}") for n, row in enumerate(artifacts.read_jsonl(uri), 1)]
+
+
+def _record(row: dict[str, Any], where: str) -> Record:
+    """One records.jsonl row as a Record; a row that cannot name an image is refused."""
+    if not isinstance(row, dict):
+        raise SegloopError(f"{where}: a record is a JSON object, got {type(row).__name__}")
+    key = "image_id" if "image_id" in row else "record_id"
+    rid, image_uri = row.get(key), row.get("image_uri")
+    if rid is None or str(rid).strip() == "":
+        got = "missing" if key not in row else ("null" if rid is None else "empty")
+        raise SegloopError(
+            f"{where}: the record's image_id is {got}; every record needs an id "
+            "(pass the records.jsonl written by `segloop query`)"
         )
-        if relative and not Path(image_uri).exists():
-            image_uri = storage.join(base, image_uri)
-        out.append(Record(str(rid), image_uri))
-    return out
+    if image_uri is None or str(image_uri).strip() == "":
+        got = "missing" if "image_uri" not in row else ("null" if image_uri is None else "empty")
+        raise SegloopError(f"{where}: record {rid!r} has its image_uri {got}")
+    image_uri = str(image_uri)
+    scheme = storage.unsupported_scheme(image_uri)
+    if scheme:
+        raise SegloopError(
+            f"{where}: record {rid!r}: image_uri {image_uri!r}: {scheme}:// is not supported; "
+            f"images are read from {storage.SUPPORTED_LOCATIONS}"
+        )
+    if not (storage.is_s3(image_uri) or storage.local_path(image_uri).is_absolute()):
+        raise SegloopError(
+            f"{where}: record {rid!r}: image_uri {image_uri!r} is a relative path; records name "
+            "images by absolute path or URI (query with --image-root, the folder or s3:// "
+            "prefix the table's relative paths hang from)"
+        )
+    return Record(str(rid), image_uri)
 
 
 def records_from_images(uri: str) -> list[Record]:
@@ -438,8 +452,24 @@ def run_infer(
         throughput(metrics),
         out,
     )
-    artifacts.check_failures("infer", manifest.failed(), s.max_failures)
+    manifest_uri = storage.join(str(out), "manifest.jsonl")
+    for line in failure_lines(metrics, manifest_uri):
+        log.warning("infer: %s", line.strip())
+    artifacts.check_failures("infer", manifest.failed(), s.max_failures, manifest=manifest_uri)
     return metrics
+
+
+FAILURES_SHOWN = 5  # failed images named in a run's summary; the manifest has them all
+
+
+def failure_lines(metrics: dict[str, Any], manifest_uri: str) -> list[str]:
+    """The first few failed images with their reasons, then where the manifest is."""
+    if not metrics["failed"]:
+        return []
+    lines = [f"  {f['record_id']}: {f['reason']}" for f in metrics["failures"][:FAILURES_SHOWN]]
+    more = metrics["failed"] - len(lines)
+    lines.append(f"  {f'... and {more} more; ' if more > 0 else ''}see {manifest_uri}")
+    return lines
 
 
 def read_inputs(records: str | None, images: str | None) -> list[Record]:

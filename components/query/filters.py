@@ -5,6 +5,8 @@ One expression per filter; several filters are ANDed. Forms:
     k=v    k=a,b (IN)    k!=v    k!=a,b (NOT IN)    k>=v  k<=v  k>v  k<v
     k is null    k is not null    k between a and b
 
+A column whose name has spaces or other signs goes in double quotes, as in SQL:
+`"field name"=a`, `"plot-id" is null`; letters of any script need none (`Höhe>=2`).
 A value may be quoted ('a,b' or "a,b") to keep commas. Values are never spliced into SQL: they
 are converted to the column's Python type and sent as bound parameters, so
 `state=NC' OR 1=1 --` looks for a state literally named `NC' OR 1=1 --`.
@@ -20,11 +22,16 @@ import sqlalchemy as sa
 
 from components.core.errors import SegloopError
 
-NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# A column: a plain name (letters of any script, digits, _) or any name in double quotes, as in
+# SQL ("field name", "plot-id"; "" inside stands for one "). Names are checked against the table.
+NAME = r'"(?:[^"]|"")+"|[^\W\d]\w*'
 NULL_RE = re.compile(rf"^\s*({NAME})\s+is\s+(not\s+)?null\s*$", re.IGNORECASE)
 BETWEEN_RE = re.compile(rf"^\s*({NAME})\s+between\s+(.+?)\s+and\s+(.+?)\s*$", re.IGNORECASE)
 COMPARE_RE = re.compile(rf"^\s*({NAME})\s*(!=|>=|<=|=|>|<)\s*(.*?)\s*$", re.DOTALL)
-FORMS = "k=v, k=a,b, k!=v, k>=v, k<=v, k>v, k<v, 'k is null', 'k is not null', 'k between a and b'"
+FORMS = (
+    "k=v, k=a,b, k!=v, k>=v, k<=v, k>v, k<v, 'k is null', 'k is not null', 'k between a and b'; "
+    "put a column name with spaces or other signs in double quotes: '\"field name\"=v'"
+)
 TRUE_WORDS = {"true", "1", "yes", "y", "t"}
 FALSE_WORDS = {"false", "0", "no", "n", "f"}
 
@@ -64,16 +71,25 @@ def _split_list(text: str) -> list[str]:
     return values
 
 
+def _column(name: str) -> str:
+    """A column name as written in a filter: `"field name"` -> `field name`."""
+    if name.startswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name
+
+
 def parse_filter(text: str) -> Filter:
     """Parse one filter expression (columns are checked later, against the table)."""
     if not isinstance(text, str) or not text.strip():
         raise SegloopError(f"empty filter {text!r}; forms: {FORMS}")
     if m := NULL_RE.match(text):
-        return Filter(text, m.group(1), "is_not_null" if m.group(2) else "is_null")
+        return Filter(text, _column(m.group(1)), "is_not_null" if m.group(2) else "is_null")
     if m := BETWEEN_RE.match(text):
-        return Filter(text, m.group(1), "between", (_unquote(m.group(2)), _unquote(m.group(3))))
+        values = (_unquote(m.group(2)), _unquote(m.group(3)))
+        return Filter(text, _column(m.group(1)), "between", values)
     if m := COMPARE_RE.match(text):
         column, op, value = m.groups()
+        column = _column(column)
         if op in ("=", "!="):
             values = _split_list(value)
             if len(values) > 1:

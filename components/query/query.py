@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import posixpath
 import time
 from dataclasses import asdict, dataclass
 from operator import itemgetter
@@ -375,29 +376,72 @@ def table_shape(table: sa.Table, q: QuerySettings) -> Shape:
     return Shape(id_col, image_col, q.image_root, mask_col, group)
 
 
-def resolve_location(value: Any, root: str | None) -> str:
-    """A location as a URI: relative paths hang from `root` (a folder or s3:// prefix)."""
+def resolve_location(value: Any, root: str | None, where: str = "") -> str:
+    """A location as a URI: relative paths hang from `root` (a folder or s3:// prefix).
+
+    Absolute paths and file:// or s3:// URIs stay as they are. A relative path with no root,
+    one that leads out of the root with '..', or another scheme (http://) is refused: a stage
+    must never guess where an image is. `where` names the row in the message.
+    """
     text = str(value)
-    if not root or "://" in text or Path(text).is_absolute():
+    scheme = storage.unsupported_scheme(text)
+    if scheme:
+        raise SegloopError(
+            f"{where}image location {text!r}: {scheme}:// is not supported; images are read "
+            f"from {storage.SUPPORTED_LOCATIONS}"
+        )
+    if storage.is_s3(text) or text.startswith("file://") or Path(text).is_absolute():
         return text
-    return storage.join(root, text)
+    if not root:
+        raise SegloopError(
+            f"{where}image location {text!r} is relative and query.image_root (--image-root) "
+            "is not set; set it to the folder or s3:// prefix the table's paths hang from"
+        )
+    inside = posixpath.normpath(text)
+    if inside == ".." or inside.startswith("../"):
+        raise SegloopError(
+            f"{where}image location {text!r} leads out of query.image_root {root!r}; "
+            "fix the row or filter it out"
+        )
+    return storage.join(root, inside)
 
 
-def _image_uri(row: dict[str, Any], shape: Shape, rid: Any) -> str:
+def _where(shape: Shape, n: int, rid: Any) -> str:
+    return f"row {n} ({shape.image_id_column or shape.id_column} {rid!r}): "
+
+
+def _check_id(row: dict[str, Any], shape: Shape, n: int) -> Any:
+    """The row's id; a null or empty one is refused naming the column and the row."""
+    column = shape.image_id_column or shape.id_column
+    rid = row[column]
+    if rid is None or (isinstance(rid, str) and not rid.strip()):
+        raise SegloopError(
+            f"row {n} of the result ({shape.image_column} {row.get(shape.image_column)!r}) has "
+            f"no id: column {column!r} is {'null' if rid is None else 'empty'}; filter such "
+            f"rows out, e.g. --filters '{column} is not null', or choose another id column"
+        )
+    return rid
+
+
+def _image_uri(row: dict[str, Any], shape: Shape, rid: Any, n: int) -> str:
     value = row[shape.image_column]
     if value is None or str(value).strip() == "":
         raise SegloopError(
             f"row {rid!r} has no image location (column {shape.image_column!r} is empty); "
             f"filter such rows out, e.g. --filters '{shape.image_column} is not null'"
         )
-    return resolve_location(value, shape.image_root)
+    return resolve_location(value, shape.image_root, _where(shape, n, rid))
 
 
-def _role_values(row: dict[str, Any], shape: Shape, rid: Any) -> dict[str, Any]:
-    out = {"image_id": _jsonable(rid), "image_uri": _image_uri(row, shape, rid)}
+def _role_values(row: dict[str, Any], shape: Shape, rid: Any, n: int) -> dict[str, Any]:
+    out = {"image_id": _jsonable(rid), "image_uri": _image_uri(row, shape, rid, n)}
     if shape.mask_column:
         mask = row[shape.mask_column]
-        out["mask_uri"] = None if mask in (None, "") else resolve_location(mask, shape.image_root)
+        out["mask_uri"] = (
+            None
+            if mask in (None, "")
+            else resolve_location(mask, shape.image_root, _where(shape, n, rid))
+        )
     return out
 
 
@@ -431,9 +475,9 @@ def row_records(
     """One record per row: image_id (the row id), image_uri (resolved), mask_uri, then columns."""
     keyed = _keyed(columns, shape, set())
     out = []
-    for row in rows:
-        rid = row[shape.id_column]
-        rec = _role_values(row, shape, rid)
+    for n, row in enumerate(rows, 1):
+        rid = _check_id(row, shape, n)
+        rec = _role_values(row, shape, rid, n)
         rec.update((key, _jsonable(row[c])) for c, key in keyed)
         out.append(rec)
     return out
@@ -469,9 +513,9 @@ def image_records(
     top = _keyed(columns, shape, {shape.id_column})
     per_cutout = [c for c in columns if c not in roles]
     out = []
-    for cutouts in groups:
+    for n, cutouts in enumerate(groups, 1):
         first = cutouts[0]
-        rec = _role_values(first, shape, first[shape.image_id_column])
+        rec = _role_values(first, shape, _check_id(first, shape, n), n)
         locations = {r[shape.image_column] for r in cutouts}
         if len(locations) > 1:
             log.warning(

@@ -56,10 +56,8 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 @click.option("--overwrite", is_flag=True, default=None, help="Redo images already done.")
 def infer_command(config_path, overrides, records, images, model, predictor, out_dir, **options):
     """Segment images into masks/, predictions.json (COCO) and per-image uncertainty."""
-    from components.infer.infer import (  # here, not at the top: keeps `segloop --help` fast
-        run_infer,
-        throughput,
-    )
+    from components.core import storage  # here, not at the top: keeps `segloop --help` fast
+    from components.infer.infer import failure_lines, run_infer, throughput
 
     extra = {"infer": set_if({}, model=model, predictor=predictor, **options)}
     cfg = load_cfg(config_path, overrides, extra)
@@ -69,6 +67,8 @@ def infer_command(config_path, overrides, records, images, model, predictor, out
         f"infer: {m['ok']} ok, {m['failed']} failed, {m['skipped_done']} already done, "
         f"{m['annotations']} regions, {throughput(m)} -> {out}"
     )
+    for line in failure_lines(m, storage.join(out, "manifest.jsonl")):
+        click.echo(line)
 
 
 def register(group: click.Group) -> None:

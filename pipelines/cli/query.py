@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import click
 
@@ -15,7 +16,8 @@ from pipelines.cli.common import config_options, load_cfg, set_if
     "-f",
     multiple=True,
     help="Filter (repeatable, ANDed): k=v, k=a,b, k!=v, k>=v, k<=v, k>v, k<v, "
-    "'k is null', 'k is not null', 'k between a and b'.",
+    "'k is null', 'k is not null', 'k between a and b'; a column name with spaces or other "
+    "signs in double quotes: '\"field name\"=v'.",
 )
 @click.option(
     "--sample",
@@ -103,7 +105,8 @@ def query(
         f"-> {result['records']}",
         err=bool(result["preview"]),
     )
-    click.echo(f"replay with: segloop query --from-spec {result['query_spec']}", err=True)
+    replay = shlex.join(["segloop", "query", "--from-spec", result["query_spec"]])
+    click.echo(f"replay with: {replay}", err=True)
 
 
 def register(group: click.Group) -> None:
