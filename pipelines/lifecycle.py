@@ -216,9 +216,10 @@ def deploy(
 ) -> Deployment:
     """Images (where Docker answers), then each pipeline as a new version on Kubeflow."""
     from pipelines.compile import check_no_credentials
-    from pipelines.submit import upload
+    from pipelines.submit import check_backend, upload
 
     check_no_credentials(cfg)  # before images are built and pushed
+    check_backend(client, host, cfg)  # a backend that cannot run the pipelines: nothing pushed
     unknown = [p for p in pipelines if p not in PIPELINE_NAMES]
     if unknown:
         raise SegloopError(f"unknown pipelines {unknown}; choose from {', '.join(PIPELINE_NAMES)}")

@@ -7,14 +7,15 @@ Credentials: a bearer token (`--token`, `$KFP_TOKEN`) or a projected service-acc
 (`--sa-token-path`); they are never printed.
 
 `segloop deploy | launch | runs` reuse the pieces: `make_client`, `api_call` (kfp.Client calls
-with clear errors), `find_pipeline`, `latest_version`, `upload`, and `submit(version=...)` to run
-a version that is already uploaded.
+with clear errors), `check_backend` (the KFP backend's version), `find_pipeline`,
+`latest_version`, `upload`, and `submit(version=...)` to run a version that is already uploaded.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -94,6 +95,81 @@ def api_call(what: str, host: str, func, *args, **kwargs):
         raise SegloopError(f"{what}: timed out ({exc}); the run goes on in the cluster") from None
     except OSError as exc:  # connection refused, DNS, TLS
         raise SegloopError(f"{what} failed: cannot reach {host}: {exc}") from None
+
+
+# Every Secret mount compiles (kfp-kubernetes 2.17) with the `optional` and
+# `secretNameParameter` fields. KFP's driver (backend/src/v2/driver) parses them by version:
+#   <= 2.4.0        parses its input strictly and fails every pod on the unknown fields;
+#   2.4.1 - 2.14.x  drops `optional`: a key that may be absent becomes required;
+#   >= 2.15.0       honours it.
+FIRST_WORKING = (2, 4, 1)
+OPTIONAL_HONOURED = (2, 15, 0)
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+def backend_version(client, host: str) -> str | None:
+    """The KFP backend's release tag from its healthz endpoint (`tag_name`), None if it reports
+    none. Read raw: the generated client's healthz model drops `tag_name`, and
+    `Client.get_kfp_healthz` retries for 25 s on every error."""
+    answer = api_call(
+        "reading the backend's version (healthz)",
+        host,
+        client._healthz_api.healthz_service_get_healthz,
+        _preload_content=False,
+    )
+    try:
+        tag = json.loads(answer.data or b"{}").get("tag_name")
+    except (ValueError, AttributeError):
+        return None
+    return tag if isinstance(tag, str) and tag else None
+
+
+def optional_secret_keys(cfg: SegloopConfig) -> dict[str, list[str]]:
+    """{Secret: keys} that the pods read only when present (what a backend that drops
+    `optional` makes required)."""
+    found: dict[str, list[str]] = {}
+    for secret in cfg.kfp.env_from.all():
+        if not secret.stages:
+            continue
+        keys = [*secret.keys] if secret.optional else []
+        keys += [k for k in secret.optional_keys if k not in keys]
+        mine = found.setdefault(secret.name, [])
+        mine += [k for k in keys if k not in mine]
+    return {name: keys for name, keys in found.items() if keys}
+
+
+def check_backend(client, host: str, cfg: SegloopConfig) -> str | None:
+    """Refuse a KFP backend that cannot run what segloop compiles (one line); warn where it runs
+    it only if every Secret holds every key; returns the backend's version."""
+    tag = backend_version(client, host)
+    match = _VERSION.match(tag or "")
+    version = tuple(int(n) for n in match.groups()) if match else None
+    if version is not None and version < FIRST_WORKING:
+        raise SegloopError(
+            f"the Kubeflow Pipelines backend at {host} is {tag}: its driver rejects the "
+            "`optional` field of the Secret mounts segloop compiles and fails every pod; "
+            "upgrade KFP to 2.15.0 or later (see README, 'Kubeflow Pipelines versions')"
+        )
+    if version is not None and version >= OPTIONAL_HONOURED:
+        return tag
+    keys = optional_secret_keys(cfg)
+    if keys:
+        listed = "; ".join(f"{name}: {', '.join(k)}" for name, k in keys.items())
+        why = (
+            f"is {tag}, which ignores `optional` on Secret keys (honoured from 2.15.0)"
+            if version is not None
+            else f"does not report its version (healthz tag_name {tag!r}); before 2.15.0 KFP "
+            "ignores `optional` on Secret keys"
+        )
+        log.warning(
+            "the Kubeflow Pipelines backend at %s %s: every one of these keys must exist in "
+            "its Secret, empty where unused, or the pods fail with CreateContainerConfigError: "
+            "%s (manifests/secrets/*.env.example carry them all)",
+            host,
+            why,
+            listed,
+        )
+    return tag
 
 
 def find_pipeline(client, name: str, namespace: str | None) -> str | None:
@@ -190,6 +266,7 @@ def submit(
 
     # Before anything reaches the server: config_json and params travel in clear text.
     check_no_credentials(cfg, params)
+    check_backend(client, host, cfg)
     pipeline_id, version_id, version_name = version or upload(client, name, cfg, namespace, host)
     experiment_name = experiment or cfg.kfp.experiment or cfg.project.name
     exp = api_call(

@@ -46,6 +46,7 @@ class KfpStub:
     runs: dict[str, dict] = field(default_factory=dict)
     final_state: str = "SUCCEEDED"
     multi_user: bool = False
+    tag_name: str | None = "2.15.0"  # what healthz reports as the backend's release
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def new_id(self, kind: str) -> str:
@@ -124,7 +125,9 @@ def _handler(stub: KfpStub):
 def route(stub: KfpStub, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
     parts = [p for p in path.split("/") if p]
     if parts == ["healthz"]:
-        return 200, {"commit_sha": "stub", "tag_name": "2.5.0-stub", "multi_user": stub.multi_user}
+        # As the API server writes it (backend/src/apiserver/main.go): tag_name from TAG_NAME.
+        found = {"commit_sha": "stub", "tag_name": stub.tag_name, "multi_user": stub.multi_user}
+        return 200, {k: v for k, v in found.items() if v is not None}
 
     if parts == ["pipelines"] and method == "GET":
         name = _filter_name(query)

@@ -229,3 +229,73 @@ def test_credentials_are_refused_before_anything_is_sent(kfp_api, command, extra
     assert not kfp_api.calls("POST", "/pipelines/upload")
     assert not kfp_api.calls("POST", "/pipelines/upload_version")
     assert not kfp_api.calls("POST", "/runs")
+
+
+@pytest.mark.parametrize(
+    ("tag", "outcome"),
+    [
+        ("2.3.0", "refused"),  # <= 2.4.0: the driver fails every pod on `optional`
+        ("v2.4.0", "refused"),
+        ("2.4.1", "warned"),  # 2.4.1 - 2.14.x: `optional` dropped, every key required
+        ("2.14.3", "warned"),
+        ("unknown", "warned"),  # a build without TAG_NAME: cannot tell
+        (None, "warned"),
+        ("2.15.0", "quiet"),
+        ("2.16.1-rc.1", "quiet"),
+    ],
+)
+def test_backend_version_is_checked_before_anything_is_sent(kfp_api, caplog, tag, outcome):
+    """The KFP API server's healthz reports its release tag (backend/src/apiserver/main.go);
+    the stub answers with the tag a test sets, as that server would (no KFP backend can run
+    here). submit refuses a backend that cannot run segloop's Secret mounts in one line, and
+    names the keys a backend that ignores `optional` makes required."""
+    kfp_api.tag_name = tag
+    result = submit(kfp_api)
+    if outcome == "refused":
+        assert isinstance(result.exception, SegloopError), result.output
+        message = str(result.exception)
+        assert tag in message and "2.15.0 or later" in message and "\n" not in message
+        assert not kfp_api.calls("POST", "/pipelines/upload") and not kfp_api.calls("POST", "/runs")
+        return
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    warned = [r.getMessage() for r in caplog.records if "ignores `optional`" in r.getMessage()]
+    if outcome == "quiet":
+        assert not warned
+        return
+    (line,) = warned
+    assert "segloop-mlflow: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD" in line
+    assert "segloop-cvat: CVAT_USERNAME, CVAT_PASSWORD, CVAT_ACCESS_TOKEN" in line
+    assert "segloop-s3" not in line  # its keys are required on every backend
+
+
+def test_deploy_refuses_an_old_backend_before_building_images(kfp_api):
+    from pipelines.lifecycle import deploy
+    from pipelines.submit import make_client
+
+    kfp_api.tag_name = "2.0.5"
+    asked = []
+    with pytest.raises(SegloopError, match="is 2.0.5: its driver rejects"):
+        deploy(
+            load_config(None),
+            make_client(kfp_api.host),
+            host=kfp_api.host,
+            docker_problem=lambda: asked.append("docker") or None,
+        )
+    assert not asked and not kfp_api.calls("POST", "/pipelines/upload")
+
+
+def test_shipped_secret_examples_carry_every_key_the_pods_reference():
+    """A backend that ignores `optional` (KFP 2.4.1 - 2.14.x) makes every referenced key
+    required: the shipped env examples hold them all, so the pods start there too."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "manifests" / "secrets"
+    secrets = load_config(None).kfp.env_from
+    for ref, example in [
+        (secrets.mlflow, root / "mlflow.env.example"),
+        (secrets.cvat, root / "cvat.env.example"),
+        (secrets.s3, root / "s3" / "s3.env.example"),
+    ]:
+        lines = [ln for ln in example.read_text().splitlines() if ln and not ln.startswith("#")]
+        keys = {ln.partition("=")[0] for ln in lines}
+        assert keys == {*ref.keys, *ref.optional_keys}, example.name
