@@ -98,6 +98,11 @@ def explain(exc: BaseException, host: str, what: str) -> BaseException:
     """The exception to raise for an SDK/urllib3 failure while doing `what`."""
     if isinstance(exc, SegloopError | TransientCvatError):
         return exc
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return TransientCvatError(
+            f"no answer within the timeout, {type(exc).__name__}: {exc}; a slow server: raise "
+            "cvat.request_timeout_s"
+        )
     if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError):
         return TransientCvatError(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, BackgroundRequestException):

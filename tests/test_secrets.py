@@ -1,0 +1,211 @@
+"""No secret reaches a message, a log line or a written file.
+
+`components.core.redact.redact` is the one masking function. The end-to-end test plants one
+secret in every address setting and credential variable (db.url, MLFLOW_TRACKING_URI,
+CVAT_HOST / cvat.host, AWS_ENDPOINT_URL, CVAT_PASSWORD, CVAT_ACCESS_TOKEN,
+AWS_SECRET_ACCESS_KEY, ...), walks the error paths (refused, 401/403, timeout, retries, 5xx)
+through the real CLI against real servers (a silent socket, tests/cvat_server, SeaweedFS) and
+greps everything printed and every file under the test's folder (outputs, HOME, TMPDIR).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from net_helpers import SilentServer, clean_env, closed_port, error_lines, run_segloop
+
+from components.core import redact as redact_module
+from components.core.errors import SegloopError
+from components.core.redact import redact, redact_data
+from pipelines.task_logs import TaskLogRouter
+
+SECRET = "Planted7Secret" + secrets.token_hex(4)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (f"cannot reach MLflow at http://u:{SECRET}@127.0.0.1:1 (refused)", "http://u:***@127"),
+        (f"postgresql+psycopg://seg:{SECRET}@db:5432/images", "seg:***@db:5432/images"),
+        (f"'redis://:{SECRET}@h:6379/0'", "redis://:***@h:6379/0'"),
+        (f"raw @ and / inside: https://u:a/{SECRET}@b@host/x", "https://u:***@host/x"),
+        (f"s3 https://b.s3/k?X-Amz-Signature={SECRET}&X-Amz-Date=1", "X-Amz-Date=1"),
+        (f"GET /api?token={SECRET} HTTP/1.1", "token=*** HTTP/1.1"),
+        (f"x?api_key={SECRET}&apikey={SECRET}&sig={SECRET}&page=2", "page=2"),
+        (f"x?access_key={SECRET};auth={SECRET}", "x?access_key=***;auth=***"),
+        (f"host=db password={SECRET} dbname=x", "host=db password=*** dbname=x"),
+        (f"Authorization: Bearer {SECRET}", "Authorization: Bearer ***"),
+        (f'{{"url": "https://u:{SECRET}@h", "b": "c@d"}}', '"b": "c@d"'),
+    ],
+)
+def test_redact_hides_passwords_in_addresses_and_secret_parameters(text, kept):
+    masked = redact(text)
+    assert SECRET not in masked and kept in masked
+
+
+def test_redact_keeps_what_is_not_secret():
+    for text in (
+        "http://127.0.0.1:5000/api/2.0/mlflow",
+        "s3://segloop-test/runs/a=b/img.png",
+        "CVAT at http://cvat:8080: HTTP 404 for task 7",
+        "user@example.org wrote 3 files",
+    ):
+        assert redact(text) == text
+
+
+def test_secret_environment_values_and_credential_keys_are_masked(monkeypatch):
+    monkeypatch.setenv("CVAT_PASSWORD", SECRET)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "segloop-test")  # an identifier, not a secret
+    assert redact(f"login of 'a' with {SECRET} refused") == "login of 'a' with *** refused"
+    assert redact("s3://segloop-test/x") == "s3://segloop-test/x"
+    data = {
+        "cvat": {"password": "x", "host": f"https://u:{SECRET}@h"},
+        "n": [1, f"?token={SECRET}"],
+    }
+    assert redact_data(data) == {
+        "cvat": {"password": "***", "host": "https://u:***@h"},
+        "n": [1, "?token=***"],
+    }
+    assert SECRET not in str(SegloopError(f"cannot reach http://u:{SECRET}@h"))
+
+
+def test_log_records_warnings_and_tracebacks_are_masked(tmp_path):
+    """In a fresh process: a library's log record, a warning and an uncaught traceback."""
+    code = f"""
+import logging, warnings
+from components.core import redact
+redact.install()
+logging.basicConfig(level=logging.INFO)
+logging.getLogger("urllib3.connectionpool").warning(
+    "Retrying (%r) after connection broken: %s", "Retry(total=2)", "http://u:{SECRET}@h/x")
+try:
+    raise ValueError("bad http://u:{SECRET}@h")
+except ValueError:
+    logging.getLogger("x").exception("failed")
+warnings.warn("see https://h/?token={SECRET}")
+raise RuntimeError("uncaught: postgresql://u:{SECRET}@db/x")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert "Retrying ('Retry(total=2)') after connection broken: http://u:***@h/x" in result.stderr
+    assert "ValueError: bad http://u:***@h" in result.stderr
+    assert "token=***" in result.stderr and "RuntimeError: uncaught" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+def test_task_logs_are_masked(tmp_path):
+    target = io.StringIO()
+    router = TaskLogRouter(target, "pipe", tmp_path / "logs", verbose=True)
+    router.write(f"Executing task 'query'\nexecutor input: db.url=sqlite://u:{SECRET}@x\n")
+    router.write("Task 'query' finished with status SUCCESS\n")
+    router.close()
+    written = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
+    assert "db.url=sqlite://u:***@x" in written
+    assert SECRET not in written + target.getvalue()
+
+
+def test_install_is_idempotent():
+    redact_module.install()
+    factory = logging.getLogRecordFactory()
+    redact_module.install()
+    assert logging.getLogRecordFactory() is factory
+
+
+# ---------------------------------------------------------------- the CLI, end to end
+
+
+def _cases(tmp: Path, silent: SilentServer, cvat, s3) -> list[tuple[str, list[str], dict, str]]:
+    """(name, args, env, text the one error line must contain): every address and credential
+    holds SECRET, each walking one error path."""
+    refused = f"127.0.0.1:{closed_port()}"
+    hung = f"127.0.0.1:{silent.port}"
+    labels = tmp / "labels.json"
+    labels.write_text(
+        json.dumps({"labels": [{"name": "background", "id": 0}, {"name": "weed", "id": 1}]})
+    )
+    cvat_args = ["download-cvat", "--out-dir", "down", "-o", f"project.labels={labels}"]
+    cvat_args += [
+        "-o",
+        "cvat.retries=2",
+        "-o",
+        "cvat.backoff_s=0.05",
+        "-o",
+        "cvat.request_timeout_s=1",
+    ]
+    creds = {"CVAT_USERNAME": cvat.username, "CVAT_PASSWORD": SECRET}
+    s3_env = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": SECRET}
+    fast_s3 = {"SEGLOOP_S3_READ_TIMEOUT_S": "1", "SEGLOOP_S3_MAX_ATTEMPTS": "2"}
+    select = [
+        "select",
+        "--predictions",
+        "s3://segloop-test/no-such-predictions",
+        "--out-dir",
+        "sel",
+    ]
+    pg = f"postgresql+psycopg://seg:{SECRET}@"
+    return [
+        ("mlflow refused", ["compare", "--last", "1"],
+         {"MLFLOW_TRACKING_URI": f"http://u:{SECRET}@{refused}", "MLFLOW_TRACKING_PASSWORD": SECRET},
+         "cannot reach MLflow at http://u:***@"),
+        ("mlflow hung, token in the query", ["compare", "--last", "1"],
+         {"MLFLOW_TRACKING_URI": f"http://{hung}/?token={SECRET}"}, "no answer within"),
+        ("cvat refused, retried", cvat_args, {"CVAT_HOST": f"http://u:{SECRET}@{refused}", **creds},
+         "after 3 attempts"),
+        ("cvat hung (cvat.host)", [*cvat_args, "-o", f"cvat.host=http://u:{SECRET}@{hung}"], creds,
+         "no answer within the timeout"),
+        ("cvat 401 password", cvat_args, {"CVAT_HOST": cvat.host, **creds}, "rejected the login"),
+        ("cvat 401 token", cvat_args, {"CVAT_HOST": cvat.host, "CVAT_ACCESS_TOKEN": SECRET}, "HTTP 401"),
+        ("s3 hung, retried", select, {"AWS_ENDPOINT_URL": f"http://u:{SECRET}@{hung}", **s3_env, **fast_s3},
+         "did not answer within 1 s (2 attempts)"),
+        ("s3 403", select, {"AWS_ENDPOINT_URL": s3.endpoint, **s3_env}, "check AWS_ACCESS_KEY_ID"),
+        ("db refused", ["query", "--db-url", f"{pg}{refused}/images", "--out-dir", "q"],
+         {"PGPASSWORD": SECRET}, "cannot connect to postgresql+psycopg://seg:***@"),
+        ("db hung (db.url)", ["query", "-o", f"db.url={pg}{hung}/images", "--out-dir", "q"],
+         {"SEGLOOP_DB_TIMEOUT_S": "1"}, "timeout"),
+    ]  # fmt: skip
+
+
+def test_planted_secret_never_reaches_output_or_files(tmp_path, cvat_server, s3_server):
+    printed: list[str] = []
+    with SilentServer() as silent:
+        for name, args, extra, expected in _cases(tmp_path, silent, cvat_server, s3_server):
+            result, _ = run_segloop(args, clean_env(tmp_path, **extra), tmp_path, timeout=90)
+            printed.append(result.stdout + result.stderr)
+            assert result.returncode == 2, (name, result.stderr[-2000:])
+            assert "Traceback" not in result.stderr, name
+            (line,) = error_lines(result.stderr)
+            assert expected in line, (name, line)
+
+    # A run that succeeds writes cfg.yaml, metrics, records and its spec: every address masked.
+    db = f"sqlite:///{tmp_path / 'img.db'}"
+    synth, _ = run_segloop(
+        ["data", "synth", "--n", "3", "--size", "64x64", "--out", "imgs", "--db-url", db],
+        clean_env(tmp_path),
+        tmp_path,
+    )
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    addresses = [
+        f"mlflow.tracking_uri=http://u:{SECRET}@mlflow:5000",
+        f"cvat.host=https://u:{SECRET}@cvat",
+    ]
+    overrides = [flag for item in addresses for flag in ("-o", item)]
+    env = clean_env(tmp_path, AWS_ENDPOINT_URL=f"http://u:{SECRET}@s3:9000", CVAT_PASSWORD=SECRET)
+    query, _ = run_segloop(["query", "--db-url", db, "--out-dir", "q", *overrides], env, tmp_path)
+    assert query.returncode == 0, query.stderr[-2000:]
+    printed.append(query.stdout + query.stderr)
+    written = {p.name for p in (tmp_path / "q").iterdir()}
+    assert {"cfg.yaml", "metrics.json", "records.jsonl", "query_spec.json"} <= written
+    assert "https://u:***@cvat" in (tmp_path / "q" / "cfg.yaml").read_text()
+
+    for text in printed:
+        assert SECRET not in text
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []
