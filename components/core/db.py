@@ -15,6 +15,7 @@ sets `connect_timeout` / `timeout`; connection errors are one line without the p
 from __future__ import annotations
 
 import hashlib
+import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -219,16 +220,38 @@ def image_table(table: str, metadata: sa.MetaData | None = None) -> sa.Table:
     return sa.Table(table, metadata, *cols)
 
 
+def check_writable(url: str) -> None:
+    """Fail now, changing nothing, where the database refuses writes (a read-only file, no
+    rights, unreachable): a probe table is created inside a transaction that is rolled back."""
+    probe = sa.Table(
+        f"segloop_probe_{secrets.token_hex(4)}", sa.MetaData(), sa.Column("x", sa.Integer)
+    )
+    try:
+        with engine(url).connect() as conn, conn.begin() as transaction:
+            probe.create(conn)
+            transaction.rollback()
+    except SQLAlchemyError as exc:
+        raise SegloopError(
+            f"cannot write to {safe_url(url)}: {one_line(exc)}; give a database you may write "
+            "to (--db-url / db.url)"
+        ) from None
+
+
 def create_image_table(url: str, table: str, replace: bool = False) -> sa.Table:
     """Create the image table (dropping an existing one when `replace`) with its indexes."""
     eng = engine(url)
     metadata = sa.MetaData()
     tbl = image_table(table, metadata)
-    with eng.begin() as conn:
-        if replace:
-            tbl.drop(conn, checkfirst=True)
-        tbl.create(conn, checkfirst=True)
-    create_indexes(url, table)
+    try:
+        with eng.begin() as conn:
+            if replace:
+                tbl.drop(conn, checkfirst=True)
+            tbl.create(conn, checkfirst=True)
+        create_indexes(url, table)
+    except SQLAlchemyError as exc:
+        raise SegloopError(
+            f"cannot create table {table!r} in {safe_url(url)}: {one_line(exc)}"
+        ) from None
     return tbl
 
 
@@ -237,16 +260,21 @@ def insert_rows(url: str, table: str, rows: Iterable[dict[str, Any]], batch: int
     tbl = reflect_table(url, table)
     count = 0
     chunk: list[dict[str, Any]] = []
-    with engine(url).begin() as conn:
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) >= batch:
+    try:
+        with engine(url).begin() as conn:
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= batch:
+                    conn.execute(tbl.insert(), chunk)
+                    count += len(chunk)
+                    chunk = []
+            if chunk:
                 conn.execute(tbl.insert(), chunk)
                 count += len(chunk)
-                chunk = []
-        if chunk:
-            conn.execute(tbl.insert(), chunk)
-            count += len(chunk)
+    except SQLAlchemyError as exc:
+        raise SegloopError(
+            f"cannot insert rows into {table!r} in {safe_url(url)}: {one_line(exc)}"
+        ) from None
     return count
 
 

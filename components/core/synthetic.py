@@ -347,16 +347,20 @@ def make_dataset(
         raise SegloopError(f"--large must be between 0 and n={n}, got {large}")
     if replace:
         check_replaceable(db_url, table)
+    # A database that refuses writes fails here, before any file is written.
+    db.check_writable(db_url)
     out = _absolute(str(out_uri))
     sizes = _sizes(size, n, large, np.random.default_rng([seed, 2**31]))
     records = []
+    written: list[Path] = []
     with storage.output_dir(out, resume=False) as local:
         for i in track(range(n), total=n, desc="synth", unit="img"):
             w, h = sizes[i]
             image, mask, _ = render(seed, i, w, h)
             image_id = f"img_{i:05d}"
-            save_rgb(local / "images" / f"{image_id}.jpg", image, quality=92)
-            save_mask_png(local / "masks" / f"{image_id}.png", mask)
+            written += [local / "images" / f"{image_id}.jpg", local / "masks" / f"{image_id}.png"]
+            save_rgb(written[-2], image, quality=92)
+            save_mask_png(written[-1], mask)
             records.append(
                 _record(
                     seed,
@@ -366,10 +370,17 @@ def make_dataset(
                     mask,
                 )
             )
-        LABELS.save(local / "labels.yaml")
-        write_jsonl(local / "images.jsonl", records)
-    db.create_image_table(db_url, table, replace=replace)
-    db.insert_rows(db_url, table, records)
+        written += [local / "labels.yaml", local / "images.jsonl"]
+        LABELS.save(written[-2])
+        write_jsonl(written[-1], records)
+    try:
+        db.create_image_table(db_url, table, replace=replace)
+        db.insert_rows(db_url, table, records)
+    except SegloopError:
+        if not storage.is_s3(out):  # images without their table are no dataset: remove them
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
     return SynthResult(
         out_uri=out,
         labels_uri=storage.join(out, "labels.yaml"),
