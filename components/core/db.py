@@ -69,12 +69,20 @@ MIN_SQLITE_WINDOW = (3, 25, 0)  # ROW_NUMBER() OVER (...)
 
 def parse_url(url: str) -> URL:
     try:
-        return make_url(url)
+        parsed = make_url(url)
     except ArgumentError as exc:
         raise SegloopError(
             f"db url {safe_url(url)!r} is not a SQLAlchemy URL; use e.g. sqlite:///images.db "
             "or postgresql+psycopg://user@host/db"
         ) from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.host:
+        # sqlite://img.db reads `img.db` as a host name; SQLite has no hosts.
+        path = "/".join(p for p in (parsed.host, parsed.database) if p)
+        raise SegloopError(
+            f"db url {safe_url(parsed)!r} names a host, but a SQLite URL has three slashes "
+            f"before a file: sqlite:///{path} (relative) or sqlite:////abs/path/{path}"
+        )
+    return parsed
 
 
 def safe_url(url: str | URL) -> str:
