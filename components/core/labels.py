@@ -19,7 +19,8 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from components.core import storage
+from components.core import limits, storage
+from components.core.config import load_yaml
 from components.core.errors import SegloopError
 
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -88,14 +89,17 @@ class LabelSet(BaseModel):
 
     @classmethod
     def load(cls, uri: str | Path) -> LabelSet:
-        text = storage.read_text(uri)
+        text = limits.read_user_text(uri, limits.LABELS)
         try:
-            data = json.loads(text) if str(uri).endswith(".json") else yaml.safe_load(text)
+            if str(uri).endswith(".json"):
+                data = json.loads(text)
+            else:  # as a config: no duplicate keys, aliases bounded
+                data = load_yaml(text, f"labels file {uri}")
             if isinstance(data, list):
                 data = {"labels": data}
             return cls.model_validate(data)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise SegloopError(f"labels file {uri} cannot be parsed: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise SegloopError(f"labels file {uri} cannot be parsed: {exc}") from None
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()

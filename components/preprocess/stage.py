@@ -34,7 +34,13 @@ from components.core import storage
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
-from components.core.images import decode_rgb, encode_png, load_mask
+from components.core.images import (
+    decode_rgb,
+    encode_png,
+    load_mask,
+    open_checked,
+    read_image_bytes,
+)
 from components.core.labels import LabelSet
 from components.core.metrics import IGNORE_INDEX
 from components.core.progress import track
@@ -56,7 +62,7 @@ log = logging.getLogger(__name__)
 def _oriented_size(data: bytes, source: str) -> tuple[int, int]:
     """(height, width) after EXIF orientation, from the header only."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_checked(io.BytesIO(data), source) as img:  # within the pixel budget
             orientation = img.getexif().get(0x0112, 1)
             w, h = img.size
     except OSError as exc:
@@ -66,7 +72,7 @@ def _oriented_size(data: bytes, source: str) -> tuple[int, int]:
 
 def _inspect(rec: Record, lut: np.ndarray, num_classes: int) -> dict[str, Any]:
     """Pass 1 (cheap): sizes, dominant class and content hashes; no image decode."""
-    data = storage.read_bytes(rec.image_uri)
+    data = read_image_bytes(rec.image_uri)
     mask = lut[load_mask(rec.mask_uri)]
     size = _oriented_size(data, rec.image_uri)
     if size != mask.shape:
@@ -103,7 +109,7 @@ def _materialize(
 ) -> tuple[dict[str, Any], ChannelStats]:
     """Pass 2: decode, tile, drop near-empty train tiles, write; stats for train tiles."""
     s = cfg.preprocess
-    data = storage.read_bytes(rec.image_uri)
+    data = read_image_bytes(rec.image_uri)
     image = decode_rgb(data, rec.image_uri)
     mask = lut[load_mask(rec.mask_uri)]
     if s.mode == "grid":

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from components.core.errors import SegloopError
+from components.core.images import open_checked
 from components.core.metrics import IGNORE_INDEX
 from components.train.settings import AugmentSettings
 
@@ -55,7 +55,7 @@ def build_transforms(aug: AugmentSettings, tile_size: int, train: bool) -> v2.Tr
 
 
 def _read(path: Path, mask: bool) -> np.ndarray:
-    with Image.open(path) as img:
+    with open_checked(path, str(path)) as img:  # within the decode pixel budget
         return np.array(img if mask else img.convert("RGB"), dtype=np.uint8)  # writable copy
 
 

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from components.core import artifacts, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
-from components.core.images import load_mask, unreadable_reason
+from components.core.images import load_mask, open_checked, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import Shape, mask_to_cvat_masks, mask_to_polygons
 from components.core.progress import track
@@ -246,7 +246,7 @@ def stage_image(uri: str, dest: Path) -> int:
 def _image_size(path: Path, uri: str) -> tuple[int, int]:
     """(width, height) as CVAT shows the image: EXIF rotations by 90 degrees swap them."""
     try:
-        with Image.open(path) as img:
+        with open_checked(path, uri) as img:  # within the decode pixel budget
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
