@@ -147,8 +147,8 @@ def test_every_object_loads_as_its_kubernetes_type(rendered, overlay):
     for obj in objs:
         model = load_as_model(obj)
         assert model.metadata.name == obj["metadata"]["name"]
-        if obj["kind"] != "Namespace":
-            assert model.metadata.namespace == "segloop"
+        assert obj["kind"] != "Namespace"  # the namespace exists (KFP's or the profile's)
+        assert model.metadata.namespace == "kubeflow"  # where standalone KFP runs pipelines
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -160,6 +160,10 @@ def test_containers_run_as_non_root_with_requests_and_limits(rendered, overlay):
             assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, name
             assert (ctx.get("runAsUser") or pod_ctx.get("runAsUser")) not in (None, 0), name
             assert ctx.get("allowPrivilegeEscalation") is False, name
+            # The image stays as built: writes go to the pod's volumes only.
+            assert ctx.get("readOnlyRootFilesystem") is True, name
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, name
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{name} {kind}"
 
@@ -258,7 +262,7 @@ def test_object_store_mlflow_and_launcher_config(rendered):
     launcher = by_kind(local, "ConfigMap")["kfp-launcher"]["data"]
     assert launcher["defaultPipelineRoot"].startswith("s3://")
     s3 = yaml.safe_load(launcher["providers"])["s3"]["default"]
-    assert s3["endpoint"].startswith("segloop-seaweedfs.")
+    assert s3["endpoint"] == "segloop-seaweedfs:8333"  # resolves in the pipelines' namespace
     assert s3["credentials"]["secretRef"]["secretName"] == "segloop-s3"
     mlflow = by_kind(local, "Deployment")["segloop-mlflow"]["spec"]["template"]["spec"]
     env = {e["name"]: e for e in mlflow["containers"][0]["env"]}
@@ -266,10 +270,17 @@ def test_object_store_mlflow_and_launcher_config(rendered):
     assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"].startswith("s3://")
     assert "--workers=1" in mlflow["containers"][0]["args"]  # the local overlay's patch
     assert any(a.startswith("--allowed-hosts=") for a in mlflow["containers"][0]["args"])
-    # The pipeline pods' identity can read the launcher config and the segloop Secrets only.
+    # The pipeline pods' identity reads the one Secret the KFP launcher fetches through the API
+    # (the others reach the pods as env vars, through the kubelet).
     role = by_kind(local, "Role")["segloop-pipeline-runner"]
     secret_rule = next(r for r in role["rules"] if r["resources"] == ["secrets"])
-    assert set(secret_rule["resourceNames"]) == {"segloop-s3", "segloop-mlflow", "segloop-cvat"}
+    assert secret_rule["resourceNames"] == [s3["credentials"]["secretRef"]["secretName"]]
+    assert not any(r["resources"] == ["secrets"] for r in by_kind(rendered["aws"], "Role")[
+        "segloop-pipeline-runner"]["rules"])  # fmt: skip
+    # PostgreSQL does not share MLflow's account (which carries its cloud role on AWS).
+    accounts = {name: spec["serviceAccountName"] for name, spec in pod_specs(local)}
+    assert accounts["segloop-mlflow"] == "segloop-mlflow"
+    assert accounts["segloop-postgres"] != "segloop-mlflow"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -384,10 +395,15 @@ def test_mlflow_auth_component(with_auth, manifests_copy, tmp_path, monkeypatch)
 
 def test_aws_overlay_uses_irsa_and_amazon_s3(rendered):
     aws = rendered["aws"]
-    for sa in by_kind(aws, "ServiceAccount").values():
-        assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
-            "arn:aws:iam::"
-        )
+    accounts = by_kind(aws, "ServiceAccount")
+    for name in ("segloop-pipeline-runner", "segloop-mlflow"):
+        role = accounts[name]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert role.startswith("arn:aws:iam::"), name
+    # PostgreSQL's account carries no role and no token.
+    services = accounts["segloop-services"]
+    assert "annotations" not in services["metadata"]
+    assert services["automountServiceAccountToken"] is False
+    assert "segloop-seaweedfs" not in by_kind(aws, "NetworkPolicy")
     assert "segloop-seaweedfs" not in by_kind(aws, "Deployment")
     assert "segloop-s3" not in by_kind(aws, "Secret")
     # No S3 keys are asked for: the aws overlay renders without manifests/secrets/s3/s3.env.
@@ -484,5 +500,95 @@ def test_multinode_trainjob_example_runs_the_train_entry_point():
         proc = kustomize(folder)
         assert proc.returncode == 0, proc.stderr
         (rendered_job,) = yaml.safe_load_all(proc.stdout)
-        assert rendered_job["metadata"]["namespace"] == "segloop"
+        assert rendered_job["metadata"]["namespace"] == "kubeflow"
         assert rendered_job["spec"] == job["spec"]
+
+
+@pytest.mark.parametrize("namespace", ["team-weeds", "kubeflow"])
+def test_installs_into_the_namespace_the_pipelines_run_in(manifests_copy, namespace):
+    """Standalone KFP runs pipeline pods in `kubeflow`, multi-user KFP in the profile's
+    namespace: an overlay that names it puts everything there, touches no Namespace object
+    (the profile's stays as its controller made it), and every address still works: short
+    service names, MLflow's allowed Host headers checked by MLflow's own matcher."""
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    mine = manifests_copy.parent / f"ns-{namespace}"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(
+        yaml.safe_dump({"namespace": namespace, "resources": ["../manifests/overlays/local"]})
+    )
+    proc = kustomize(mine)
+    assert proc.returncode == 0, proc.stderr
+    assert "segloop.svc" not in proc.stdout and ".segloop:" not in proc.stdout
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert {o["metadata"]["namespace"] for o in objs} == {namespace}
+    assert not by_kind(objs, "Namespace")
+    binding = by_kind(objs, "RoleBinding")["segloop-pipeline-runner"]
+    assert binding["subjects"][0]["namespace"] == namespace
+
+    mlflow = by_kind(objs, "Deployment")["segloop-mlflow"]["spec"]["template"]["spec"]
+    arg = next(a for a in mlflow["containers"][0]["args"] if a.startswith("--allowed-hosts="))
+    allowed = arg.split("=", 1)[1].split(",")
+    uri = secret_values(by_kind(objs, "Secret")["segloop-mlflow"])["MLFLOW_TRACKING_URI"]
+    for host in [
+        uri.split("//", 1)[1],  # what the pipelines use: the short name
+        f"segloop-mlflow.{namespace}.svc.cluster.local:5000",
+        f"segloop-mlflow.{namespace}.svc",
+        "localhost:5000",
+    ]:
+        assert is_allowed_host_header(allowed, host), host
+    for host in ["evil.example.com", "segloop-mlflow.evil.example.com", "other-svc:5000"]:
+        assert not is_allowed_host_header(allowed, host), host
+    endpoint = yaml.safe_load(by_kind(objs, "ConfigMap")["kfp-launcher"]["data"]["providers"])
+    assert "." not in endpoint["s3"]["default"]["endpoint"]
+    s3 = secret_values(by_kind(objs, "Secret")["segloop-s3"])
+    assert s3["AWS_ENDPOINT_URL"] == "http://segloop-seaweedfs:8333"
+
+    # Nothing in the shipped files names one namespace's service domain.
+    for path in (ROOT / "manifests").rglob("*"):
+        if path.is_file():
+            assert "segloop.svc" not in path.read_text(), path
+
+    # A namespace of one's own: the opt-in component creates it under the overlay's name.
+    (mine / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "namespace": namespace,
+                "resources": ["../manifests/overlays/local"],
+                "components": ["../manifests/components/namespace"],
+            }
+        )
+    )
+    proc = kustomize(mine)
+    assert proc.returncode == 0, proc.stderr
+    (ns,) = by_kind([d for d in yaml.safe_load_all(proc.stdout) if d], "Namespace").values()
+    assert ns["metadata"]["name"] == namespace
+
+
+@pytest.mark.parametrize("overlay", ["local", "gpu"])
+def test_object_store_admits_pipeline_pods_mlflow_and_kfp_only(rendered, overlay):
+    objs = rendered[overlay]
+    policy = by_kind(objs, "NetworkPolicy")["segloop-seaweedfs"]["spec"]
+    store = by_kind(objs, "Deployment")["segloop-seaweedfs"]["spec"]["template"]
+    assert policy["podSelector"]["matchLabels"].items() <= store["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8333}]
+    peers = rule["from"]
+    assert {"podSelector": {"matchLabels": POD_LABELS}} in peers
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}} in peers
+    for peer in peers:  # every peer names its pods: no empty selector, no ipBlock
+        assert peer["podSelector"]["matchLabels"] and "ipBlock" not in peer, peer
+
+
+def test_trainjob_pods_carry_the_labels_mlflow_admits():
+    (job,) = yaml.safe_load_all(
+        (ROOT / "manifests" / "examples" / "trainjob" / "trainjob.yaml").read_text()
+    )
+    (override,) = job["spec"]["podTemplateOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}]  # the torch-distributed runtime's job
+    assert override["metadata"]["labels"] == POD_LABELS
+    (volume,) = override["spec"]["volumes"]
+    assert volume["emptyDir"] == {"medium": "Memory"}
+    (container,) = override["spec"]["containers"]
+    assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/dev/shm"}]
