@@ -21,6 +21,8 @@ from cvat_sdk.masks import decode_mask, encode_mask
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from components.core import limits
+
 # pycocotools' decode warns on every call under numpy 2 (its Cython __array__); harmless.
 warnings.filterwarnings(
     "ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning
@@ -192,6 +194,7 @@ def polygon_to_bitmap(points: list[float], height: int, width: int) -> np.ndarra
 
 def shapes_to_mask(shapes: Iterable[Shape], height: int, width: int) -> np.ndarray:
     """Paint shapes into a class-id mask in z_order (later and higher shapes on top)."""
+    limits.check_pixels(width, height, "annotation mask")  # a size from the server or a file
     out = np.zeros((height, width), dtype=np.uint8)
     for shape in sorted(shapes, key=lambda s: s.z_order):
         if shape.type == "mask":
@@ -231,6 +234,7 @@ def coco_annotation(
 
 def coco_segmentation_to_bitmap(segmentation: Any, height: int, width: int) -> np.ndarray:
     """A COCO `segmentation` (polygons, uncompressed or compressed RLE) as a bool mask."""
+    limits.check_pixels(width, height, "COCO segmentation")  # a size read from a file
     if isinstance(segmentation, list):
         if not segmentation:
             return np.zeros((height, width), dtype=bool)
