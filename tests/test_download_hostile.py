@@ -125,6 +125,19 @@ def _link_mask_out(task: Task) -> None:
     (task.dir / MASK).symlink_to(task.outside / "mask.png")
 
 
+def _bomb(task: Task) -> None:
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = (20000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    rows = zlib.compress(b"\x00" * (1 + 3 * 20000) * 64, 9)  # a few rows; the rest is missing
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+    (task.dir / MASK).write_bytes(png + chunk(b"IEND", b""))
+
+
 LOST_MASKS = {
     "deleted": (lambda t: (t.dir / MASK).unlink(), ["has no mask", f"field/{MASK}"]),
     "renamed": (
@@ -136,10 +149,17 @@ LOST_MASKS = {
         lambda t: _rename(t, "IMG_00002.PNG"),
         ["has no mask", "found instead: SegmentationClass/IMG_00002.PNG"],
     ),
-    "0 bytes": (lambda t: (t.dir / MASK).write_bytes(b""), ["is unreadable", "0 bytes"]),
-    "truncated": (_truncate, ["is unreadable", MASK]),
-    "not an image": (lambda t: (t.dir / MASK).write_text("hello"), ["is unreadable", MASK]),
+    "0 bytes": (lambda t: (t.dir / MASK).write_bytes(b""), ["cannot be used", "0 bytes"]),
+    "truncated": (_truncate, ["cannot be used", MASK]),
+    "not an image": (lambda t: (t.dir / MASK).write_text("hello"), ["cannot be used", MASK]),
     "linked out": (_link_mask_out, ["is a link that leads out of the task folder"]),
+    "wrong size": (
+        lambda t: Image.new("RGB", (10, 10)).save(t.dir / MASK),
+        ["cannot be used", "it is 10x10, the image is 96x72"],
+    ),
+    # 20000x20000 claimed in a few hundred bytes: refused (by PIL's bomb limit or by its
+    # size), never decoded.
+    "bomb": (_bomb, ["cannot be used", "PNG"]),
 }
 
 
@@ -188,7 +208,7 @@ def test_missing_masks_are_empty_only_when_the_user_says_so_in_a_completed_task(
 def test_an_unreadable_mask_is_an_error_even_with_missing_mask_empty(task, monkeypatch, capsys):
     (task.dir / MASK).write_bytes(b"")
     code, output = download(task, monkeypatch, capsys, "--missing-mask", "empty")
-    assert code == 2 and "mask of frame img_00002.jpg is unreadable" in output
+    assert code == 2 and "mask of frame img_00002.jpg cannot be used" in output
 
 
 def test_coco_frame_without_annotations_fails(task, monkeypatch, capsys):

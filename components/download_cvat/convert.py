@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 
 from components.core.errors import SegloopError
 from components.core.images import unreadable_reason
@@ -116,14 +117,23 @@ def check_image(data: bytes, source: str, width: int, height: int) -> None:
     """Refuse bytes that do not decode to an image of the frame's size (as CVAT shows it)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.load()
             size = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 size = size[::-1]
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            # The size first: a file that claims another size is never decoded (no bomb).
+            if size != (width, height):
+                raise SegloopError(
+                    f"{source} is {size[0]}x{size[1]}, the frame is {width}x{height}"
+                )
+            img.load()
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        DecompressionBombError,
+    ) as exc:
         raise SegloopError(f"{source}: {unreadable_reason(data, exc)}") from None
-    if size != (width, height):
-        raise SegloopError(f"{source} is {size[0]}x{size[1]}, the frame is {width}x{height}")
 
 
 @dataclass
@@ -165,13 +175,24 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """The mask file as RGB; a 0-byte, truncated or non-image file is one SegloopError."""
+def _read_rgb(path: Path, width: int, height: int) -> np.ndarray:
+    """The mask file as RGB; a 0-byte, truncated or non-image file is one SegloopError, and so
+    is one of another size than its frame (checked before decoding)."""
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.size != (width, height):
+                raise SegloopError(
+                    f"it is {img.size[0]}x{img.size[1]}, the image is {width}x{height}"
+                )
             return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        DecompressionBombError,
+    ) as exc:
         raise SegloopError(unreadable_reason(data, exc)) from None
 
 
@@ -225,14 +246,9 @@ def segmentation_mask_frames(
             if path is None:
                 out.missing[frame["name"]] = rel
                 continue
-            packed = _pack(_read_rgb(path))
+            packed = _pack(_read_rgb(path, width, height))
         except SegloopError as exc:
             out.unreadable[frame["name"]] = f"{rel}: {exc}"
-            continue
-        if packed.shape != (height, width):
-            out.unreadable[frame["name"]] = (
-                f"{rel} is {packed.shape[1]}x{packed.shape[0]}, the image is {width}x{height}"
-            )
             continue
         colors, inverse = np.unique(packed, return_inverse=True)
         classes = np.zeros(len(colors), dtype=np.uint8)

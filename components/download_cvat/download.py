@@ -401,7 +401,7 @@ class Downloader:
         folder = self.cfg.cvat.backend == "folder"
         if name in converted.unreadable:
             where = f"{root}/" if folder else "the export's "
-            return f"task {task.id}: mask of frame {name} is unreadable: {where}{converted.unreadable[name]}"
+            return f"task {task.id}: mask of frame {name} cannot be used: {where}{converted.unreadable[name]}"
         looked = converted.missing[name]
         unfinished = frame_finished(task, frame)
         if self.settings.missing_mask == "empty" and unfinished is None:
