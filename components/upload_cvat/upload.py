@@ -350,18 +350,7 @@ def run_upload_cvat(cfg: UploadCvatConfig, predictions: str, out: str) -> dict[s
                     continue
                 record = backend.upload_part(part)
                 _keep_preannotations(part, out_dir, record)
-                for frame in record["frames"]:
-                    manifest.add(
-                        {
-                            "record_id": frame["record_id"],
-                            "status": artifacts.OK,
-                            "task_id": record["id"],
-                            "frame": frame["frame"],
-                            "frame_name": frame["name"],
-                            "image_uri": frame["image_uri"],
-                            "shapes": frame["shapes"],
-                        }
-                    )
+                _add_frames(manifest, record)
                 tasks.append(record)
                 part.prepared = []  # free the shapes
                 shutil.rmtree(staging[i], ignore_errors=True)
@@ -409,6 +398,22 @@ def run_upload_cvat(cfg: UploadCvatConfig, predictions: str, out: str) -> dict[s
         seconds,
     )
     return metrics
+
+
+def _add_frames(manifest: artifacts.Manifest, record: dict[str, Any]) -> None:
+    """One manifest entry per frame of an uploaded task."""
+    for frame in record["frames"]:
+        manifest.add(
+            {
+                "record_id": frame["record_id"],
+                "status": artifacts.OK,
+                "task_id": record["id"],
+                "frame": frame["frame"],
+                "frame_name": frame["name"],
+                "image_uri": frame["image_uri"],
+                "shapes": frame["shapes"],
+            }
+        )
 
 
 def _keep_preannotations(part: Part, out_dir: Path, record: dict[str, Any]) -> None:
