@@ -592,3 +592,25 @@ def test_trainjob_pods_carry_the_labels_mlflow_admits():
     assert volume["emptyDir"] == {"medium": "Memory"}
     (container,) = override["spec"]["containers"]
     assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/dev/shm"}]
+
+
+# The Kubernetes releases the manifests are checked against (kubernetes-validate ships each
+# release's API schema); the README states the same range.
+KUBERNETES_VERSIONS = [f"1.{minor}.0" for minor in range(29, 38)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_object_is_valid_for_each_kubernetes_version(rendered, overlay, with_auth):
+    """Each object against the API schema of every supported release, strictly (an unknown
+    field fails): what `kubectl apply --dry-run=server` would check, offline. The mlflow-auth
+    component is checked with the local overlay."""
+    import kubernetes_validate
+
+    objs = rendered[overlay] + (with_auth if overlay == "local" else [])
+    for version in KUBERNETES_VERSIONS:
+        for obj in objs:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                name = f"{obj['kind']}/{obj['metadata']['name']}"
+                pytest.fail(f"{overlay}: {name} is not valid for Kubernetes {version}: {exc}")
