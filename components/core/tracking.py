@@ -130,34 +130,38 @@ def ensure_reachable(uri: str, wait_s: float | None = None) -> None:
     if not str(uri).startswith(("http://", "https://")):
         return
     import requests
+    from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_exponential
 
     wait = REACH_WAIT_S if wait_s is None else wait_s
     deadline = time.monotonic() + wait
-    delay, last = 0.5, None
-    while True:
+    no_answer = (requests.ConnectionError, requests.Timeout)
+
+    def probe() -> None:
         left = deadline - time.monotonic()
         try:
             requests.get(
                 f"{str(uri).rstrip('/')}/health", timeout=max(0.5, min(3.0, left)), stream=True
             ).close()
-            return
         except requests.exceptions.SSLError:
             return  # it answered; certificate trouble is for MLflow's own calls to report
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            last = exc
-        except requests.RequestException:
-            return  # a malformed URL and the like: MLflow's own error says more
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        time.sleep(min(delay, left))
-        delay *= 2
-    reason = type(last).__name__ if last is not None else "no answer"
-    raise SegloopError(
-        f"cannot reach MLflow at {uri} (no answer within {wait:g} s: {reason}); start the "
-        "tracking server (`segloop up` for the local stack) or fix mlflow.tracking_uri / "
-        "MLFLOW_TRACKING_URI"
-    )
+        except requests.RequestException as exc:
+            if isinstance(exc, no_answer):
+                raise
+            # A malformed URL and the like: MLflow's own error says more.
+
+    try:
+        Retrying(
+            retry=retry_if_exception_type(no_answer),
+            stop=stop_before_delay(wait),
+            wait=wait_exponential(multiplier=0.5),  # 0.5 s, 1 s, 2 s ...
+            reraise=True,
+        )(probe)
+    except no_answer as last:
+        raise SegloopError(
+            f"cannot reach MLflow at {uri} (no answer within {wait:g} s: {type(last).__name__}); "
+            "start the tracking server (`segloop up` for the local stack) or fix "
+            "mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
