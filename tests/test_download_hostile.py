@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -21,15 +22,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cvat_server.synthetic import make_predictions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from components.core.errors import SegloopError
 from components.core.images import load_mask
+from components.download_cvat.convert import unsafe_name
 from components.download_cvat.sources import check_frames
 from components.upload_cvat.upload import run_upload_cvat
 from pipelines.cli import main
 from pipelines.config import load_config
 
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 IDS = ["img_00001", "img_00002", "img_00003"]
 SECRET = "root:x:0:0:hostile-marker"
 
@@ -91,6 +96,14 @@ def download(task: Task, monkeypatch, capsys, *extra: str) -> tuple[int, str]:
 def manifest(task: Task) -> dict[str, dict]:
     rows = [json.loads(x) for x in (task.out / "manifest.jsonl").read_text().splitlines()]
     return {r["record_id"]: r for r in rows}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.resolve().is_relative_to(folder.resolve())
+    }
 
 
 def assert_nothing_from_outside(task: Task) -> None:
@@ -167,7 +180,9 @@ LOST_MASKS = {
 def test_a_frame_without_a_readable_mask_fails_and_is_named(case, task, monkeypatch, capsys):
     damage, expected = LOST_MASKS[case]
     damage(task)
+    before = snapshot(task.folder)
     code, output = download(task, monkeypatch, capsys)
+    assert snapshot(task.folder) == before  # people's work is only read
     assert code == 2, output
     assert "download-cvat: 1 items failed" in output
     (line,) = [x for x in output.splitlines() if "img_00002:" in x]
@@ -346,7 +361,10 @@ def test_a_broken_or_escaping_task_is_one_line(case, task, monkeypatch, capsys):
 
 # ---------------------------------------------------------------- frame names that are paths
 
-UNSAFE_NAMES = ["../x.jpg", "a/b.jpg", "/etc/hostname", "a\\b.jpg", "x\x07.jpg", "..", "", ".x"]
+UNSAFE_NAMES = [
+    "../x.jpg", "a/b.jpg", "/etc/hostname", "a\\b.jpg", "x\x07.jpg", "..", "", ".x",
+    "C:x.jpg", "x\u202egpj.exe", "a\u2028b.jpg",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", UNSAFE_NAMES)
@@ -359,6 +377,21 @@ def test_frame_names_that_are_paths_are_refused(name, task, monkeypatch, capsys)
     (line,) = [x for x in output.splitlines() if x.startswith("error:")]
     assert "frame 1 is named" in line and "rename the file" in line
     assert not task.out.exists()  # refused before anything is written
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(min_size=0, max_size=12))
+def test_an_accepted_frame_name_is_one_plain_file_inside_the_folder(name):
+    """Property: a name that passes is a plain file name: it stays a direct child of the task
+    folder's image and mask folders, whatever characters it holds."""
+    root = Path("/tasks/field")
+    if unsafe_name(name) is not None:
+        return
+    for folder in ("JPEGImages", "SegmentationClass"):
+        path = root / folder / name
+        assert path.parent == root / folder and path.name == name
+        assert os.path.normpath(path) == str(path)  # no '..', '.', '//' to fold away
+    assert not any(ch in name for ch in "/\\\x00\n\r")
 
 
 def test_frame_names_from_cvat_are_checked_the_same_way():

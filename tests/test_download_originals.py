@@ -97,6 +97,7 @@ def test_downloaded_images_are_the_originals_byte_for_byte(cvat_env, tmp_path, c
     # One original is gone, another was overwritten (same size, other pixels): those two come
     # from CVAT's copies, and the manifest, the provenance and a warning say so.
     gone, changed = sorted(originals)[:2]
+    restored = originals[gone].read_bytes()
     originals[gone].unlink()
     Image.open(originals[changed]).save(originals[changed], quality=40)
     caplog.set_level(logging.WARNING, logger="segloop")
@@ -117,11 +118,18 @@ def test_downloaded_images_are_the_originals_byte_for_byte(cvat_env, tmp_path, c
     (warning,) = [r.getMessage() for r in caplog.records if "not the originals" in r.getMessage()]
     assert "2 of 4 images are CVAT's copies" in warning and gone in warning
 
+    # The original is back: a plain re-run (resume) takes it, though the task did not change.
+    originals[gone].write_bytes(restored)
+    metrics = run_download_cvat(config(pred, f"download_cvat.upload_dir={up}"), str(down))
+    assert metrics["tasks_exported"] == 1
+    assert manifest_of(down)[gone]["image_source"] == "original"
+    assert (down / f"images/{gone}.jpg").read_bytes() == restored
+
     # image_source=export: CVAT's copies throughout, as the user asked.
     metrics = run_download_cvat(
         config(pred, f"download_cvat.upload_dir={up}", "download_cvat.image_source=export"),
         str(down),
     )
-    assert metrics["images_from"] == {"original": 0, "export": 4}
+    assert metrics["images_from"] == {"original": 0, "export": 4} and metrics["tasks_exported"] == 1
     for record_id, row in manifest_of(down).items():
         assert (down / row["image"]).read_bytes() == copies[record_id]

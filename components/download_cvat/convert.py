@@ -88,7 +88,8 @@ def unsafe_name(name: Any) -> str | None:
     """
     if not isinstance(name, str) or not name.strip():
         return "it is empty"
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
+    # Control and format characters (and line breaks) would hide or forge parts of messages.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
         return "it holds control characters"
     if "/" in name or "\\" in name:
         return "it is a path (has '/' or '\\'), not a file name"

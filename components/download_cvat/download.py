@@ -560,9 +560,17 @@ def _previous_tasks(settings, out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _unchanged(
-    before: dict[str, Any] | None, task: TaskInfo, mine: list[dict[str, Any] | None], out_dir: Path
+    before: dict[str, Any] | None,
+    task: TaskInfo,
+    mine: list[dict[str, Any] | None],
+    out_dir: Path,
+    retry_originals: bool,
 ) -> bool:
-    """Whether the last run's files of `task` are complete and its updated date is the same."""
+    """Whether the last run's files of `task` are complete and its updated date is the same.
+
+    With `retry_originals`, a task where CVAT's copy stood in for a known original is exported
+    again, so that an original that is back is taken.
+    """
     return bool(
         before
         and before.get("updated_date") == task.updated_date
@@ -572,6 +580,7 @@ def _unchanged(
             and e["status"] == artifacts.OK
             and (out_dir / e["mask"]).exists()
             and (not e.get("image") or (out_dir / e["image"]).exists())
+            and not (retry_originals and e.get("image_source") == "export" and e.get("image_uri"))
             for e in mine
         )
     )
@@ -591,7 +600,8 @@ def _download_tasks(
         mine = [
             manifest.entries.get(str(downloader.record_of(task, f)["record_id"])) for f in frames
         ]
-        if _unchanged(previous.get(str(task.id)), task, mine, downloader.out_dir):
+        retry = downloader.settings.image_source == "original"
+        if _unchanged(previous.get(str(task.id)), task, mine, downloader.out_dir, retry):
             done["reused"].append(task.id)
             log.info("task %s unchanged since the last download; keeping its files", task.id)
             continue
