@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,17 +139,23 @@ def _link_mask_out(task: Task) -> None:
     (task.dir / MASK).symlink_to(task.outside / "mask.png")
 
 
-def _bomb(task: Task) -> None:
+def _claiming_png(side: int) -> bytes:
+    """A small PNG whose header claims side x side RGB pixels (its data stops after 64 rows)."""
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
 
-    header = (20000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    rows = zlib.compress(b"\x00" * (1 + 3 * 20000) * 64, 9)  # a few rows; the rest is missing
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
-    (task.dir / MASK).write_bytes(png + chunk(b"IEND", b""))
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    rows = zlib.compress(b"\x00" * (1 + 3 * side) * 64, 9)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+def _bomb(task: Task) -> None:
+    (task.dir / MASK).write_bytes(_claiming_png(20000))
 
 
 LOST_MASKS = {
@@ -501,3 +508,39 @@ def test_a_cvat_frame_without_shapes_is_empty_only_when_accepted_and_its_job_com
             cfg("download_cvat.missing_mask=empty", "download_cvat.resume=false"), str(down)
         )
     assert f"its job {job.id} is in progress, not completed" in str(refused.value)
+
+
+def test_a_mask_that_claims_144_megapixels_is_refused_without_decoding(task):
+    """A 2 KB PNG that claims 12000x12000 (under PIL's own bomb limit): refused by its size
+    before decoding, so the whole download stays far under the 432 MB the RGB alone would take.
+    Measured in a child process: its peak RSS (ru_maxrss)."""
+    (task.dir / MASK).write_bytes(_claiming_png(12000))
+    assert (task.dir / MASK).stat().st_size < 4000
+    argv = [
+        "segloop", "download-cvat", "--backend", "folder", "--dir", str(task.folder),
+        "--name-pattern", "*", "--out-dir", str(task.out),
+        "-o", f"project.labels={task.pred / 'labels.json'}",
+    ]  # fmt: skip
+    child = (
+        "import resource, sys\n"
+        "from pipelines.cli import main\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as done:\n"
+        "    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "    print(f'exit={done.code} peak_kb={peak}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    (summary,) = [x for x in result.stdout.splitlines() if x.startswith("exit=")]
+    code, peak_kb = (int(part.split("=")[1]) for part in summary.split())
+    assert code == 2
+    assert "it is 12000x12000, the image is 96x72" in result.stderr
+    assert peak_kb < 300_000, peak_kb  # about 90 MB measured
