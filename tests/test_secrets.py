@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cvat_server.synthetic import make_predictions
 from net_helpers import SilentServer, clean_env, closed_port, error_lines, run_segloop
 
 from components.core import redact as redact_module
@@ -204,6 +205,20 @@ def test_planted_secret_never_reaches_output_or_files(tmp_path, cvat_server, s3_
     written = {p.name for p in (tmp_path / "q").iterdir()}
     assert {"cfg.yaml", "metrics.json", "records.jsonl", "query_spec.json"} <= written
     assert "https://u:***@cvat" in (tmp_path / "q" / "cfg.yaml").read_text()
+
+    # A successful upload with a password inside CVAT_HOST: tasks.json and the printed task URLs.
+    pred = make_predictions(tmp_path / "data", 2)
+    env = clean_env(
+        tmp_path,
+        **{**cvat_server.env(), "CVAT_HOST": cvat_server.host.replace("//", f"//u:{SECRET}@")},
+    )
+    upload, _ = run_segloop(
+        ["upload-cvat", "--predictions", str(pred), "--out-dir", "up"], env, tmp_path
+    )
+    assert upload.returncode == 0, upload.stderr[-2000:]
+    printed.append(upload.stdout + upload.stderr)
+    tasks = json.loads((tmp_path / "up" / "tasks.json").read_text())["tasks"]
+    assert tasks and all("u:***@127.0.0.1" in task["url"] for task in tasks)
 
     for text in printed:
         assert SECRET not in text

@@ -40,6 +40,7 @@ from tenacity import (
 
 from components.core.config import CvatSettings
 from components.core.errors import SegloopError
+from components.core.redact import redact
 
 log = logging.getLogger("segloop.cvat")
 T = TypeVar("T")
@@ -283,7 +284,9 @@ def connect(settings: CvatSettings) -> Iterator[CvatConnection]:
             connect=min(30.0, settings.request_timeout_s), read=settings.request_timeout_s
         ),
     )
-    conn = CvatConnection(client, host, settings, user=username or "<token>")
+    # The host as shown and written (messages, tasks.json, provenance): a password in CVAT_HOST
+    # masked. The client keeps the address it was made with.
+    conn = CvatConnection(client, redact(host), settings, user=username or "<token>")
     try:
         conn.retrying("reach the server", client.get_server_version)
         if token:
