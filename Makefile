@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.segloop-installed
 REGISTRY ?= ghcr.io/segloop
-TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+TAG ?= $(shell $(BIN)/python -m components.images tag 2>/dev/null || sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PIPELINES := pre_annotation training active_learning
 
 .PHONY: install lock demo test lint format up down status compile images base-image images-test push bench clean

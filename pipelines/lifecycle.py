@@ -29,7 +29,7 @@ from typing import Any
 
 from components.core.errors import SegloopError
 from components.core.storage import is_s3
-from components.images import images_from_config
+from components.images import images_from_config, names_one_build
 from pipelines.config import SegloopConfig
 from pipelines.graphs import kfp_name
 from pipelines.settings import PIPELINE_NAMES, TEMPLATES
@@ -201,6 +201,31 @@ def build_and_push(
                 )
 
 
+def in_registry(image: str) -> bool:
+    """Whether the registry already holds `image` (`docker manifest inspect` answers 0)."""
+    done = subprocess.run(
+        ["docker", "manifest", "inspect", image], capture_output=True, check=False, timeout=120
+    )
+    return done.returncode == 0
+
+
+def images_to_build(cfg: SegloopConfig) -> list[str]:
+    """The images deploy must build and push: none that the registry holds already. A per-build
+    tag there is this very code (skipped); a tag someone chose is refused, since pushing it
+    again would move it under the nodes that cached the old image."""
+    wanted = list(images_from_config(cfg.kfp.images))
+    present = [image for image in wanted if in_registry(image)]
+    if present and not names_one_build(cfg.kfp.images):
+        raise SegloopError(
+            f"{', '.join(present)} already in the registry: pushing the same tag again would "
+            "leave nodes that cached the old image running it; leave kfp.images.tag unset (a "
+            "tag per build) or choose a new tag"
+        )
+    for image in present:
+        log.info("%s is in the registry already (same code): not built again", image)
+    return [image for image in wanted if image not in present]
+
+
 def deploy(
     cfg: SegloopConfig,
     client: Any,
@@ -238,17 +263,21 @@ def deploy(
                 raise SegloopError(f"--require-images: {note}")
             built = False
         else:
-            build_and_push(
-                [
-                    ("images/segloop.Dockerfile", cpu, {"VARIANT": "cpu"}),
-                    # PyPI's torch wheels carry the CUDA libraries (see the Dockerfile).
-                    ("images/segloop.Dockerfile", cuda, {"VARIANT": "cuda", "TORCH_INDEX_URL": ""}),
-                ],
-                Path(context),
-                push=push,
-            )
+            recipes = [
+                ("images/segloop.Dockerfile", cpu, {"VARIANT": "cpu"}),
+                # PyPI's torch wheels carry the CUDA libraries (see the Dockerfile).
+                ("images/segloop.Dockerfile", cuda, {"VARIANT": "cuda", "TORCH_INDEX_URL": ""}),
+            ]
+            missing = images_to_build(cfg) if push else [cpu, cuda]
+            build_and_push([r for r in recipes if r[1] in missing], Path(context), push=push)
             built = True
-            note = f"images built{' and pushed' if push else ''}: {cpu}, {cuda}"
+            parts = (
+                [f"built{' and pushed' if push else ''}: {', '.join(missing)}"] if missing else []
+            )
+            kept = [image for image in names if image not in missing]
+            if kept:
+                parts.append(f"in the registry already: {', '.join(kept)}")
+            note = "images " + "; ".join(parts)
     log.info(note)
     result = Deployment(names, built, note)
     for name in pipelines:

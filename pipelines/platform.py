@@ -82,7 +82,7 @@ def apply(
     task.set_display_name(display_name or stage.replace("_", "-"))
     image = image_for(cfg, stage, gpu)
     task.set_container_image(image)
-    kubernetes.set_image_pull_policy(task, k.images.pull_policy or pull_policy(image))
+    kubernetes.set_image_pull_policy(task, pull_policy(k.images))
     if k.images.pull_with:
         kubernetes.set_image_pull_secrets(task, list(k.images.pull_with))
 

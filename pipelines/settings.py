@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from components.core.settings_base import Section
-from components.core.version import segloop_version
+from components.images import build_tag
 
 StageName = Literal[
     "query",
@@ -38,7 +38,10 @@ MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$"
 
 class ImageSettings(Section):
     registry: str = Field("ghcr.io/segloop", description="registry and namespace of the images")
-    tag: str = Field(default_factory=segloop_version, description="default: segloop's version")
+    tag: str = Field(
+        default_factory=build_tag,
+        description="default: one per build, segloop's version and its code's hash (never moves)",
+    )
     cpu: str | None = Field(
         None, description="full CPU image name (default: <registry>/segloop:<tag>)"
     )

@@ -4,6 +4,7 @@ options from the config (GPU placement only on infer and train) and no secret va
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -505,3 +506,49 @@ def test_user_labels_env_and_gpu_counts_add_to_segloops_own(tmp_path):
     for task, want in [("train", "8"), ("infer", "1")]:
         res = deployment.executors[executor_of(spec, task)].container.resources
         assert res.accelerator.resource_count == want, task
+
+
+def test_images_are_compiled_by_references_that_cannot_move(tmp_path):
+    """Unset, the tag is one per build (version + hash of the code the image installs), which
+    never names two images: pulled IfNotPresent. A tag someone chose can move: pulled Always.
+    By digest: IfNotPresent."""
+    from components.core.version import segloop_version
+    from components.images import build_tag, code_hash
+
+    tag = build_tag()
+    assert re.fullmatch(rf"{re.escape(segloop_version())}-[0-9a-f]{{12}}", tag)
+    cases = [
+        ([], f"ghcr.io/segloop/segloop:{tag}", "IfNotPresent"),
+        (["kfp.images.tag=1.2.3"], "ghcr.io/segloop/segloop:1.2.3", "Always"),
+        (
+            ["kfp.images.pull_policy=Never", "kfp.images.tag=x"],
+            "ghcr.io/segloop/segloop:x",
+            "Never",
+        ),
+        (
+            [
+                f"kfp.images.cpu=r.example/s@sha256:{'a' * 64}",
+                f"kfp.images.cuda=r.example/c@sha256:{'b' * 64}",
+            ],
+            f"r.example/s@sha256:{'a' * 64}",
+            "IfNotPresent",
+        ),
+    ]
+    for overrides, image, policy in cases:
+        cfg = load_config(None, ["kfp.gpu.accelerator_count=0", *overrides])
+        spec, deployment, k8s = parse(compile_pipeline("training", cfg, tmp_path / "t.yaml"))
+        label = executor_of(spec, "evaluate")
+        assert deployment.executors[label].container.image == image, overrides
+        assert k8s[label].image_pull_policy == policy, overrides
+
+    # The hash follows every byte and path of the packages, and nothing else.
+    for package in ("components", "pipelines"):
+        (tmp_path / "src" / package).mkdir(parents=True)
+        (tmp_path / "src" / package / "a.py").write_text("x = 1\n")
+    before = code_hash(tmp_path / "src")
+    (tmp_path / "src" / "README.md").write_text("not installed")
+    (tmp_path / "src" / "components" / "__pycache__").mkdir()
+    (tmp_path / "src" / "components" / "__pycache__" / "a.pyc").write_bytes(b"\0")
+    assert code_hash(tmp_path / "src") == before
+    (tmp_path / "src" / "pipelines" / "a.py").write_text("x = 2\n")
+    assert code_hash(tmp_path / "src") != before

@@ -309,7 +309,13 @@ def test_deploy_builds_and_pushes_where_docker_answers(workdir, kfp_api, monkeyp
     bin_dir, calls = workdir / "bin", workdir / "docker-calls.txt"
     bin_dir.mkdir()
     fake = bin_dir / "docker"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit ${{FAKE_DOCKER_EXIT:-0}}\n')
+    # `docker manifest inspect` answers FAKE_MANIFEST_EXIT: 1 (default) as for an image the
+    # registry does not hold, 0 as for one it holds.
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        '[ "$1" = manifest ] && exit ${FAKE_MANIFEST_EXIT:-1}\n'
+        "exit ${FAKE_DOCKER_EXIT:-0}\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     repo = Path(__file__).resolve().parents[1]  # the build context, with images/*.Dockerfile
@@ -325,6 +331,8 @@ def test_deploy_builds_and_pushes_where_docker_answers(workdir, kfp_api, monkeyp
     )
     assert result.images_built
     assert calls.read_text().splitlines() == [
+        "manifest inspect registry.example/team/segloop:t1",
+        "manifest inspect registry.example/team/segloop-cuda:t1",
         f"build -f {repo}/images/segloop.Dockerfile --build-arg=VARIANT=cpu "
         f"-t registry.example/team/segloop:t1 {repo}",
         "push registry.example/team/segloop:t1",
@@ -334,12 +342,33 @@ def test_deploy_builds_and_pushes_where_docker_answers(workdir, kfp_api, monkeyp
     ]
     assert [p["pipeline"] for p in result.pipelines] == ["training"]
 
+    # A tag someone chose that the registry holds is not pushed again (it would move under
+    # nodes that cached the old image); a per-build tag there is this code: not rebuilt.
+    monkeypatch.setenv("FAKE_MANIFEST_EXIT", "0")
+    calls.unlink()
+    with pytest.raises(SegloopError, match="segloop:t1, .*segloop-cuda:t1 already in the registry"):
+        deploy(cfg, client, host=kfp_api.host, context=repo, docker_problem=lambda: None)
+    assert all(line.startswith("manifest inspect") for line in calls.read_text().splitlines())
+    per_build = load_config(None, ["kfp.images.registry=registry.example/team"])
+    again = deploy(
+        per_build,
+        client,
+        host=kfp_api.host,
+        pipelines=["training"],
+        context=repo,
+        docker_problem=lambda: None,
+    )
+    assert "in the registry already" in again.images_note
+    assert not [c for c in calls.read_text().splitlines() if not c.startswith("manifest")]
+    monkeypatch.delenv("FAKE_MANIFEST_EXIT")
+    uploads = len(stub_uploads(kfp_api))
+
     monkeypatch.setenv("FAKE_DOCKER_EXIT", "1")
     with pytest.raises(SegloopError, match="`docker build .*` failed with exit status 1"):
         deploy(cfg, client, host=kfp_api.host, context=repo, docker_problem=lambda: None)
     with pytest.raises(SegloopError, match="segloop.Dockerfile does not exist.*--context"):
         deploy(cfg, client, host=kfp_api.host, context=workdir, docker_problem=lambda: None)
-    assert len(stub_uploads(kfp_api)) == 1  # a failed image step uploads nothing
+    assert len(stub_uploads(kfp_api)) == uploads  # a failed image step uploads nothing
 
 
 def stub_uploads(stub) -> list:
