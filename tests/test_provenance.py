@@ -198,6 +198,7 @@ def test_kill_9_and_resume_gives_the_masks_of_a_clean_run(tmp_path):
     if killed:
         done = json.loads((out / "metrics.json").read_text())["skipped_done"]
         assert 0 < done < 24
+    assert not list(out.rglob("*.part"))  # the killed run's temp files are gone
     masks = sorted(p.name for p in (clean / "masks").iterdir())
     assert len(masks) == 24
     assert sorted(p.name for p in (out / "masks").iterdir()) == masks
@@ -216,3 +217,38 @@ def test_settings_differences_name_each_setting():
     assert outputs.normalized({"url": "postgresql://u:pw@h/db"}) == {
         "url": "postgresql://u:***@h/db"
     }
+
+
+def test_other_stages_lock_their_folder_and_record_their_settings(tmp_path):
+    """query (as select, preprocess and train) rewrites its folder: settings recorded, locked,
+    and never written into another stage's output."""
+    import sqlalchemy as sa
+
+    from components.query.query import run_query
+
+    url = f"sqlite:///{tmp_path / 'img.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table images (image_id integer primary key, image_uri text)"))
+        conn.execute(sa.text("insert into images values (1, '/d/a.jpg'), (2, '/d/b.jpg')"))
+    engine.dispose()
+    q = load_config(None, [f"db.url={url}", "db.table=images", "query.filters=[image_id=2]"])
+    out = tmp_path / "q"
+    run_query(q, out=str(out))
+    recorded = json.loads((out / "settings.json").read_text())
+    assert recorded["stage"] == "query"
+    assert recorded["settings"]["filters"]["raw"] == ["image_id=2"]
+
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(SegloopError, match="in use by another segloop run"):
+            run_query(q, out=str(out))
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    run_query(q, out=str(out))  # free again
+
+    images, infer_out = field(tmp_path / "in", 1), tmp_path / "infer"
+    infer(infer_out, images)
+    with pytest.raises(SegloopError, match="is the output of `infer`, not `query`"):
+        run_query(q, out=str(infer_out))

@@ -10,6 +10,7 @@ A stage that writes an output folder opens it with `open_output(uri, stage, sett
 - A local folder is locked while a run writes it (`.segloop.lock`, an fcntl `flock` through
   `filelock`): the kernel drops the lock when the process ends, even on kill -9, so a killed run
   never blocks the next one. A second run into the same folder fails at once with one line.
+  Under the lock, the temp files a killed run left (`.<name>.<hex>.part`) are removed.
   An s3:// output is written through a local temporary folder and is not locked (KFP gives
   every task its own output URI).
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +32,15 @@ from components.core import storage
 from components.core.config import mask_secrets
 from components.core.errors import SegloopError
 
+log = logging.getLogger("segloop.outputs")
+
 SETTINGS_FILE = "settings.json"
 LOCK_FILE = ".segloop.lock"
 # Files that mark a folder as written by a segloop stage (older runs wrote no settings.json).
 MADE_BY_SEGLOOP = (SETTINGS_FILE, "cfg.yaml", "manifest.jsonl", "metrics.json")
 SHOWN_VALUE = 60  # characters of a differing value shown in the refusal
+# `storage.atomic_path`'s temp names: `.<name>.<12 hex digits>.part`.
+PART_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")
 
 
 def normalized(settings: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +100,25 @@ def _start_clean(folder: Path, uri: str) -> None:
             entry.unlink()
 
 
+def remove_abandoned_parts(folder: Path) -> int:
+    """Delete the temp files (`storage.atomic_path`) of a run that was killed mid-write.
+
+    Safe only under the folder's lock: no other run is writing one now. Returns how many."""
+    stale = [p for p in folder.rglob(".*.part") if PART_NAME.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def check_settings(
-    folder: Path, uri: str, stage: str, settings: dict[str, Any], overwrite_hint: str
+    folder: Path,
+    uri: str,
+    stage: str,
+    settings: dict[str, Any] | None,
+    overwrite_hint: str = "pass --overwrite",
 ) -> None:
-    """Refuse to continue an output made by another stage or with other settings."""
+    """Refuse to write into another stage's output, or (given `settings`) to continue one made
+    with other settings."""
     recorded = _recorded(folder)
     if recorded is None or not _holds_outputs(folder):
         return
@@ -105,6 +127,8 @@ def check_settings(
             f"{uri} is the output of `{recorded.get('stage')}`, not `{stage}`; "
             "choose another output folder"
         )
+    if settings is None:
+        return
     changed = differences(recorded["settings"], normalized(settings))
     if changed:
         raise SegloopError(
@@ -146,16 +170,20 @@ def open_output(
     """`storage.output_dir` with provenance and a lock (see the module docstring).
 
     With `resume`, an earlier run's outputs are kept for the stage to skip (after the settings
-    check); with `overwrite` the folder starts clean. Yields the local folder to write into.
+    check); with `overwrite` the folder starts clean. Without either, the stage rewrites its
+    outputs and the settings are only recorded. Another stage's output folder is refused.
+    Yields the local folder to write into.
     """
     uri = str(uri)
     with storage.output_dir(uri, resume=resume and not overwrite) as folder:
         lock = contextlib.nullcontext() if storage.is_s3(uri) else locked(folder, uri)
         with lock:
+            if remove_abandoned_parts(folder):
+                log.info("removed the temporary files of an interrupted run in %s", uri)
             if overwrite:
                 _start_clean(folder, uri)
-            elif resume:
-                check_settings(folder, uri, stage, settings, overwrite_hint)
+            else:
+                check_settings(folder, uri, stage, settings if resume else None, overwrite_hint)
             storage.write_json(
                 folder / SETTINGS_FILE, {"stage": stage, "settings": normalized(settings)}
             )

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from components.core import storage
+from components.core import outputs, storage
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
@@ -206,7 +206,8 @@ def run_preprocess(
     start = time.monotonic()
     src = _merge_inputs(cfg, inputs)
 
-    with storage.output_dir(out, resume=False) as root:
+    made_by = {"inputs": inputs, **s.model_dump()}
+    with outputs.open_output(out, "preprocess", made_by, resume=False) as root:
         _clear_previous_outputs(root)
         manifest = Manifest(root)
         # Pairs a dataset already left out (image without mask, not ok there) are failures too.

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
-from components.core import db, limits, storage
+from components.core import db, limits, outputs, storage
 from components.core.artifacts import write_jsonl, write_metrics
 from components.core.config import save_resolved, stage_run_dir
 from components.core.errors import SegloopError
@@ -44,6 +44,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("segloop.query")
 SPEC_VERSION = 2  # 2: sampling ranks by md5 in SQL, table shape settings
 IN_CHUNK = 500  # ids per `IN (...)` when fetching sampled rows (SQLite's variable limit)
+# The parts of query_spec.json that decide the records (settings.json of the output).
+PROVENANCE_KEYS = (
+    "db_url",
+    "table",
+    "shape",
+    "filters",
+    "sampling",
+    "projection",
+    "sort",
+    "limit",
+    "offset",
+)
 
 
 def parse_sort(text: str | None, table: sa.Table) -> list[tuple[str, bool]]:
@@ -706,7 +718,8 @@ def run_query(
     }
     if cutouts is not None:
         metrics["cutouts"] = cutouts  # the chosen cutouts behind the `rows` images
-    with storage.output_dir(out, resume=False) as local:
+    made_by = {k: spec[k] for k in PROVENANCE_KEYS} | {"out_format": q.out_format}
+    with outputs.open_output(out, "query", made_by, resume=False) as local:
         write_jsonl(local / "records.jsonl", rows)
         if q.out_format == "csv":
             write_csv(str(local / "records.csv"), rows, keys)

@@ -15,7 +15,7 @@ from typing import Any
 import imagehash
 from PIL import Image
 
-from components.core import artifacts, storage
+from components.core import artifacts, outputs, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_rgb
@@ -153,7 +153,8 @@ def run_select(
         else:
             chosen = pick_stratified(candidates, s.budget, s.seed, _grouper(s.stratify_by, records))
 
-        with storage.output_dir(out, resume=False) as out_dir:
+        made_by = {"predictions": str(predictions), **s.model_dump()}
+        with outputs.open_output(out, "select", made_by, resume=False) as out_dir:
             _write_subset(pred_dir, out_dir, chosen)
             metrics = {
                 "candidates": len(candidates),

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from components.core import storage, tracking
+from components.core import outputs, storage, tracking
 from components.core.artifacts import OK, Manifest, write_metrics
 from components.core.checkpoint import load_checkpoint, log_checkpoint_to_mlflow, save_checkpoint
 from components.core.config import save_resolved
@@ -261,7 +261,9 @@ def run_train(
     with ExitStack() as stack:
         data_root = stack.enter_context(storage.local_input(data))
         # Rank 0 alone writes: the other ranks have no output folder (root None).
-        root = stack.enter_context(storage.output_dir(out, resume=False)) if ctx.main else None
+        made_by = {"data": data, "resume": resume, **s.model_dump()}
+        output = outputs.open_output(out, "train", made_by, resume=False)
+        root = stack.enter_context(output) if ctx.main else None
         d = _load_splits(cfg, data, data_root, ctx)
         spec = d.spec
         model = build_model(
