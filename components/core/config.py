@@ -84,7 +84,9 @@ class CvatSettings(Section):
     organization: str | None = Field(None, description="organization slug; default: none")
     retries: int = Field(4, ge=0, description="retries on connection errors and 5xx answers")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry")
-    request_timeout_s: float = Field(300, gt=0, description="read timeout of one request")
+    request_timeout_s: float = Field(
+        120, gt=0, description="read timeout of one request (a hung server: retries x this)"
+    )
     status_check_period_s: float = Field(
         1.0, gt=0, description="polling period of background requests"
     )
