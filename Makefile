@@ -86,10 +86,9 @@ BUILD = $(if $(filter docker,$(ENGINE)),docker buildx build --load,podman build 
 
 images:
 	@echo "images: $(ENGINE), base $(PYTHON_IMAGE), CPU torch from $(or $(TORCH_INDEX_URL),PyPI)"
-	$(BUILD) -f images/segloop.Dockerfile --build-arg VARIANT=cpu \
+	$(BUILD) -f images/segloop.Dockerfile --target cpu \
 		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(CPU_IMAGE) .
-	$(BUILD) -f images/segloop.Dockerfile --build-arg VARIANT=cuda \
-		--build-arg TORCH_INDEX_URL= -t $(CUDA_IMAGE) .
+	$(BUILD) -f images/segloop.Dockerfile --target cuda --build-arg TORCH_INDEX_URL= -t $(CUDA_IMAGE) .
 	$(BUILD) -f images/mlflow.Dockerfile -t $(MLFLOW_IMAGE) .
 
 base-image:

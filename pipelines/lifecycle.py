@@ -187,7 +187,10 @@ def build_and_push(
                 f"{path} does not exist: run deploy from the segloop source tree (or pass "
                 "--context DIR), where images/*.Dockerfile are"
             )
-        args = [f"--build-arg={key}={value}" for key, value in build_args.items()]
+        args = [
+            f"--target={value}" if key == "target" else f"--build-arg={key}={value}"
+            for key, value in build_args.items()
+        ]
         steps = [["docker", "build", "-f", str(path), *args, "-t", image, str(context)]]
         if push:
             steps.append(["docker", "push", image])
@@ -264,9 +267,9 @@ def deploy(
             built = False
         else:
             recipes = [
-                ("images/segloop.Dockerfile", cpu, {"VARIANT": "cpu"}),
+                ("images/segloop.Dockerfile", cpu, {"target": "cpu"}),
                 # PyPI's torch wheels carry the CUDA libraries (see the Dockerfile).
-                ("images/segloop.Dockerfile", cuda, {"VARIANT": "cuda", "TORCH_INDEX_URL": ""}),
+                ("images/segloop.Dockerfile", cuda, {"target": "cuda", "TORCH_INDEX_URL": ""}),
             ]
             missing = images_to_build(cfg) if push else [cpu, cuda]
             build_and_push([r for r in recipes if r[1] in missing], Path(context), push=push)

@@ -333,10 +333,10 @@ def test_deploy_builds_and_pushes_where_docker_answers(workdir, kfp_api, monkeyp
     assert calls.read_text().splitlines() == [
         "manifest inspect registry.example/team/segloop:t1",
         "manifest inspect registry.example/team/segloop-cuda:t1",
-        f"build -f {repo}/images/segloop.Dockerfile --build-arg=VARIANT=cpu "
+        f"build -f {repo}/images/segloop.Dockerfile --target=cpu "
         f"-t registry.example/team/segloop:t1 {repo}",
         "push registry.example/team/segloop:t1",
-        f"build -f {repo}/images/segloop.Dockerfile --build-arg=VARIANT=cuda "
+        f"build -f {repo}/images/segloop.Dockerfile --target=cuda "
         f"--build-arg=TORCH_INDEX_URL= -t registry.example/team/segloop-cuda:t1 {repo}",
         "push registry.example/team/segloop-cuda:t1",
     ]

@@ -92,12 +92,19 @@ if [ "$ENGINE" = podman ]; then
   start_service
 fi
 
+# One tag for the build and the tests (the default is per build: version + hash of the code).
+tag=${TAG:-$(.venv/bin/python -m components.images tag)}
+make_args+=(TAG="$tag")
+export SEGLOOP_IMAGES_TAG=$tag
 # pip in the build trusts what pip here trusts (a proxy's CA), read-only, never in the image.
 ca=${CA_BUNDLE:-${PIP_CERT:-}}
 [ -n "$ca" ] && [ -f "$ca" ] && make_args+=(CA_BUNDLE="$ca")
 [ -n "${WHEELS_DIR:-}" ] && make_args+=(WHEELS_DIR="$WHEELS_DIR")
+# The engine's temporary layer copies (gigabytes each) go under this run's folder, removed at
+# exit even when a build is interrupted.
+mkdir -p "$work/tmp"
 start=$SECONDS
-timeout 2400 make --no-print-directory images "${make_args[@]}"
+TMPDIR=$work/tmp timeout 2400 make --no-print-directory images "${make_args[@]}"
 say "images built in $((SECONDS - start)) s"
 if [ "$ENGINE" = podman ]; then
   podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'segloop|mlflow' || true

