@@ -14,6 +14,13 @@ made by hand) is taken from one task only, chosen before anything is exported or
 come from that task's frame; `error` stops, naming the record and the tasks, and writes
 nothing. `provenance.json` lists each such record with the task kept and the tasks dropped.
 
+Images are the records' own files (`image_source=original`), found through the upload's frame
+map and checked against its SHA-256 and the frame size: CVAT re-encodes the images of an
+export. CVAT's copy stands in only where no original is usable, and each entry says which.
+A frame without a readable mask fails by name (`missing_mask=error`), or, with
+`missing_mask=empty`, is all background where its job (folder: its task) is completed; it is
+never silently background. Nothing outside the task (or export) folder is read.
+
 Output folder: `images/<record>.<ext>` (when images are included), `masks/<record>.png`
 (class ids), `labels.json`, `provenance.json` (task ids, updated dates, job stages and
 states), `manifest.jsonl`, `metrics.json` (with the correction effort: per image, IoU and
@@ -41,7 +48,7 @@ from components.core.labels import LabelSet
 from components.core.metrics import confusion_matrix, scores
 from components.core.progress import track
 from components.core.version import segloop_version
-from components.download_cvat.convert import check_image, convert, find_image
+from components.download_cvat.convert import Converted, check_image, convert, find_image
 from components.download_cvat.settings import DownloadCvatConfig
 from components.download_cvat.sources import CvatSource, FolderSource, TaskInfo
 
@@ -393,7 +400,9 @@ class Downloader:
             )
         return found
 
-    def _mask(self, task: TaskInfo, frame: dict[str, Any], converted, root: Path):
+    def _mask(
+        self, task: TaskInfo, frame: dict[str, Any], converted: Converted, root: Path
+    ) -> np.ndarray | str:
         """The frame's class-id mask, or why it has none (a failure, never all background)."""
         name = frame["name"]
         if name in converted.masks:
@@ -443,7 +452,7 @@ class Downloader:
         self,
         task: TaskInfo,
         frame: dict[str, Any],
-        converted,
+        converted: Converted,
         root: Path,
         originals: Originals,
     ) -> dict[str, Any]:
