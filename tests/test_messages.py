@@ -113,7 +113,6 @@ def test_too_many_failures_name_the_manifest_path(tmp_path):
             "image_uri 'field/a.jpg' is a relative path; records name images by absolute path "
             "or URI (query with --image-root",
         ),
-        ([1, 2], "records.jsonl:1: a record is a JSON object, got list"),
     ],
 )
 def test_records_that_cannot_name_an_image_are_refused_in_one_line(tmp_path, row, expected):
@@ -126,6 +125,13 @@ def test_records_that_cannot_name_an_image_are_refused_in_one_line(tmp_path, row
         run_infer(infer_cfg(), records=path, out=str(tmp_path / "out"))
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_url_image_folders_are_refused(tmp_path):
+    from components.infer.infer import run_infer
+
+    with pytest.raises(SegloopError, match=r"--images http://h/imgs: http:// is not supported"):
+        run_infer(infer_cfg(), images="http://h/imgs", out=str(tmp_path / "out"))
 
 
 # ---------------------------------------------------------------- query

@@ -83,8 +83,6 @@ def records_from_jsonl(uri: str) -> list[Record]:
 
 def _record(row: dict[str, Any], where: str) -> Record:
     """One records.jsonl row as a Record; a row that cannot name an image is refused."""
-    if not isinstance(row, dict):
-        raise SegloopError(f"{where}: a record is a JSON object, got {type(row).__name__}")
     key = "image_id" if "image_id" in row else "record_id"
     rid, image_uri = row.get(key), row.get("image_uri")
     if rid is None or str(rid).strip() == "":
@@ -113,6 +111,12 @@ def _record(row: dict[str, Any], where: str) -> Record:
 
 
 def records_from_images(uri: str) -> list[Record]:
+    scheme = storage.unsupported_scheme(uri)
+    if scheme:
+        raise SegloopError(
+            f"--images {uri}: {scheme}:// is not supported; images are read from "
+            f"{storage.SUPPORTED_LOCATIONS}"
+        )
     root = str(uri).rstrip("/")
     files = [f for f in storage.list_files(root) if f.lower().endswith(images.IMAGE_SUFFIXES)]
     if not files:

@@ -53,7 +53,13 @@ from pipelines.cli.common import config_options, load_cfg, set_if
 @click.option("--min-area", type=int, default=None, help="Drop regions smaller than this (pixels).")
 @click.option("--overlays/--no-overlays", default=None, help="Write overlays/<id>.jpg.")
 @click.option("--max-failures", type=int, default=None)
-@click.option("--overwrite", is_flag=True, default=None, help="Redo images already done.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Start the output folder afresh (an earlier run's outputs are removed); needed when "
+    "it was made with other settings.",
+)
 def infer_command(config_path, overrides, records, images, model, predictor, out_dir, **options):
     """Segment images into masks/, predictions.json (COCO) and per-image uncertainty."""
     from components.core import storage  # here, not at the top: keeps `segloop --help` fast
