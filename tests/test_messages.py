@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from components.core.errors import SegloopError
@@ -283,3 +285,20 @@ def test_synth_never_drops_a_table_it_did_not_make(tmp_path):
     with sa.create_engine(other).connect() as conn:
         assert conn.execute(sa.text("select count(*) from images")).scalar_one() == 3
     assert len(again.records) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.text(
+        st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30
+    ),
+    value=st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20),
+)
+def test_any_quoted_column_name_parses_back_to_itself(name, value):
+    from components.query.filters import parse_filter
+
+    assume(value.strip() == value and "," not in value and not value.startswith(("'", '"')))
+    quoted = '"' + name.replace('"', '""') + '"'
+    flt = parse_filter(f"{quoted}={value}")
+    assert (flt.column, flt.op, flt.values) == (name, "=", (value,))
+    assert parse_filter(f"{quoted} is not null").column == name
