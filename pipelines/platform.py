@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
+from kubernetes.utils import parse_quantity
 
+from components.core.errors import SegloopError
 from components.images import images_from_config, pull_policy
 from pipelines.config import SegloopConfig
 from pipelines.settings import DEFAULT_CACHING, TASK_ENV, Resources, with_segloop_labels
@@ -34,11 +36,20 @@ STAGE_DEFAULTS = {
 
 
 def resources_for(cfg: SegloopConfig, stage: str) -> Resources:
-    """The stage's defaults with the config's per-stage settings on top."""
+    """The stage's defaults with the config's per-stage settings on top; a request above its
+    limit (which Kubernetes rejects, so the task would never start) is refused."""
     base = STAGE_DEFAULTS.get(stage, CPU_DEFAULT).model_dump()
     given = cfg.kfp.resources.get(stage)
     if given:
         base.update(given.model_dump(exclude_none=True))
+    for kind in ("cpu", "memory"):
+        request, limit = base[f"{kind}_request"], base[f"{kind}_limit"]
+        if parse_quantity(request) > parse_quantity(limit):
+            raise SegloopError(
+                f"kfp.resources.{stage}: {kind} request {request} is above its limit {limit} "
+                f"(the other one is {stage}'s default); set both, e.g. "
+                f"-o kfp.resources.{stage}.{kind}_request={limit}"
+            )
     return Resources(**base)
 
 

@@ -7,6 +7,7 @@ the cluster cares about (images, GPU placement, resources, Secrets, caching, ret
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -207,9 +208,22 @@ TASK_ENV = {
 }
 
 
+# Kubernetes label syntax: an optional DNS-subdomain prefix and '/', a name of at most 63
+# characters; values of at most 63 characters, alphanumeric at both ends.
+_LABEL_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+LABEL_KEY = re.compile(rf"^([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}$")
+LABEL_VALUE = re.compile(rf"^{_LABEL_NAME}?$")
+
+
 def with_segloop_labels(labels: dict[str, str]) -> dict[str, str]:
     """segloop's pod labels plus the user's: a user label adds, never replaces one of segloop's
     (the MLflow NetworkPolicy admits pods by them)."""
+    bad = {k: v for k, v in labels.items() if not LABEL_KEY.match(k) or not LABEL_VALUE.match(v)}
+    if bad:
+        raise ValueError(
+            f"pod labels {bad} are not valid Kubernetes labels (key: [prefix/]name, name and "
+            "value at most 63 letters, digits, '-', '_', '.', alphanumeric at both ends)"
+        )
     clash = {k: v for k, v in labels.items() if k in POD_LABELS and v != POD_LABELS[k]}
     if clash:
         raise ValueError(

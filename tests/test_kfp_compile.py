@@ -499,6 +499,12 @@ def test_user_labels_env_and_gpu_counts_add_to_segloops_own(tmp_path):
         load_config(None, ["kfp.pod_labels={app.kubernetes.io/component: trainer}"])
     with pytest.raises(ConfigError, match="set by segloop on every task"):
         load_config(None, ["kfp.env.HOME=/root"])
+    with pytest.raises(ConfigError, match="not valid Kubernetes labels"):
+        load_config(None, ["kfp.pod_labels.team=vision team"])
+    # A limit below the stage's default request would make a pod Kubernetes rejects.
+    low = load_config(None, ["kfp.resources.train.memory_limit=8Gi"])
+    with pytest.raises(SegloopError, match=r"kfp.resources.train: memory request 16Gi is above"):
+        compile_pipeline("training", low, tmp_path / "low.yaml")
 
     counts = load_config(None, ["kfp.gpu.accelerator_count=4", "kfp.gpu.stage_counts.train=8"])
     assert counts.kfp.gpu.stage_counts == {"infer": 1, "train": 8}  # infer's 1 is kept
