@@ -168,8 +168,10 @@ def demo_settings(
         "mlflow": {"registered_model": name},
         "kfp": {"local_root": str(workdir / "kfp")},
         "cvat": {"backend": "cvat" if cvat else "folder", "folder": str(workdir / "annotation")},
-        # People finish a CVAT job by setting its state to completed, whatever its stage.
-        "download_cvat": {"job_state": "completed"} if cvat else {},
+        # People finish a CVAT job by setting its state to completed, whatever its stage. A
+        # frame they leave without shapes in a completed job is bare soil (the synthetic fields
+        # include empty ones): CVAT exports no mask for it, so say it is background.
+        "download_cvat": {"job_state": "completed", "missing_mask": "empty"} if cvat else {},
         "infer": {"num_workers": 0},
         "select": {"budget": size.budget, "seed": seed},
         "preprocess": {
