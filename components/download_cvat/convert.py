@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
 from components.core.errors import SegloopError
-from components.core.images import unreadable_reason
+from components.core.images import open_checked, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import coco_segmentation_to_bitmap
 
@@ -117,7 +117,7 @@ def contained(root: Path, rel: str, what: str) -> Path:
 def check_image(data: bytes, source: str, width: int, height: int) -> None:
     """Refuse bytes that do not decode to an image of the frame's size (as CVAT shows it)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_checked(io.BytesIO(data), source) as img:  # the pixel budget first
             size = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 size = size[::-1]
@@ -181,7 +181,7 @@ def _read_rgb(path: Path, width: int, height: int) -> np.ndarray:
     is one of another size than its frame (checked before decoding)."""
     data = path.read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_checked(io.BytesIO(data), str(path)) as img:  # the pixel budget first
             if img.size != (width, height):
                 raise SegloopError(
                     f"it is {img.size[0]}x{img.size[1]}, the image is {width}x{height}"
