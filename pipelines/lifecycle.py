@@ -397,9 +397,10 @@ def launch(
     service_account).
     """
     from pipelines.compile import check_no_credentials
-    from pipelines.submit import api_call, latest_version, pipeline_named, submit
+    from pipelines.submit import api_call, check_backend, latest_version, pipeline_named, submit
 
     check_no_credentials(cfg, run.get("params"))
+    check_backend(client, host, cfg)  # before the deployed version is looked up
     warnings = local_only_settings(cfg)
     for w in warnings:
         log.warning("%s is a local path: the cluster's pods cannot read it", w)

@@ -268,7 +268,7 @@ def test_backend_version_is_checked_before_anything_is_sent(kfp_api, caplog, tag
     assert "segloop-s3" not in line  # its keys are required on every backend
 
 
-def test_deploy_refuses_an_old_backend_before_building_images(kfp_api):
+def test_deploy_and_launch_refuse_an_old_backend_before_anything_else(kfp_api):
     from pipelines.lifecycle import deploy
     from pipelines.submit import make_client
 
@@ -282,6 +282,11 @@ def test_deploy_refuses_an_old_backend_before_building_images(kfp_api):
             docker_problem=lambda: asked.append("docker") or None,
         )
     assert not asked and not kfp_api.calls("POST", "/pipelines/upload")
+    launched = segloop("launch", "training", "--host", kfp_api.host, "--token", TOKEN)
+    assert isinstance(launched.exception, SegloopError)
+    assert "is 2.0.5: its driver rejects" in str(launched.exception)
+    # Nothing but healthz reached the server (kfp.Client reads it too when it starts).
+    assert {r.path for r in kfp_api.requests} == {"/apis/v2beta1/healthz"}
 
 
 def test_shipped_secret_examples_carry_every_key_the_pods_reference():
