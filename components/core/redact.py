@@ -50,8 +50,12 @@ MIN_ENV_SECRET_LEN = 6
 NOT_SECRET_ENV_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_ID")  # AWS_ACCESS_KEY_ID is a name
 
 # scheme://user:password@ -- the password runs to the last '@' before a space or quote, so a
-# raw '@' or '/' inside it is hidden too (SQLAlchemy accepts both).
-URL_PASSWORD = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'"<>]*:)[^\s'"<>]*@""")
+# raw '@' or '/' inside it is hidden too (SQLAlchemy accepts both). Bounded lengths and a match
+# only at a word's start keep it linear on hostile text (an unbounded form took minutes).
+URL_PASSWORD = re.compile(
+    r"""(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/?#@:'"<>]{0,256}:)"""
+    r"""(?:[^\s'"<>@]{0,256}+@)++"""
+)
 PARAM = re.compile(r"""(?:(?<=[?&;\s,(])|^)([A-Za-z0-9_.-]+)=([^&#\s'"<>,;)]+)""")
 AUTH_HEADER = re.compile(
     r"""(?i)\b((?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)(?:(bearer|token|basic|digest)\s+)?[^\s'",;}]+"""
