@@ -23,6 +23,7 @@ from cvat_server.synthetic import make_predictions
 from net_helpers import SilentServer, clean_env, closed_port, error_lines, run_segloop
 
 from components.core import redact as redact_module
+from components.core.artifacts import Manifest, write_metrics
 from components.core.errors import SegloopError
 from components.core.redact import redact, redact_data
 from pipelines.task_logs import TaskLogRouter
@@ -122,6 +123,27 @@ def test_task_logs_are_masked(tmp_path):
     written = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
     assert "db.url=sqlite://u:***@x" in written
     assert SECRET not in written + target.getvalue()
+
+
+def test_manifest_reasons_and_metrics_are_masked_but_data_is_kept(tmp_path):
+    """A reason quotes an error (masked); a record's own image URI is data the next stage reads
+    (kept as the user's table gave it)."""
+    image = f"https://u:{SECRET}@images.example/a.jpg"
+    manifest = Manifest(tmp_path)
+    manifest.add(
+        {
+            "record_id": "a",
+            "status": "failed",
+            "reason": f"cannot read {image}: 403",
+            "image_uri": image,
+        }
+    )
+    manifest.compact()
+    write_metrics(tmp_path, {"source": f"s3 at http://k:{SECRET}@s3", "images": 1})
+    (entry,) = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert entry["reason"] == "cannot read https://u:***@images.example/a.jpg: 403"
+    assert entry["image_uri"] == image
+    assert SECRET not in (tmp_path / "metrics.json").read_text()
 
 
 def test_install_is_idempotent():
