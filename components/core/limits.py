@@ -9,7 +9,7 @@ command, local pipeline run and cluster pod, and for the config file itself):
 | what | default | variable |
 |---|---|---|
 | config, query spec, labels file | 16 MB | SEGLOOP_MAX_CONFIG_MB |
-| records / manifest (JSON lines) | 1024 MB | SEGLOOP_MAX_RECORDS_MB |
+| records, manifests, predictions, provenance | 1024 MB | SEGLOOP_MAX_RECORDS_MB |
 | one image or mask file | 1024 MB | SEGLOOP_MAX_IMAGE_MB |
 | decoded image size | 100 megapixels | SEGLOOP_MAX_IMAGE_MP |
 
@@ -18,10 +18,12 @@ command, local pipeline run and cluster pod, and for the config file itself):
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from components.core import storage
 from components.core.errors import ConfigError, StorageError
@@ -55,6 +57,7 @@ CONFIG = Budget("config file", "SEGLOOP_MAX_CONFIG_MB", 16)
 SPEC = Budget("query spec", "SEGLOOP_MAX_CONFIG_MB", 16)
 LABELS = Budget("labels file", "SEGLOOP_MAX_CONFIG_MB", 16)
 RECORDS = Budget("records file", "SEGLOOP_MAX_RECORDS_MB", 1024)
+DATA_JSON = Budget("JSON data file", "SEGLOOP_MAX_RECORDS_MB", 1024)  # predictions, provenance
 IMAGE = Budget("image file", "SEGLOOP_MAX_IMAGE_MB", 1024)
 PIXELS = Budget("decoded image", "SEGLOOP_MAX_IMAGE_MP", 100)
 
@@ -134,6 +137,14 @@ def read_user_bytes(uri: str | Path, budget: Budget) -> bytes:
     if size is not None and size > budget.max_bytes():
         raise _too_large(uri, size, budget)
     return storage.read_bytes(uri)
+
+
+def read_user_json(uri: str | Path, budget: Budget) -> Any:
+    text = read_user_text(uri, budget)
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise StorageError(f"{uri} is not valid JSON: {exc}") from None
 
 
 def read_user_text(uri: str | Path, budget: Budget) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core import storage
+from components.core import limits, storage
 from components.core.artifacts import read_jsonl
 from components.core.errors import SegloopError
 from components.core.images import IMAGE_SUFFIXES
@@ -63,7 +63,7 @@ def _provenance_by_record(uri: str) -> tuple[dict[str, dict[str, Any]], str | No
     path = storage.join(uri, "provenance.json")
     if not storage.exists(path):
         return {}, None
-    data = storage.read_json(path)
+    data = limits.read_user_json(path, limits.DATA_JSON)
     top_date = data.get("updated_date") if isinstance(data, dict) else None
     items: Any = data.get("records", {}) if isinstance(data, dict) else data
     out: dict[str, dict[str, Any]] = {}

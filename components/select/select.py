@@ -15,7 +15,7 @@ from typing import Any
 import imagehash
 from PIL import Image
 
-from components.core import artifacts, outputs, storage
+from components.core import artifacts, limits, outputs, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_rgb
@@ -210,7 +210,7 @@ def _write_subset(pred_dir: Path, out_dir: Path, chosen: list[tuple[dict, float,
     artifacts.write_jsonl(out_dir / "selected.jsonl", selected)
     coco_path = pred_dir / "predictions.json"
     if coco_path.exists():
-        coco = storage.read_json(coco_path)
+        coco = limits.read_user_json(coco_path, limits.DATA_JSON)
         keep = {img["id"] for img in coco.get("images", []) if _record_of(img) in ids}
         coco["images"] = [img for img in coco.get("images", []) if img["id"] in keep]
         coco["annotations"] = [a for a in coco.get("annotations", []) if a["image_id"] in keep]
