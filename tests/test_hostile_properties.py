@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hostile_inputs import png_claiming  # tests/ is on sys.path
 
 from components.core import limits
 from components.core.config import ConfigError
@@ -173,8 +174,6 @@ def test_random_label_maps_load_or_name_the_problem(text, suffix, tmp_path_facto
 
 
 def claimed_png(tmp_path: Path, width: int, height: int) -> Path:
-    from test_hostile_inputs import png_claiming  # tests/ is on sys.path
-
     path = tmp_path / f"{width}x{height}.png"
     path.write_bytes(png_claiming(width, height))
     return path
@@ -215,3 +214,20 @@ def test_yaml_anchors_and_merge_keys_still_work(tmp_path):
     )
     cfg = load_config(path)
     assert (cfg.project.name, cfg.project.subname) == ("shared", "b")
+
+
+def test_s3_objects_keep_the_size_caps_and_the_pixel_budget(s3, monkeypatch):
+    """An object over its cap is refused from its size (HEAD), before its body is read."""
+    from components.core import storage
+    from components.core.images import load_rgb
+
+    records = f"s3://{s3.bucket}/hostile/records.jsonl"
+    storage.write_text(records, '{"image_id": "a"}\n' * 200)
+    assert len(limits.read_user_text(records, limits.RECORDS)) == 18 * 200
+    monkeypatch.setenv("SEGLOOP_MAX_RECORDS_MB", "0.001")
+    with pytest.raises(SegloopError, match="over the 0.001 MB limit.*SEGLOOP_MAX_RECORDS_MB"):
+        limits.read_user_text(records, limits.RECORDS)
+    bomb = f"s3://{s3.bucket}/hostile/bomb.png"
+    storage.write_bytes(bomb, png_claiming(20000, 20000))
+    with pytest.raises(SegloopError, match="bomb.png: image claims 400 MP, over the decode budget"):
+        load_rgb(bomb)
