@@ -47,7 +47,8 @@ def _check_config_path(path: str | None) -> None:
     """A config path that is a folder or missing, named by where it came from."""
     if not path or path.startswith("s3://"):
         return
-    source = click.get_current_context().get_parameter_source("config_path")
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("config_path") if ctx else None
     origin = (
         f"SEGLOOP_CONFIG={path}"
         if source is click.core.ParameterSource.ENVIRONMENT
