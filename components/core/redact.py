@@ -3,7 +3,8 @@
 `redact(text)` hides, anywhere in a string:
 - the password of a URL's userinfo, for any scheme (`postgresql://u:pw@h/db` -> `u:***@h`);
 - the values of secret-like query or key=value parameters (`?token=...`, `&X-Amz-Signature=...`,
-  `password=...` in a libpq DSN): names with password, secret, token, key, auth, sig, credential;
+  `password=...` in a libpq DSN): names with password, secret, token, credential, auth,
+  signature, api/access/private key, or exactly sig, pwd, pass;
 - `Authorization:` header values;
 - the literal values of secret environment variables (`CVAT_PASSWORD`, `AWS_SECRET_ACCESS_KEY`,
   any variable whose name `is_secret_key`), so a secret that reached a message another way is
@@ -35,6 +36,7 @@ SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
 SECRET_PARAM_WORDS = (
     *SECRET_WORDS,
     "passwd",
+    "passphrase",
     "apikey",
     "api_key",
     "api-key",
