@@ -49,6 +49,8 @@ def test_silent_s3_fails_within_bounds_naming_the_endpoint(tmp_path):
         result, seconds, 60, f"endpoint {s3.url} did not answer within 1 s (2 attempts)"
     )
     assert not list((tmp_path / "tmp").iterdir())  # its temporary folder is gone too
+    # Each failed attempt says so as it happens: no minutes of silence with longer timeouts.
+    assert f"S3 at {s3.url}: attempt 1 failed (ReadTimeoutError)" in result.stderr
 
 
 @pytest.mark.parametrize("service", ["mlflow", "cvat", "postgresql"])

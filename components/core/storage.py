@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from typing import Any
 
 from components.core import timeouts
 from components.core.errors import StorageError
+
+log = logging.getLogger("segloop.storage")
 
 MB = 1024 * 1024
 MULTIPART_BYTES = 16 * MB  # larger objects go as multipart transfers, in parts of this size
@@ -121,9 +124,21 @@ def _client(endpoint: str | None, credentials_key: str, region: str | None, limi
         max_pool_connections=32,
         s3={"addressing_style": "path"} if endpoint else None,
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3", endpoint_url=endpoint, region_name=region or "us-east-1", config=config
     )
+    client.meta.events.register("needs-retry.s3", _warn_failed_attempt)
+    return client
+
+
+def _warn_failed_attempt(attempts: int, caught_exception=None, response=None, **_: Any) -> None:
+    """A warning per failed S3 attempt, so a slow failure is not minutes of silence (botocore
+    retries quietly). Returns None: the retry decision stays botocore's."""
+    status = (response or (None, {}))[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if caught_exception is None and status < 500:
+        return
+    why = type(caught_exception).__name__ if caught_exception is not None else f"HTTP {status}"
+    log.warning("S3 at %s: attempt %d failed (%s)", endpoint_url() or "AWS", attempts, why)
 
 
 def s3_client():
