@@ -92,8 +92,8 @@ def main() -> None:
         logging.getLogger("segloop").debug("OS error", exc_info=True)
         click.secho(
             f"error: cannot use {clip_message(str(exc.filename), 300)}: "
-            f"{exc.strerror or type(exc).__name__}; choose a writable output folder "
-            "(--out / --out-dir) or fix the path and its permissions",
+            f"{exc.strerror or type(exc).__name__}; choose a path you may write (the "
+            "command's --out, --out-dir or -O) or fix the path and its permissions",
             fg="red",
             err=True,
         )
