@@ -1,7 +1,7 @@
 """Hostile and careless inputs, one table: each case runs the real `segloop` CLI in a child
 process and must end with exit status 2 and ONE line `error: ...` holding the expected words,
 no traceback, nothing written outside the case's output, no planted secret in any output or
-file, and a peak memory (the child's own, from `os.wait4`) under MEM_BOUND_MB.
+file, and a peak memory (the child's own, measured by tests/peak_rss.py) under MEM_BOUND_MB.
 
 The good behaviours that already held (identifier injection, `!!python` tags, locked and
 non-SQLite databases, zip-slip) are cases too, so that they stay that way.
@@ -14,13 +14,13 @@ import re
 import struct
 import subprocess
 import sys
-import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from peak_rss import run_with_peak  # tests/ is on sys.path
 
 from components.core.errors import SegloopError
 from components.train.toydata import write_toy_dataset
@@ -348,19 +348,13 @@ def run_measured(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, 
     """Run the CLI in a child; (exit status, stdout, stderr, the child's peak RSS in MB)."""
     out, err = cwd / ".stdout", cwd / ".stderr"
     with out.open("wb") as fo, err.open("wb") as fe:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", *args], env=env, cwd=cwd, stdout=fo, stderr=fe
-        )
-        killer = threading.Timer(CASE_TIMEOUT_S, child.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
-        finally:
-            killer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)
+        code, peak_mb = run_with_peak(
+            [sys.executable, "-m", "pipelines", *args],
+            timeout=CASE_TIMEOUT_S, env=env, cwd=cwd, stdout=fo, stderr=fe,
+        )  # fmt: skip
     texts = out.read_text(errors="replace"), err.read_text(errors="replace")
     out.unlink(), err.unlink()
-    return child.returncode, *texts, usage.ru_maxrss / 1024  # ru_maxrss is in KB on Linux
+    return code, *texts, peak_mb
 
 
 @pytest.mark.timeout(CASE_TIMEOUT_S + 30)

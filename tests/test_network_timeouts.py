@@ -76,6 +76,15 @@ def test_silent_mlflow_cvat_and_database_fail_within_bounds(tmp_path, service):
     assert_one_line_failure(result, seconds, 60, expected)
 
 
+# The CLI with Ctrl-C's default disposition, as a terminal gives it: a shell starts background
+# jobs (a CI script's, say) with SIGINT ignored, and an ignored signal stays ignored across exec.
+CTRL_C_AS_ON_A_TERMINAL = (
+    "import os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'pipelines', *sys.argv[1:]])\n"
+)
+
+
 @pytest.mark.parametrize(
     ("signum", "status", "word"),
     [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "aborted")],
@@ -92,7 +101,7 @@ def test_signals_leave_no_temporary_folder(tmp_path, signum, status, word, folde
             args = ["data", "synth", "--n", "2", "--size", "64x64", "--out", "s3://bucket/s"]
             args += ["--db-url", f"sqlite:///{tmp_path / 'img.db'}"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", *args],
+            [sys.executable, "-c", CTRL_C_AS_ON_A_TERMINAL, *args],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
