@@ -22,6 +22,15 @@ from components.core.errors import SegloopError
 # Our budget (limits.PIXELS) is checked before each decode; PIL's own bomb guard, which refuses
 # at twice its limit, backs it up where an image is opened elsewhere.
 Image.MAX_IMAGE_PIXELS = limits.max_image_pixels()
+# What a decoder raises on a file that is not a (whole) image; DecompressionBombError too,
+# since some formats (GIF frames) check their size while loading, after `open_checked`.
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
@@ -95,7 +104,7 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb_array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise SegloopError(
             f"{source}: {unreadable_reason(data, exc)}; replace or remove the file"
         ) from exc
@@ -125,7 +134,7 @@ def image_size(uri: str | Path) -> tuple[int, int]:
         with open_checked(io.BytesIO(data), str(uri)) as img:
             orientation = img.getexif().get(0x0112, 1)
             w, h = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise SegloopError(f"{uri}: {unreadable_reason(data, exc)}") from exc
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
@@ -141,7 +150,7 @@ def load_mask(uri: str | Path) -> np.ndarray:
                 )
             img.load()
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise SegloopError(f"{uri}: not a readable mask: {unreadable_reason(data, exc)}") from exc
 
 

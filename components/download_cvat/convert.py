@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
-from PIL.Image import DecompressionBombError
 
 from components.core.errors import SegloopError
-from components.core.images import open_checked, unreadable_reason
+from components.core.images import DECODE_ERRORS, open_checked, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import coco_segmentation_to_bitmap
 
@@ -127,13 +125,7 @@ def check_image(data: bytes, source: str, width: int, height: int) -> None:
                     f"{source} is {size[0]}x{size[1]}, the frame is {width}x{height}"
                 )
             img.load()
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        DecompressionBombError,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         raise SegloopError(f"{source}: {unreadable_reason(data, exc)}") from None
 
 
@@ -187,13 +179,7 @@ def _read_rgb(path: Path, width: int, height: int) -> np.ndarray:
                     f"it is {img.size[0]}x{img.size[1]}, the image is {width}x{height}"
                 )
             return np.asarray(img.convert("RGB"))
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        DecompressionBombError,
-    ) as exc:
+    except DECODE_ERRORS as exc:
         raise SegloopError(unreadable_reason(data, exc)) from None
 
 

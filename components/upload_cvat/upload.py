@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from components.core import artifacts, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
-from components.core.images import load_mask, open_checked, unreadable_reason
+from components.core.images import DECODE_ERRORS, load_mask, open_checked, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import Shape, mask_to_cvat_masks, mask_to_polygons
 from components.core.progress import track
@@ -250,7 +249,7 @@ def _image_size(path: Path, uri: str) -> tuple[int, int]:
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                 width, height = height, width
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except DECODE_ERRORS as exc:
         raise SegloopError(f"{uri}: {unreadable_reason(path.read_bytes(), exc)}") from exc
     return width, height
 
