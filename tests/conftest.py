@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cvat_server.fixture import cvat_server  # noqa: F401 - the CVAT-protocol test server
+from cvat_server.fixture import cvat_env, cvat_server  # noqa: F401 - the CVAT-protocol test server
 
 from pipelines.stack import free_port, start_mlflow, start_seaweed, stop_process
 

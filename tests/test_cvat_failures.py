@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cvat_sdk import make_client, models
+from cvat_server.fixture import cvat_config
 from cvat_server.synthetic import make_predictions
 
 from components.core.config import CvatSettings
@@ -24,29 +25,12 @@ from components.download_cvat.convert import safe_extract
 from components.download_cvat.download import run_download_cvat
 from components.upload_cvat.cvat_backend import shape_key
 from components.upload_cvat.upload import run_upload_cvat
-from pipelines.config import load_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-@pytest.fixture
-def cvat_env(cvat_server, monkeypatch):
-    for key, value in cvat_server.env().items():
-        monkeypatch.setenv(key, value)
-    return cvat_server
-
-
 def config(pred, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"project.labels={pred / 'labels.json'}",
-            "cvat.status_check_period_s=0.05",
-            "cvat.backoff_s=0.05",
-            "cvat.retries=1",
-            *overrides,
-        ],
-    )
+    return cvat_config(pred, "cvat.retries=1", *overrides)
 
 
 def client_of(server):

@@ -36,13 +36,6 @@ def segloop(*args: str) -> dict:
     return result
 
 
-@pytest.fixture
-def cvat_env(cvat_server, monkeypatch):
-    for key, value in cvat_server.env().items():
-        monkeypatch.setenv(key, value)
-    return cvat_server
-
-
 def coco_mean_iou(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     """Mean over the classes in either mask of pycocotools' per-class RLE IoU."""
     ious = []

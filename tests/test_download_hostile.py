@@ -451,13 +451,6 @@ def test_an_upload_into_a_folder_that_cannot_be_written_names_that_folder(tmp_pa
 # ---------------------------------------------------------------- CVAT frames without shapes
 
 
-@pytest.fixture
-def cvat_env(cvat_server, monkeypatch):
-    for key, value in cvat_server.env().items():
-        monkeypatch.setenv(key, value)
-    return cvat_server
-
-
 def test_a_cvat_frame_without_shapes_is_empty_only_when_accepted_and_its_job_completed(
     cvat_env, tmp_path
 ):

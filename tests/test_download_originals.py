@@ -18,33 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cvat_sdk import make_client, models
+from cvat_server.fixture import cvat_config as config
 from cvat_server.synthetic import make_predictions
 from PIL import Image
 
 from components.download_cvat.download import run_download_cvat
 from components.upload_cvat.upload import run_upload_cvat
-from pipelines.config import load_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-
-@pytest.fixture
-def cvat_env(cvat_server, monkeypatch):
-    for key, value in cvat_server.env().items():
-        monkeypatch.setenv(key, value)
-    return cvat_server
-
-
-def config(pred: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"project.labels={pred / 'labels.json'}",
-            "cvat.status_check_period_s=0.05",
-            "cvat.backoff_s=0.05",
-            *overrides,
-        ],
-    )
 
 
 def manifest_of(folder: Path) -> dict[str, dict]:

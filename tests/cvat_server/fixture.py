@@ -176,3 +176,26 @@ def cvat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CvatServer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cvat_env(cvat_server: CvatServer, monkeypatch: pytest.MonkeyPatch) -> CvatServer:
+    """`cvat_server` with its address and credentials in this test's environment."""
+    for key, value in cvat_server.env().items():
+        monkeypatch.setenv(key, value)
+    return cvat_server
+
+
+def cvat_config(pred: Path, *overrides: str):
+    """The config the CVAT tests run with: the predictions' labels and short status waits."""
+    from pipelines.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"project.labels={pred / 'labels.json'}",
+            "cvat.status_check_period_s=0.05",
+            "cvat.backoff_s=0.05",
+            *overrides,
+        ],
+    )
