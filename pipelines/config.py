@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import RunConfig
-from components.core.config import load_into, parse_json_into
+from components.core.config import load_into
 from components.register.settings import RegisterSettings
 from pipelines.settings import KfpSettings
 
@@ -25,12 +25,10 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
 ) -> SegloopConfig:
-    """Load the config file (optional), apply `extra` (CLI flags) and `-o` overrides, validate."""
-    return load_into(SegloopConfig, path, overrides, extra)
-
-
-def config_from_json(text: str) -> SegloopConfig:
-    return parse_json_into(SegloopConfig, text)
+    """The whole config: the file (optional) < `extra` (CLI flags; empty sections skipped) <
+    `-o` overrides, validated. The components' side is `components.config.config_from_json`."""
+    sections = {key: value for key, value in (extra or {}).items() if value}
+    return load_into(SegloopConfig, path, overrides, sections)
 
 
 def run_config_json(cfg: RunConfig) -> str:

@@ -23,24 +23,6 @@ from components.core.predictor import Predictor
 from components.core.tiling import BandCallback, Grid, StreamingBlender, make_grid, pad_image
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda[:N]` must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SegloopError(
-                f"infer.device={name} but no CUDA device is available; use device=auto or cpu"
-            )
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise SegloopError(
-                f"infer.device={name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    return device
-
-
 @dataclass
 class _Job:
     image: np.ndarray  # padded

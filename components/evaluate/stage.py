@@ -29,9 +29,10 @@ from components.core import storage, tracking
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
 from components.core.checkpoint import is_mlflow_uri, load_checkpoint
 from components.core.config import save_resolved
+from components.core.device import pick_device
 from components.core.errors import SegloopError
 from components.core.images import IMAGE_SUFFIXES, encode_png, load_mask, load_rgb
-from components.core.inference import TileEngine, pick_device, predict_image
+from components.core.inference import TileEngine, predict_image
 from components.core.labels import LabelSet
 from components.core.metrics import confusion_matrix, flat_metrics, scores
 from components.core.precision import pick_amp
@@ -80,7 +81,7 @@ def run_evaluate(cfg: EvaluateConfig, *, model: str, data: str, out: str) -> dic
     # MLflow model URIs resolve on the configured server, passed explicitly.
     server = tracking.tracking_uri(cfg) if is_mlflow_uri(str(model)) else None
     ckpt, run_id, mlflow_model = resolve_model(str(model), server)
-    device = pick_device(s.device)
+    device = pick_device(s.device, "evaluate.device")
     net, spec = load_checkpoint(ckpt, device, tracking_uri=server)
     labels = LabelSet.load(storage.join(data, "labels.json"))
     if spec.label_set.names != labels.names:

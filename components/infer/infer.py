@@ -40,8 +40,9 @@ from PIL import Image
 
 from components.core import artifacts, images, outputs, storage
 from components.core.config import save_resolved, stage_run_dir
+from components.core.device import pick_device
 from components.core.errors import SegloopError
-from components.core.inference import TileEngine, pick_device
+from components.core.inference import TileEngine
 from components.core.labels import LabelSet
 from components.core.postprocess import (
     Decider,
@@ -414,7 +415,7 @@ def run_infer(
     s = cfg.infer
     inputs = read_inputs(records, images)
     out = out or stage_run_dir(cfg, "infer")
-    device = pick_device(s.device)
+    device = pick_device(s.device, "infer.device")
     model_uri = model or s.model
     predictor = load_predictor(cfg, model_uri, device, predictor)
     engine = build_engine(s, predictor, device)

@@ -20,19 +20,6 @@ from components.core.metrics import confusion_matrix_torch
 from components.train.data import Normalizer, binary_target
 
 
-def pick_device(name: str, local_rank: int | None = None) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank or 0)
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegloopError(f"device={name} but CUDA is not available here; use device=auto or cpu")
-    if device.type == "cuda" and local_rank is not None:
-        return torch.device("cuda", local_rank)
-    return device
-
-
 def pick_workers(workers: int | None, device: torch.device) -> int:
     """On CPU the model needs every core and cached tiles are cheap to augment: no workers."""
     if workers is not None:

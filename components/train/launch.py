@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from components.core.errors import SegloopError
+from components.core.logs import quiet_chatty_libraries
 from components.train.settings import TrainConfig
 from components.train.stage import run_train
 
@@ -106,7 +107,6 @@ def _worker(
             level=log_level,
             format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
         )
-        for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "mlflow.store"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        quiet_chatty_libraries()
     torch.set_num_threads(threads)
     return record(run_train)(cfg, data=data, out=out, resume=resume)

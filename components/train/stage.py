@@ -40,6 +40,7 @@ from components.core import outputs, storage, tracking
 from components.core.artifacts import OK, Manifest, write_metrics
 from components.core.checkpoint import load_checkpoint, log_checkpoint_to_mlflow, save_checkpoint
 from components.core.config import save_resolved
+from components.core.device import pick_device
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.core.metrics import flat_metrics, scores
@@ -48,7 +49,6 @@ from components.core.precision import pick_amp
 from components.train.data import Normalizer, TileDataset, build_transforms
 from components.train.engine import (
     Runtime,
-    pick_device,
     pick_workers,
     seed_everything,
     train_epoch,
@@ -299,7 +299,7 @@ def _setup_context(s: TrainSettings) -> _Context:
     rank, world, local_rank = _init_distributed(s.device)
     # A different seed per rank: each rank draws its own augmentations.
     seed_everything(s.seed + rank)
-    device = pick_device(s.device, local_rank)
+    device = pick_device(s.device, "train.device", local_rank)
     return _Context(
         rank=rank,
         world=world,

@@ -13,7 +13,7 @@ import click
 
 from components.core import redact
 from components.core.errors import ConfigError
-from pipelines.config import SegloopConfig, load_config
+from components.core.logs import quiet_chatty_libraries
 
 
 def config_options(func: Callable) -> Callable:
@@ -70,14 +70,6 @@ def set_if(section: dict[str, Any], **values: Any) -> dict[str, Any]:
     return section
 
 
-def load_cfg(
-    config_path: str | None, overrides: tuple[str, ...], extra: dict[str, Any] | None = None
-) -> SegloopConfig:
-    """The config for a command: file < CLI flags (`extra`) < `-o` overrides."""
-    extra = {k: v for k, v in (extra or {}).items() if v}
-    return load_config(config_path, overrides, extra=extra)
-
-
 def setup_logging(verbose: bool = False) -> None:
     """Log lines on stderr; every record masked (`redact.install`), library records included."""
     redact.install()
@@ -89,5 +81,4 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "mlflow.store"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_chatty_libraries()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from components.core.config import stage_run_dir
-from pipelines.cli.common import config_options, load_cfg, set_if
+from pipelines.cli.common import config_options, set_if
+from pipelines.config import load_config
 
 STATUSES = ["annotation", "validation", "completed", "any"]
 
@@ -100,7 +101,7 @@ def upload_cvat_command(
             if_exists=if_exists,
         ),
     }
-    cfg = load_cfg(config_path, overrides, extra)
+    cfg = load_config(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "upload_cvat")
     metrics = run_upload_cvat(cfg, predictions=predictions, out=out)
     click.echo(
@@ -215,7 +216,7 @@ def download_cvat_command(
     if no_resume:
         section["resume"] = False
     extra = {"cvat": _cvat_section(backend, folder, organization), "download_cvat": section}
-    cfg = load_cfg(config_path, overrides, extra)
+    cfg = load_config(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "download_cvat")
     metrics = run_download_cvat(cfg, out=out)
     effort = metrics["correction"]

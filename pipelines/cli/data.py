@@ -31,8 +31,23 @@ def data() -> None:
     show_default=True,
     help="How many of the N images are 2048x1536 (to exercise tiling).",
 )
+@click.option(
+    "--pool",
+    type=click.Choice(["plain", "field"]),
+    default="plain",
+    show_default=True,
+    help="plain: independent images; field: plot sessions of near-duplicate shots that differ "
+    "in light and residue, with a rare weed (rosette) in about 8% of images.",
+)
+@click.option(
+    "--singles",
+    type=int,
+    default=0,
+    show_default=True,
+    help="field: the first N images are one shot each (a curated test or seed set).",
+)
 @config_options
-def synth(n, out, seed, db_url, table, size, large, config_path, overrides):
+def synth(n, out, seed, db_url, table, size, large, pool, singles, config_path, overrides):
     """Write N field images with ground-truth masks, labels.yaml and an image table."""
     from components.core.db import safe_url
     from components.core.synthetic import make_dataset, parse_size
@@ -46,6 +61,8 @@ def synth(n, out, seed, db_url, table, size, large, config_path, overrides):
         table=cfg.db.table,
         size=parse_size(size),
         large=large,
+        pool=pool,
+        singles=singles,
     )
     empty = sum(1 for r in result.records if not r["has_masks"])
     click.echo(

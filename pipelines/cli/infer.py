@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from components.core.config import stage_run_dir
-from pipelines.cli.common import config_options, load_cfg, set_if
+from pipelines.cli.common import config_options, set_if
+from pipelines.config import load_config
 
 
 @click.command("infer")
@@ -66,7 +67,7 @@ def infer_command(config_path, overrides, records, images, model, predictor, out
     from components.infer.infer import failure_lines, run_infer, throughput
 
     extra = {"infer": set_if({}, model=model, predictor=predictor, **options)}
-    cfg = load_cfg(config_path, overrides, extra)
+    cfg = load_config(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "infer")
     m = run_infer(cfg, records=records, images=images, out=out)
     click.echo(

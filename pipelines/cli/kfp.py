@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from components.core.errors import SegloopError
-from pipelines.cli.common import config_options, load_cfg
+from pipelines.cli.common import config_options
+from pipelines.config import load_config
 from pipelines.settings import PIPELINE_NAMES
 
 pipeline_arg = click.argument("pipeline", type=click.Choice(PIPELINE_NAMES))
@@ -29,7 +30,7 @@ def compile_cmd(pipeline, output, config_path, overrides):
     """Compile PIPELINE to KFP YAML with the config's platform options (what CI runs)."""
     from pipelines.compile import compile_pipeline
 
-    cfg = load_cfg(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     path = compile_pipeline(pipeline, cfg, output)
     click.echo(f"compiled {pipeline} -> {path}")
 
@@ -51,7 +52,7 @@ def run_cmd(pipeline, pipeline_root, model_uri, config_path, overrides):
     """Run PIPELINE on KFP's local runner against the embedded stack."""
     from pipelines.local import run_local
 
-    cfg = load_cfg(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     params = {"model_uri": model_uri} if model_uri else {}
     result = run_local(pipeline, cfg, pipeline_root=pipeline_root, params=params)
     click.echo(result.summary())
@@ -67,7 +68,7 @@ def cluster_options(func):
 
     @functools.wraps(func)
     def connected(*args, host, namespace, token, sa_token_path, config_path, overrides, **kwargs):
-        cfg = load_cfg(config_path, overrides)
+        cfg = load_config(config_path, overrides)
         cluster = _connect(cfg, host, namespace, token, sa_token_path)
         return func(*args, cfg=cfg, cluster=cluster, **kwargs)
 
@@ -229,7 +230,7 @@ def smoke_test_cmd(pipeline, pipeline_root, config_path, overrides):
     """Run PIPELINE in the component images with KFP's DockerRunner (needs a Docker engine)."""
     from pipelines.local import smoke_test
 
-    cfg = load_cfg(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     result = smoke_test(pipeline, cfg, pipeline_root=pipeline_root)
     click.echo(result.summary())
 

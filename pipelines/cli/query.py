@@ -7,7 +7,8 @@ import shlex
 
 import click
 
-from pipelines.cli.common import config_options, load_cfg, set_if
+from pipelines.cli.common import config_options, set_if
+from pipelines.config import load_config
 
 
 @click.command()
@@ -89,7 +90,7 @@ def query(
         mask_column=mask_column,
         image_id_column=image_id_column,
     )
-    cfg = load_cfg(
+    cfg = load_config(
         config_path,
         overrides,
         {"query": section, "db": set_if({}, url=db_url, table=table)},

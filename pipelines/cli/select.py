@@ -8,7 +8,8 @@ import click
 
 from components.core.config import stage_run_dir
 from components.select.settings import SelectSettings
-from pipelines.cli.common import config_options, load_cfg, set_if
+from pipelines.cli.common import config_options, set_if
+from pipelines.config import load_config
 
 # The strategies the `select` section accepts (one list: the settings' own).
 STRATEGIES = get_args(SelectSettings.model_fields["strategy"].annotation)
@@ -56,7 +57,7 @@ def select_command(
             {}, strategy=strategy, budget=budget, metric=metric, stratify_by=stratify_by, seed=seed
         )
     }
-    cfg = load_cfg(config_path, overrides, extra)
+    cfg = load_config(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "select")
     metrics = run_select(cfg, predictions=predictions, records=records, out=out)
     click.echo(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from pipelines.cli.common import config_options, load_cfg
+from pipelines.cli.common import config_options
+from pipelines.config import load_config
 
 
 def stack_from(config_path, overrides):
     from pipelines.stack import Stack  # imported per command: keeps `segloop --help` fast
 
-    cfg = load_cfg(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     s = cfg.stack
     return Stack(s.dir, s.s3_port, s.mlflow_port, s.bucket, s.start_timeout_s)
 

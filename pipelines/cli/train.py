@@ -6,7 +6,8 @@ import click
 
 from components.core.config import stage_run_dir
 from components.core.errors import SegloopError
-from pipelines.cli.common import config_options, load_cfg, set_if
+from pipelines.cli.common import config_options, set_if
+from pipelines.config import load_config
 
 OUT_HELP = "Output folder or s3:// prefix (default: <out_root>/<project>/<subname>/{})."
 
@@ -38,7 +39,7 @@ def preprocess_command(config_path, overrides, inputs, out_dir, **options):
     """Merge annotation datasets, split by image (stratified), tile, compute stats."""
     from components.preprocess.stage import run_preprocess
 
-    cfg = load_cfg(config_path, overrides, {"preprocess": set_if({}, inputs=inputs, **options)})
+    cfg = load_config(config_path, overrides, {"preprocess": set_if({}, inputs=inputs, **options)})
     out = out_dir or stage_run_dir(cfg, "preprocess")
     m = run_preprocess(cfg, out=out)
     click.echo(
@@ -72,7 +73,7 @@ def train_command(config_path, overrides, data, out_dir, resume, nproc, **option
     """Train a segmentation model on preprocessed tiles; log it to MLflow."""
     from components.train.launch import train_processes
 
-    cfg = load_cfg(config_path, overrides, {"train": set_if({}, **options)})
+    cfg = load_config(config_path, overrides, {"train": set_if({}, **options)})
     data = data or stage_run_dir(cfg, "preprocess")
     out = out_dir or stage_run_dir(cfg, "train")
     m = train_processes(cfg, data=data, out=out, resume=resume, nproc=nproc)
@@ -98,7 +99,7 @@ def evaluate_command(config_path, overrides, model, data, out_dir, device):
     """Evaluate on the full-resolution test split; write a report with pictures."""
     from components.evaluate.stage import run_evaluate
 
-    cfg = load_cfg(config_path, overrides, {"evaluate": set_if({}, device=device)})
+    cfg = load_config(config_path, overrides, {"evaluate": set_if({}, device=device)})
     model = model or stage_run_dir(cfg, "train")
     data = data or stage_run_dir(cfg, "preprocess")
     out = out_dir or stage_run_dir(cfg, "evaluate")
@@ -121,7 +122,7 @@ def register_command(config_path, overrides, evaluation, model, out_dir, min_imp
     """Register the evaluated model; alias challenger; champion only if it wins."""
     from components.register.stage import run_register
 
-    cfg = load_cfg(
+    cfg = load_config(
         config_path, overrides, {"register": set_if({}, min_improvement=min_improvement)}
     )
     evaluation = evaluation or stage_run_dir(cfg, "evaluate")
@@ -153,7 +154,7 @@ def compare_command(config_path, overrides, name, by_versions, by_aliases, last,
         versions = [int(v) for v in items] if by_versions else None
     except ValueError:
         raise SegloopError(f"--versions takes numbers, got {' '.join(items)}") from None
-    cfg = load_cfg(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     out = out_dir or stage_run_dir(cfg, "compare")
     r = run_compare(
         cfg, out=out, model=name, versions=versions,
