@@ -15,6 +15,10 @@ Each image has a ground-truth class-id mask (uint8 PNG, 0 = soil/background), an
 has a labels file and a SemiF-like image table in a SQL database. Image `i` depends only on
 (`seed`, `i`), so the same seed gives the same images on every machine, whatever `n` is.
 
+With `pool="field"` the images come as a field collection does: plot sessions of several
+near-duplicate shots, sessions that differ in light and residue, and a rare weed (see
+`components.core.synthetic_field`, which states and defends its parameters).
+
 Layout under `out`: `images/<image_id>.jpg`, `masks/<image_id>.png`, `labels.yaml`,
 `images.jsonl` (the table rows). `out` may be a local folder or an `s3://` prefix.
 """
@@ -280,12 +284,18 @@ def area_bin(fraction: float) -> str | None:
 
 
 def _record(
-    seed: int, index: int, image_uri: str, mask_uri: str, mask: np.ndarray
+    seed: int, index: int, image_uri: str, mask_uri: str, mask: np.ndarray, session: Any = None
 ) -> dict[str, Any]:
-    rng = np.random.default_rng([seed, index, 1])
+    """The image's table row. `session` (field pool): a `Shot`; its session's shots share the
+    place, the day and the batch, minutes apart."""
+    rng = np.random.default_rng([seed, index, 1] if session is None else [seed, session.session, 3])
     state = STATES[int(rng.integers(len(STATES)))]
     day = dt.date(2023, 3, 1) + dt.timedelta(days=int(rng.integers(0, 6)) * 30)
     when = dt.datetime.combine(day, dt.time(8)) + dt.timedelta(seconds=int(rng.integers(0, 36000)))
+    batch = f"{state}_{day.isoformat()}"
+    if session is not None:
+        when += dt.timedelta(seconds=40 * session.shot)
+        batch += f"_plot{session.session:04d}"
     counts = np.bincount(mask.ravel(), minlength=LABELS.num_classes)
     fg = counts[1:].sum()
     dominant = LABELS.names[int(np.argmax(counts[1:])) + 1] if fg else None
@@ -297,7 +307,7 @@ def _record(
         "state": state,
         "season": SEASONS[int(rng.integers(len(SEASONS)))],
         "datetime": when.isoformat(),
-        "batch_id": f"{state}_{day.isoformat()}",
+        "batch_id": batch,
         "category_common_name": dominant,
         "estimated_area_bin": area_bin(float(fg) / mask.size),
         "width": w,
@@ -334,13 +344,25 @@ def make_dataset(
     size: Size = (128, 128),
     large: int = 0,
     replace: bool = True,
+    pool: str = "plain",
+    singles: int = 0,
 ) -> SynthResult:
     """Write `n` images, masks, labels and an image table; returns where everything is.
 
     `size` is a fixed (w, h) or ((wmin, wmax), (hmin, hmax)) for random sizes; the last `large`
     of the `n` images are 2048x1536. With `replace`, an existing synthetic table of that name is
-    dropped; any other table of that name is refused (`check_replaceable`).
+    dropped; any other table of that name is refused (`check_replaceable`). `pool`: `plain`
+    (independent images) or `field` (plot sessions of near-duplicate shots, a rare weed; the
+    first `singles` images one shot each, as a curated test or seed set).
     """
+    from components.core import synthetic_field as field
+
+    if pool not in ("plain", "field"):
+        raise SegloopError(f"--pool must be plain or field, got {pool!r}")
+    shots = None
+    if pool == "field":
+        field.check_field_size(size, large)
+        shots = field.layout(seed, n, singles)
     if n < 1:
         raise SegloopError(f"--n must be at least 1, got {n}")
     if not 0 <= large <= n:
@@ -356,7 +378,10 @@ def make_dataset(
     with storage.output_dir(out, resume=False) as local:
         for i in track(range(n), total=n, desc="synth", unit="img"):
             w, h = sizes[i]
-            image, mask, _ = render(seed, i, w, h)
+            if shots is None:
+                image, mask, _ = render(seed, i, w, h)
+            else:
+                image, mask, _ = field.render_field(seed, shots[i], w, h, singles)
             image_id = f"img_{i:05d}"
             written += [local / "images" / f"{image_id}.jpg", local / "masks" / f"{image_id}.png"]
             save_rgb(written[-2], image, quality=92)
@@ -368,6 +393,7 @@ def make_dataset(
                     storage.join(out, "images", f"{image_id}.jpg"),
                     storage.join(out, "masks", f"{image_id}.png"),
                     mask,
+                    None if shots is None else shots[i],
                 )
             )
         written += [local / "labels.yaml", local / "images.jsonl"]
