@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from pipelines.cli.common import config_options, load_cfg, set_if
+from pipelines.cli.common import config_options, set_if
+from pipelines.config import load_config
 
 
 @click.group()
@@ -52,7 +53,7 @@ def synth(n, out, seed, db_url, table, size, large, pool, singles, config_path, 
     from components.core.db import safe_url
     from components.core.synthetic import make_dataset, parse_size
 
-    cfg = load_cfg(config_path, overrides, {"db": set_if({}, url=db_url, table=table)})
+    cfg = load_config(config_path, overrides, {"db": set_if({}, url=db_url, table=table)})
     result = make_dataset(
         out,
         n,
