@@ -1,11 +1,12 @@
 """Model factory and ModelSpec validation (tiny encoders, no pretrained weights)."""
 
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 
 from components.core.errors import SegloopError
 from components.core.labels import Label
-from components.core.model import ModelSpec, build_from_spec, build_model
+from components.core.model import ModelSpec, archs, build_from_spec, build_model
 
 LABELS3 = [
     Label(name="background", id=0, color="#000000"),
@@ -30,11 +31,19 @@ def test_build_each_arch_gives_logits_of_input_size(arch):
     assert out.shape == (1, 3, 64, 64)
 
 
-def test_unknown_arch_lists_allowed():
-    with pytest.raises(
-        SegloopError, match="allowed: Unet, UnetPlusPlus, FPN, DeepLabV3Plus, Segformer"
-    ):
+def test_unknown_arch_lists_every_arch_the_installed_smp_registers():
+    registered = [cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()]
+    assert list(archs()) == registered and "DPT" in registered
+    with pytest.raises(SegloopError, match="unknown model arch 'UNetX'; allowed: ") as err:
         build_model("UNetX", "resnet18")
+    assert str(err.value).endswith(", ".join(registered))
+
+
+def test_dpt_builds_with_a_vit_encoder():
+    """DPT (not in the hand-kept list this replaced) wants a timm ViT encoder."""
+    model = build_model("dpt", "tu-vit_tiny_patch16_224", None, classes=3, dynamic_img_size=True)
+    with torch.inference_mode():
+        assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
 
 
 def test_unknown_encoder_is_named():

@@ -2,8 +2,8 @@
 
 API (stable; the train, evaluate and infer stages use it):
 
-- `ARCHS`: the architectures segloop builds (names as in smp: "Unet", "UnetPlusPlus", "FPN",
-  "DeepLabV3Plus", "Segformer", ...).
+- `archs()`: the architectures segloop builds, every one the installed smp registers (names
+  as in smp: "Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer", "DPT", ...).
 - `build_model(arch, encoder_name, encoder_weights=None, in_channels=3, classes=1, **kwargs)`
   -> `torch.nn.Module` returning logits NxCxHxW. `kwargs` go to the smp constructor (e.g.
   `decoder_channels=(32, 16, 8, 8, 8)` for a small Unet). Unknown arch or encoder -> SegloopError.
@@ -30,33 +30,26 @@ from components.core.errors import SegloopError
 from components.core.labels import Label, LabelSet
 from components.core.version import segloop_version
 
-# The smp architectures segloop supports (all take encoder_name/encoder_weights/in_channels/classes).
-ARCHS = (
-    "Unet",
-    "UnetPlusPlus",
-    "FPN",
-    "DeepLabV3Plus",
-    "Segformer",
-    "DeepLabV3",
-    "Linknet",
-    "MAnet",
-    "PAN",
-    "PSPNet",
-    "UPerNet",
-)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPEC_FORMAT = 1
 
 
+def archs() -> tuple[str, ...]:
+    """The architectures the installed smp builds (its own registry; imported on first use)."""
+    import segmentation_models_pytorch as smp
+
+    return tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
+
+
 def _arch_class(arch: str):
     import segmentation_models_pytorch as smp
 
-    by_lower = {a.lower(): a for a in ARCHS}
-    canonical = by_lower.get(str(arch).lower().replace("_", "").replace("-", ""))
-    if canonical is None:
-        raise SegloopError(f"unknown model arch {arch!r}; allowed: {', '.join(ARCHS)}")
-    return canonical, getattr(smp, canonical)
+    key = str(arch).lower().replace("_", "").replace("-", "")
+    cls = smp.MODEL_ARCHITECTURES_MAPPING.get(key)
+    if cls is None:
+        raise SegloopError(f"unknown model arch {arch!r}; allowed: {', '.join(archs())}")
+    return cls.__name__, cls
 
 
 def canonical_arch(arch: str) -> str:
