@@ -7,7 +7,7 @@ REGISTRY ?= ghcr.io/segloop
 TAG ?= $(shell $(BIN)/python -m components.images tag 2>/dev/null || sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 PIPELINES := pre_annotation training active_learning
 
-.PHONY: install lock demo test lint format up down status compile images base-image images-test push bench clean
+.PHONY: install lock demo test docs lint format up down status compile images base-image images-test push bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ demo: install
 
 test: install
 	$(BIN)/pytest -q
+
+# The manual (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor, or a page left
+# out of the nav, fails (tests/test_docs.py runs the same build).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: install
 	$(BIN)/ruff check .
@@ -106,4 +111,4 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build site .pytest_cache .ruff_cache
