@@ -9,60 +9,51 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import zlib
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
-from components.core.config import is_secret_key
 from components.core.errors import SegloopError
+from components.core.redact import is_reference, is_secret_key, secret_shapes
 from pipelines.config import SegloopConfig
 
-# scheme://user:password@ (the password may hold '/' when it was not percent-encoded).
-_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+
+def _literal(value: Any) -> bool:
+    """A scalar that may be a secret's value: not empty, not a flag, not a path to a file."""
+    if value is None or isinstance(value, bool | dict | list | tuple):
+        return False
+    return value != "" and not (isinstance(value, str) and is_reference(value))
 
 
-def url_credential(value: str) -> str | None:
-    """What makes `value` a URL that carries a credential (None when it is not one)."""
-    if "://" not in value:
-        return None
-    try:
-        parts = urlsplit(value.strip())
-        password = parts.password
-        query = parse_qsl(parts.query, keep_blank_values=False)
-    except ValueError:
-        password, query = None, []
-    if password:
-        return "a password inside the URL"
-    m = _USERINFO.match(value.strip())
-    # user:password@ with a '/' in the password; `host:8080/path@x` is a port, not a password.
-    if m and m["pw"] and not re.match(r"\d+(/|$)", m["pw"]):
-        return "a password inside the URL"
-    names = [name for name, val in query if val and is_secret_key(name)]
-    if names:
-        return f"a credential in the URL's query ({', '.join(names)})"
+def secret_value(name: str, value: Any) -> str | None:
+    """Why `value` under the setting `name` is a credential (None when it is not): a string, a
+    number or a list of them under a name that says secret (a path points at the secret, it is
+    not one), or a string that shows one by its shape (`redact.secret_shapes`: a URL's
+    password anywhere in it, `?api_key=`, `sig=`, `password=...`, an Authorization header)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    if is_secret_key(name) and any(_literal(v) for v in values):
+        return "a value under a name that says it is a secret"
+    if isinstance(value, str):
+        return "; ".join(secret_shapes(value)) or None
     return None
 
 
 def find_credentials(data: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(key, why) for every credential in `data`: a non-empty value under a key that looks like
-    a secret (password, secret, token, access_key, credential), or a URL that carries one."""
-    found: list[tuple[str, str]] = []
+    """(setting path, why) for every credential in `data` (`secret_value`), through dicts and
+    lists: the path says where it is, never what it is."""
     if isinstance(data, dict):
-        for key, value in data.items():
-            name = f"{prefix}{key}"
-            if is_secret_key(str(key)) and isinstance(value, str) and value:
-                found.append((name, "a value under a key that names a credential"))
-            else:
-                found += find_credentials(value, f"{name}.")
+        entries = [(f"{prefix}.{k}".lstrip("."), str(k), v) for k, v in data.items()]
     elif isinstance(data, list | tuple):
-        for i, value in enumerate(data):
-            found += find_credentials(value, f"{prefix.rstrip('.')}[{i}].")
-    elif isinstance(data, str):
-        why = url_credential(data)
+        entries = [(f"{prefix}[{i}]", "", v) for i, v in enumerate(data)]
+    else:
+        entries = [(prefix, "", data)]
+    found: list[tuple[str, str]] = []
+    for path, name, value in entries:
+        why = secret_value(name, value)
         if why:
-            found.append((prefix.rstrip("."), why))
+            found.append((path, why))
+        elif isinstance(value, dict | list | tuple):
+            found += find_credentials(value, path)
     return found
 
 
@@ -98,16 +89,18 @@ def _secret_for(key: str, cfg: SegloopConfig) -> str:
 
 
 def check_no_credentials(cfg: SegloopConfig, params: dict[str, Any] | None = None) -> None:
-    """Refuse a config (and run parameters) holding credentials: the config is compiled into
-    the pipeline YAML and sent as the run's `config_json`, both in clear text."""
+    """Refuse a config (and run parameters) holding credentials, in one line that names the
+    setting, never the value: the config is compiled into the pipeline YAML and sent as the
+    run's `config_json`, both in clear text."""
     found = find_credentials(cfg.model_dump(mode="json"))
     found += [(f"parameter {k}", why) for k, why in find_credentials(params or {})]
     if not found:
         return
-    lines = [f"- {key}: {why}; {_secret_for(key, cfg)}" for key, why in found]
+    (key, why), rest = found[0], [k for k, _ in found[1:]]
+    also = f" (also: {', '.join(rest)})" if rest else ""
     raise SegloopError(
-        "the config holds credentials, which would be written in clear text into the pipeline "
-        "YAML and the run's parameters:\n" + "\n".join(lines)
+        f"{key} holds a credential ({why}), which would be written in clear text into the "
+        f"pipeline YAML and the run's parameters; {_secret_for(key, cfg)}{also}"
     )
 
 

@@ -272,15 +272,9 @@ class KfpSettings(Section):
 
     @field_validator("env")
     @classmethod
-    def _no_credentials_in_env(cls, env: dict[str, str]) -> dict[str, str]:
-        # Plain env vars are compiled into the YAML in clear text: credentials belong in Secrets.
-        words = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")
-        bad = [k for k in env if any(w in k.upper() for w in words)]
-        if bad:
-            raise ValueError(
-                f"{bad} look like credentials; put them in a Kubernetes Secret and list it "
-                "under kfp.env_from instead of kfp.env"
-            )
+    def _env_adds_to_segloops(cls, env: dict[str, str]) -> dict[str, str]:
+        # Credentials here are refused by pipelines.compile.check_no_credentials (one
+        # definition of a secret, for every setting), before anything is compiled or sent.
         # User env adds to segloop's: these point at the task's writable volumes.
         taken = sorted(k for k in env if k in TASK_ENV and env[k] != TASK_ENV[k])
         if taken:

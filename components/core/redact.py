@@ -3,8 +3,7 @@
 `redact(text)` hides, anywhere in a string:
 - the password of a URL's userinfo, for any scheme (`postgresql://u:pw@h/db` -> `u:***@h`);
 - the values of secret-like query or key=value parameters (`?token=...`, `&X-Amz-Signature=...`,
-  `password=...` in a libpq DSN): names with password, secret, token, credential, auth,
-  signature, api/access/private key, or exactly sig, pwd, pass;
+  `password=...` in a libpq DSN, `?api_key=`, Azure SAS `sig=`): any name `is_secret_key`;
 - `Authorization:` header values;
 - the literal values of secret environment variables (`CVAT_PASSWORD`, `AWS_SECRET_ACCESS_KEY`,
   any variable whose name `is_secret_key`), so a secret that reached a message another way is
@@ -30,26 +29,39 @@ import warnings
 from typing import Any
 
 MASK = "***"
-SECRET_WORDS = ("password", "secret", "token", "access_key", "credential")
-# Parameter names (query strings, key=value text) whose values are secrets: a name that
-# contains one of these, or is one of SECRET_PARAM_NAMES.
-SECRET_PARAM_WORDS = (
-    *SECRET_WORDS,
+# A name says its value is a secret when, split into lower-case words (at '_', '-', '.', and
+# camelCase: `apiKey` -> `api_key`), it holds one of SECRET_WORDS not followed by a letter
+# (`pgpassword`, `X-Amz-Signature`, `AWS_SECRET_ACCESS_KEY`, but not `max_tokens`, `tokenizer`),
+# or one of SECRET_TOKENS as a whole word (`MYSQL_PWD`, `DB_PASS`, `sig`, `auth`, but not
+# `bypass`, `author`).
+SECRET_WORDS = (
+    "password",
     "passwd",
     "passphrase",
-    "apikey",
-    "api_key",
-    "api-key",
+    "secret",
+    "secrets",
+    "token",
+    "credential",
+    "credentials",
+    "access_key",
     "accesskey",
-    "auth",
-    "signature",
+    "api_key",
+    "apikey",
     "private_key",
+    "privatekey",
+    "signature",
+    "authorization",
 )
-SECRET_PARAM_NAMES = frozenset({"sig", "pwd", "pass"})
+SECRET_TOKENS = ("pwd", "pw", "pass", "sig", "auth")
+_SECRET_NAME = re.compile(
+    rf"(?:{'|'.join(SECRET_WORDS)})(?![a-z])|(?<![a-z])(?:{'|'.join(SECRET_TOKENS)})(?![a-z])"
+)
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # Environment values shorter than this are not searched for: masking every "abc" in every
 # message would garble output more than it protects (such a password is not one).
 MIN_ENV_SECRET_LEN = 6
-NOT_SECRET_ENV_SUFFIXES = ("_FILE", "_PATH", "_DIR", "_ID")  # AWS_ACCESS_KEY_ID is a name
+# Names that end so hold a reference (a file, a folder, an id), not the secret itself.
+NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "_id")  # AWS_ACCESS_KEY_ID is a name
 
 # scheme://user:password@ -- the password runs to the last '@' before a space or quote, so a
 # raw '@' or '/' inside it is hidden too (SQLAlchemy accepts both). Bounded lengths and a match
@@ -62,21 +74,54 @@ PARAM = re.compile(r"""(?:(?<=[?&;\s,(])|^)([A-Za-z0-9_.-]+)=([^&#\s'"<>,;)]+)""
 AUTH_HEADER = re.compile(
     r"""(?i)\b((?:proxy-)?authorization['"]?\s*[:=]\s*['"]?)(?:(bearer|token|basic|digest)\s+)?[^\s'",;}]+"""
 )
+# A value shaped like a file path (`/var/run/secrets/key.json`, `~/.aws/credentials`): under a
+# secret-like name (GOOGLE_APPLICATION_CREDENTIALS) it points at the secret, it is not one.
+PATH_VALUE = re.compile(r"^(?:file://|~|\.{1,2})?/[\w.+@-]*(?:/[\w.+@-]*)*$")
+
+
+def words_of(name: str) -> str:
+    """`name` in lower case with its words joined by '_' (`X-Amz-Signature` -> x_amz_signature)."""
+    return re.sub(r"[^a-z0-9]+", "_", _CAMEL.sub("_", name).lower())
 
 
 def is_secret_key(name: str) -> bool:
-    """Whether a key's name says it holds a credential (password, secret, token, ...)."""
-    return any(w in name.lower() for w in SECRET_WORDS)
+    """Whether a key's, variable's or parameter's name says it holds a credential (password,
+    secret, token, api key, signature, pwd, pass, sig, auth, ...); names ending in _file, _path,
+    _dir or _id hold a reference, not the secret."""
+    words = words_of(name)
+    return bool(_SECRET_NAME.search(words)) and not words.endswith(NOT_SECRET_SUFFIXES)
 
 
-def _is_secret_param(name: str) -> bool:
-    low = name.lower()
-    return low in SECRET_PARAM_NAMES or any(w in low for w in SECRET_PARAM_WORDS)
+def is_reference(value: str) -> bool:
+    """Whether `value` is shaped like a file path: under a secret name it points at the secret."""
+    return bool(PATH_VALUE.match(value.strip()))
+
+
+def _is_port(password: str) -> bool:
+    # `host:8080/path@x`: the "password" the pattern found is a port and a path.
+    return bool(re.match(r"\d+(/|$)", password))
+
+
+def secret_shapes(text: str) -> list[str]:
+    """What secrets `text` shows, by kind and name, never the value: what `redact` masks
+    (a URL's password anywhere in the text, a secret-named query or key=value parameter, an
+    Authorization header). The shared definition behind `redact` and the compile-time check."""
+    found: list[str] = []
+    for m in URL_PASSWORD.finditer(text):
+        password = m.group(0)[len(m.group(1)) :].rsplit("@", 1)[0]
+        if password and not _is_port(password):
+            found.append("a password inside a URL")
+    names = sorted({m.group(1) for m in PARAM.finditer(text) if is_secret_key(m.group(1))})
+    if names:
+        found.append(f"a secret parameter ({', '.join(names)})")
+    if AUTH_HEADER.search(text):
+        found.append("an Authorization header")
+    return found
 
 
 def _param(match: re.Match) -> str:
     name = match.group(1)
-    return f"{name}={MASK}" if _is_secret_param(name) else match.group(0)
+    return f"{name}={MASK}" if is_secret_key(name) else match.group(0)
 
 
 def env_secrets() -> list[str]:
@@ -84,9 +129,7 @@ def env_secrets() -> list[str]:
     values = {
         value
         for name, value in os.environ.items()
-        if len(value) >= MIN_ENV_SECRET_LEN
-        and is_secret_key(name)
-        and not name.upper().endswith(NOT_SECRET_ENV_SUFFIXES)
+        if len(value) >= MIN_ENV_SECRET_LEN and is_secret_key(name)
     }
     return sorted(values, key=len, reverse=True)
 
