@@ -457,3 +457,64 @@ def test_zip_slip_is_refused_and_writes_nothing(tmp_path):
         safe_extract(archive, dest)
     assert "\n" not in str(info.value) and "escaped.txt" in str(info.value)
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def _png_with_rows(pixels, rows: int) -> bytes:
+    """A well-formed grayscale PNG (valid chunks and CRCs, a complete zlib stream) of the full
+    size whose image data holds only its first `rows` rows."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    height, width = pixels.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = b"".join(b"\x00" + row.tobytes() for row in pixels[:rows])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_a_png_whose_image_data_stops_short_is_refused_by_every_decode(tmp_path):
+    """PIL decodes such a file without a word, the missing rows as zeros: class 0, background,
+    in a mask. Every segloop decode (masks, images) refuses it; the whole file still decodes."""
+    import numpy as np
+    from PIL import Image
+
+    from components.core.images import decode_rgb, load_mask
+
+    pixels = np.full((40, 30), 2, np.uint8)
+    short, whole = tmp_path / "short.png", tmp_path / "whole.png"
+    short.write_bytes(_png_with_rows(pixels, 10))
+    whole.write_bytes(_png_with_rows(pixels, 40))
+    assert not np.asarray(Image.open(short))[10:].any()  # PIL: all background below row 10
+    with pytest.raises(SegloopError) as refused:
+        load_mask(short)
+    assert "image data stops after 310 of 1,240 bytes: cut short" in str(refused.value)
+    with pytest.raises(SegloopError, match="cut short"):
+        decode_rgb(short.read_bytes(), str(short))
+    assert (load_mask(whole) == pixels).all()
+    for name, data in (("empty.png", b""), ("text.png", b"hello, not an image\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SegloopError, match="not a readable mask: (empty file|not an image)"):
+            load_mask(tmp_path / name)
+
+
+def test_no_import_turns_on_pils_truncated_image_loading():
+    """With LOAD_TRUNCATED_IMAGES on, PIL returns a file cut short with its missing part filled
+    in; segloop's heaviest imports (each stage's libraries) must leave it off."""
+    code = (
+        "import components.core.images, torch, torchvision, segmentation_models_pytorch, mlflow\n"
+        "import cvat_sdk, kfp, components.config\n"
+        "from PIL import ImageFile\n"
+        "print(ImageFile.LOAD_TRUNCATED_IMAGES)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

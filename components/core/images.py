@@ -9,12 +9,14 @@ within a size cap) and every decode checks the header's size against the pixel b
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from components.core import limits, storage
 from components.core.errors import SegloopError
@@ -22,6 +24,9 @@ from components.core.errors import SegloopError
 # Our budget (limits.PIXELS) is checked before each decode; PIL's own bomb guard, which refuses
 # at twice its limit, backs it up where an image is opened elsewhere.
 Image.MAX_IMAGE_PIXELS = limits.max_image_pixels()
+# A file cut short must fail to decode, never come out with its missing rows as zeros (in a
+# mask: background). Off is PIL's default; said here so that no import turns it on unseen.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 # What a decoder raises on a file that is not a (whole) image; DecompressionBombError too,
 # since some formats (GIF frames) check their size while loading, after `open_checked`.
 DECODE_ERRORS = (
@@ -75,6 +80,75 @@ def read_image_bytes(uri: str | Path) -> bytes:
     return limits.read_user_bytes(uri, limits.IMAGE)
 
 
+# PNG: channels per colour type, and the Adam7 passes (x0, y0, dx, dy) of an interlaced image.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+_INFLATE_STEP = 1 << 20  # bytes of decompressed data held at a time while counting
+
+
+def _png_raw_size(header: bytes) -> int:
+    """Bytes of filtered scanlines an IHDR chunk's image needs (each row: a filter byte + data)."""
+    width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, colour, interlace = header[8], header[9], header[12]
+    bits = _PNG_CHANNELS.get(colour, 4) * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        cols, rows = math.ceil((width - x0) / dx), math.ceil((height - y0) / dy)
+        if cols > 0 and rows > 0:
+            total += rows * (1 + math.ceil(cols * bits / 8))
+    return total
+
+
+def check_png_data(data: bytes) -> None:
+    """Raise OSError when a PNG's image data (its IDAT zlib stream) ends before the last row.
+
+    PIL decodes such a file without complaint (LOAD_TRUNCATED_IMAGES or not): a well-formed
+    but short zlib stream just ends, and the rows it lacks stay zero, which in a mask is class
+    0, background. Counted here in bounded steps, the data itself thrown away; call it after
+    the pixel budget check (the header's size is trusted for the count). Not a PNG: no-op.
+    """
+    if not data.startswith(SIGNATURES[0][0]):
+        return
+    inflate, produced, needed, pos = zlib.decompressobj(), 0, None, 8
+    try:
+        while pos + 8 <= len(data) and not inflate.eof:
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+            pos += 12 + length
+            if kind == b"IHDR" and len(body) >= 13:
+                needed = _png_raw_size(body)
+            elif kind == b"IDAT":
+                while body and not inflate.eof and produced < (needed or 0):
+                    produced += len(inflate.decompress(body, _INFLATE_STEP))
+                    body = inflate.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            if needed is not None and produced >= needed:
+                return
+        produced += len(inflate.flush())
+    except zlib.error as exc:
+        raise OSError(f"its image data is corrupt ({exc})") from None
+    if needed is not None and produced < needed:
+        raise OSError(f"its image data stops after {produced:,} of {needed:,} bytes: cut short")
+
+
+def load_whole(img: Image.Image, data: bytes) -> None:
+    """Decode `img` (opened from `data`) completely: PIL's `load`, which raises on a file cut
+    short, and for a PNG `check_png_data`, for image data cut short inside a whole file."""
+    img.load()
+    if img.format == "PNG":
+        check_png_data(data)
+
+
 def open_checked(fp, source: str) -> Image.Image:
     """`Image.open` (lazy: header only) that refuses a claimed size over the pixel budget."""
     try:
@@ -101,7 +175,7 @@ def decode_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise SegloopError(f"{source}: {unreadable_reason(data)}; replace or remove the file")
     try:
         with open_checked(io.BytesIO(data), source) as img:
-            img.load()
+            load_whole(img, data)
             img = ImageOps.exif_transpose(img)
             return to_rgb_array(img)
     except DECODE_ERRORS as exc:
@@ -148,7 +222,7 @@ def load_mask(uri: str | Path) -> np.ndarray:
                 raise SegloopError(
                     f"{uri}: a class-id mask must be a single-channel PNG (mode L or P), got mode {img.mode}"
                 )
-            img.load()
+            load_whole(img, data)
             return np.asarray(img, dtype=np.uint8)
     except DECODE_ERRORS as exc:
         raise SegloopError(f"{uri}: not a readable mask: {unreadable_reason(data, exc)}") from exc

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from components.core.errors import SegloopError
-from components.core.images import DECODE_ERRORS, open_checked, unreadable_reason
+from components.core.images import DECODE_ERRORS, load_whole, open_checked, unreadable_reason
 from components.core.labels import LabelSet
 from components.core.masks import coco_segmentation_to_bitmap
 
@@ -124,7 +124,7 @@ def check_image(data: bytes, source: str, width: int, height: int) -> None:
                 raise SegloopError(
                     f"{source} is {size[0]}x{size[1]}, the frame is {width}x{height}"
                 )
-            img.load()
+            load_whole(img, data)
     except DECODE_ERRORS as exc:
         raise SegloopError(f"{source}: {unreadable_reason(data, exc)}") from None
 
@@ -178,6 +178,7 @@ def _read_rgb(path: Path, width: int, height: int) -> np.ndarray:
                 raise SegloopError(
                     f"it is {img.size[0]}x{img.size[1]}, the image is {width}x{height}"
                 )
+            load_whole(img, data)
             return np.asarray(img.convert("RGB"))
     except DECODE_ERRORS as exc:
         raise SegloopError(unreadable_reason(data, exc)) from None
