@@ -155,6 +155,28 @@ def _claiming_png(side: int) -> bytes:
     )
 
 
+def _short_zlib(task: Task) -> None:
+    """The mask as a well-formed PNG (valid chunks and CRCs, a complete zlib stream) whose image
+    data holds only its first 24 rows: PIL decodes it without a word, the rest as zeros."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    rgb = np.asarray(Image.open(task.dir / MASK).convert("RGB"))
+    height, width = rgb.shape[:2]
+    rows = b"".join(b"\x00" + row.tobytes() for row in rgb[:24])
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    (task.dir / MASK).write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    assert np.asarray(Image.open(task.dir / MASK)).shape == rgb.shape  # PIL: no complaint
+
+
 def _bomb(task: Task) -> None:
     (task.dir / MASK).write_bytes(_claiming_png(20000))
 
@@ -172,6 +194,10 @@ LOST_MASKS = {
     ),
     "0 bytes": (lambda t: (t.dir / MASK).write_bytes(b""), ["cannot be used", "0 bytes"]),
     "truncated": (_truncate, ["cannot be used", MASK]),
+    "zlib cut short": (
+        _short_zlib,
+        ["cannot be used", MASK, "image data stops after 6,936 of 20,808 bytes: cut short"],
+    ),
     "not an image": (lambda t: (t.dir / MASK).write_text("hello"), ["cannot be used", MASK]),
     "linked out": (_link_mask_out, ["is a link that leads out of the task folder"]),
     "wrong size": (
@@ -527,3 +553,54 @@ def test_a_mask_that_claims_81_megapixels_is_refused_without_decoding(task):
     assert code == 2
     assert "it is 9000x9000, the image is 96x72" in message
     assert peak_mb < 200, peak_mb  # about 90 MB measured
+
+
+# ---------------------------------------------------------------- provenance and lock
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_folder_locked(task, monkeypatch, capsys):
+    """The output folder records the settings that shape its files (components.core.outputs):
+    a resuming rerun that would keep masks of other class ids or images-or-not is refused,
+    naming the setting, until --overwrite; a folder another run writes is locked."""
+    from test_provenance import hold_lock  # tests/ is on sys.path
+
+    code, output = download(task, monkeypatch, capsys)
+    assert code == 0, output
+    recorded = json.loads((task.out / "settings.json").read_text())
+    assert recorded["stage"] == "download-cvat"
+    assert recorded["settings"]["include_images"] is True
+    before = snapshot(task.out)
+
+    code, output = download(task, monkeypatch, capsys, "--no-images")
+    assert code == 2, output
+    (line,) = [x for x in output.splitlines() if x.startswith("error:")]
+    assert "include_images: true there, false now" in line and "--overwrite" in line
+    assert snapshot(task.out) == before  # nothing of the refused run was written
+
+    # Other class ids: the kept masks would hold the old ones.
+    labels = json.loads((task.pred / "labels.json").read_text())
+    labels["labels"][1]["name"] = "renamed"
+    (task.pred / "labels2.json").write_text(json.dumps(labels))
+    code, output = download(
+        task, monkeypatch, capsys, "-o", f"project.labels={task.pred / 'labels2.json'}"
+    )
+    assert code == 2 and "labels: " in output and "--overwrite" in output
+
+    code, output = download(task, monkeypatch, capsys, "--no-images", "--overwrite")
+    assert code == 0, output
+    assert not (task.out / "images").exists()
+    assert (
+        json.loads((task.out / "settings.json").read_text())["settings"]["include_images"] is False
+    )
+
+    # Settings that do not shape the files (which tasks, the mask rule) resume as before.
+    code, output = download(task, monkeypatch, capsys, "--no-images", "--missing-mask", "empty")
+    assert code == 0, output
+
+    holder = hold_lock(task.out)
+    try:
+        code, output = download(task, monkeypatch, capsys, "--no-images")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert code == 2 and "is in use by another segloop run" in output

@@ -24,7 +24,10 @@ never silently background. Nothing outside the task (or export) folder is read.
 Output folder: `images/<record>.<ext>` (when images are included), `masks/<record>.png`
 (class ids), `labels.json`, `provenance.json` (task ids, updated dates, job stages and
 states), `manifest.jsonl`, `metrics.json` (with the correction effort: per image, IoU and
-changed-pixel share between the uploaded pre-annotation and the refined mask), `cfg.yaml`.
+changed-pixel share between the uploaded pre-annotation and the refined mask), `cfg.yaml`,
+`settings.json` (the settings that shape these files, `output_settings`; a resuming rerun with
+others is refused unless `overwrite`, components.core.outputs). The folder is locked while a run
+writes it.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core import artifacts, storage
+from components.core import artifacts, outputs, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_mask_png
@@ -53,6 +56,29 @@ from components.download_cvat.settings import DownloadCvatConfig
 from components.download_cvat.sources import CvatSource, FolderSource, TaskInfo
 
 log = logging.getLogger("segloop.download_cvat")
+
+STAGE = "download-cvat"
+OVERWRITE_HINT = (
+    "pass --overwrite (download_cvat.overwrite=true) or --no-resume (download_cvat.resume=false)"
+)
+
+
+def output_settings(cfg: DownloadCvatConfig, labels: LabelSet) -> dict[str, Any]:
+    """What shapes the files of a download folder, recorded in its settings.json.
+
+    A rerun that resumes keeps the files of unchanged tasks, so it must make them the same way:
+    the same class ids, format and images-or-not (a rerun with others is refused). Which tasks
+    are chosen is not among them (a rerun with other tasks brings the folder up to date), nor
+    are image_source and missing_mask: when they change, every task is exported again
+    (`_previous_tasks`), and provenance.json records them.
+    """
+    s = cfg.download_cvat
+    return {
+        "backend": cfg.cvat.backend,
+        "labels": {label.name: label.id for label in labels.labels},
+        "format": s.format,
+        "include_images": s.include_images,
+    }
 
 
 def load_upload(upload_dir: str | None) -> dict[str, Any] | None:
@@ -540,7 +566,14 @@ def run_download_cvat(cfg: DownloadCvatConfig, out: str) -> dict[str, Any]:
         downloader = Downloader(cfg, None, upload, labels)
         plan = Plan.make(downloader.claims(chosen), chosen, settings.on_duplicate)
         _warn_duplicates(plan.duplicates)
-        with storage.output_dir(out, resume=settings.resume) as out_dir:
+        with outputs.open_output(
+            out,
+            STAGE,
+            output_settings(cfg, labels),
+            resume=settings.resume,
+            overwrite=settings.overwrite,
+            overwrite_hint=OVERWRITE_HINT,
+        ) as out_dir:
             downloader.out_dir = out_dir
             metrics = _write(cfg, downloader, source, chosen, rejected, plan, started)
     log.info(
@@ -680,29 +713,55 @@ def _write(
     plan: Plan,
     started: float,
 ) -> dict[str, Any]:
+    """Download the chosen tasks into `downloader.out_dir` and write the folder's records."""
     settings = cfg.download_cvat
-    out_dir, labels = downloader.out_dir, downloader.labels
+    out_dir = downloader.out_dir
     previous = _previous_tasks(settings, out_dir)
-    earlier: dict[str, dict[str, Any]] = {}
-    if not settings.resume:
-        # Nothing is reused, but the files the last run wrote are still known, to clear them.
-        earlier = artifacts.Manifest(out_dir).entries
-        (out_dir / "manifest.jsonl").unlink(missing_ok=True)
-    manifest = artifacts.Manifest(out_dir)
+    manifest, earlier = _open_manifest(out_dir, settings.resume)
     done = _download_tasks(downloader, source, chosen, plan, manifest, previous)
     _drop_stale(manifest, out_dir, set(plan.winners), earlier)
     entries = list(manifest.entries.values())
+    downloader.labels.save(out_dir / "labels.json")
+    storage.write_json(
+        out_dir / "provenance.json", _provenance(cfg, source, chosen, rejected, plan, entries)
+    )
+    metrics = _metrics(cfg, chosen, rejected, plan, done, entries, started)
+    manifest.compact()
+    artifacts.write_metrics(out_dir, metrics)
+    save_resolved(cfg, out_dir)
+    artifacts.check_failures(STAGE, manifest.failed(), settings.max_failures)
+    return metrics
+
+
+def _open_manifest(
+    out_dir: Path, resume: bool
+) -> tuple[artifacts.Manifest, dict[str, dict[str, Any]]]:
+    """The manifest to write, and (without `resume`) the last run's entries, whose files are
+    cleared unless this run writes them again."""
+    earlier: dict[str, dict[str, Any]] = {}
+    if not resume:
+        earlier = artifacts.Manifest(out_dir).entries
+        (out_dir / "manifest.jsonl").unlink(missing_ok=True)
+    return artifacts.Manifest(out_dir), earlier
+
+
+def _metrics(
+    cfg: DownloadCvatConfig,
+    chosen: list[TaskInfo],
+    rejected: list[dict[str, Any]],
+    plan: Plan,
+    done: dict[str, list],
+    entries: list[dict[str, Any]],
+    started: float,
+) -> dict[str, Any]:
+    """metrics.json: tasks and images counted, where the images came from, correction effort."""
     per_task = {
         str(t.id): _summary([e for e in entries if str(e.get("task_id")) == str(t.id)])
         for t in chosen
     }
-    labels.save(out_dir / "labels.json")
-    storage.write_json(
-        out_dir / "provenance.json", _provenance(cfg, source, chosen, rejected, plan, entries)
-    )
-    metrics = {
+    return {
         "backend": cfg.cvat.backend,
-        "format": settings.format,
+        "format": cfg.download_cvat.format,
         "tasks": len(chosen),
         "tasks_exported": len(done["exported"]),
         "tasks_unchanged": len(done["reused"]),
@@ -716,11 +775,6 @@ def _write(
         "seconds": round(time.monotonic() - started, 3),
         "correction": {**_summary(entries), "per_task": per_task},
     }
-    manifest.compact()
-    artifacts.write_metrics(out_dir, metrics)
-    save_resolved(cfg, out_dir)
-    artifacts.check_failures("download-cvat", manifest.failed(), settings.max_failures)
-    return metrics
 
 
 def _unlink_files(

@@ -43,6 +43,11 @@ class DownloadCvatSettings(Section):
         "or job)",
     )
     resume: bool = Field(True, description="skip tasks whose updated_date did not change")
+    overwrite: bool = Field(
+        False,
+        description="empty an earlier download in the output folder first (needed to rerun into "
+        "it with other labels, format, image or mask settings)",
+    )
     on_duplicate: Literal["newest", "error"] = Field(
         "newest",
         description="a record in several selected tasks: newest (take it from the task with the "

@@ -144,6 +144,12 @@ def upload_cvat_command(
 )
 @click.option("--no-resume", is_flag=True, default=False, help="Export every task again.")
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    default=False,
+    help="Empty an earlier download in the output folder first (to rerun with other settings).",
+)
+@click.option(
     "--image-source",
     type=click.Choice(["original", "export"]),
     default=None,
@@ -183,6 +189,7 @@ def download_cvat_command(
     fmt,
     no_images,
     no_resume,
+    overwrite,
     image_source,
     missing_mask,
     on_duplicate,
@@ -215,6 +222,8 @@ def download_cvat_command(
         section["include_images"] = False
     if no_resume:
         section["resume"] = False
+    if overwrite:
+        section["overwrite"] = True
     extra = {"cvat": _cvat_section(backend, folder, organization), "download_cvat": section}
     cfg = load_config(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "download_cvat")
