@@ -160,3 +160,65 @@ def test_cvat_500_error_page_is_one_line(cvat_server, tmp_path):
     assert "check that the server is up" not in line
     assert "<" not in result.stderr  # no HTML, in the error or in the retry warning
     assert len(result.stderr.strip().splitlines()) == 2  # one retry warning, one error
+
+
+def test_a_postgresql_statement_that_stalls_is_cancelled_naming_the_server(
+    postgres_server, tmp_path
+):
+    """A real PostgreSQL where another session holds a lock on the table: the query waits on it
+    until the server cancels it (statement_timeout, sent at connect), then one line names the
+    server (password masked), what happened and the setting; before, it waited forever."""
+    import psycopg
+    import sqlalchemy as sa
+
+    url = postgres_server.create_database("stalled")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("create table images (image_id text primary key, image_uri text)"))
+        conn.execute(sa.text("insert into images values ('a', '/d/a.jpg')"))
+    engine.dispose()
+    holder = psycopg.connect(
+        host=postgres_server.host,
+        port=postgres_server.port,
+        user=postgres_server.user,
+        password=postgres_server.password,
+        dbname="stalled",
+        connect_timeout=10,
+    )
+    try:
+        holder.execute("lock table images in access exclusive mode")  # held: no commit
+        env = clean_env(tmp_path, SEGLOOP_DB_STATEMENT_TIMEOUT_S="2")
+        args = ["query", "--db-url", url, "--table", "images", "--out-dir", "q"]
+        result, seconds = run_segloop(args, env, tmp_path)
+    finally:
+        holder.close()
+    server = f"postgresql+psycopg://segloop:***@127.0.0.1:{postgres_server.port}/stalled"
+    line = assert_one_line_failure(
+        result,
+        seconds,
+        30,
+        f"query on {server} failed",
+        "canceling statement due to statement timeout",
+        "SEGLOOP_DB_STATEMENT_TIMEOUT_S=2 s",
+    )
+    assert postgres_server.password not in result.stderr + result.stdout, line
+    assert not (tmp_path / "q" / "records.jsonl").exists()
+
+
+def test_postgresql_connections_carry_the_timeouts_and_the_urls_own_win():
+    """What db.engine hands libpq (no server needed: the arguments themselves)."""
+    from sqlalchemy.engine import make_url
+
+    from components.core.db import _postgres_limits
+
+    ours = _postgres_limits(make_url("postgresql+psycopg://u@h/db"), 10)
+    assert ours["connect_timeout"] == 10 and ours["keepalives"] == 1
+    assert ours["options"] == "-c statement_timeout=300000"
+    theirs = _postgres_limits(
+        make_url(
+            "postgresql+psycopg://u@h/db?connect_timeout=3&options=-c%20statement_timeout%3D0"
+        ),
+        10,
+    )
+    assert "connect_timeout" not in theirs  # the URL's own 3 s stays
+    assert theirs["options"] == "-c statement_timeout=300000 -c statement_timeout=0"

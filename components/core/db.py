@@ -10,6 +10,9 @@ PostgreSQL has built in: lowercase hex of the UTF-8 bytes), so an expression lik
 `md5('7:' || id)` gives the same value on both. PostgreSQL connections time out, and SQLite waits
 for a locked database, after `SEGLOOP_DB_TIMEOUT_S` (components.core.timeouts) unless the URL
 sets `connect_timeout` / `timeout`; connection errors are one line without the password.
+A PostgreSQL statement (libpq drivers) is cancelled by the server after
+`SEGLOOP_DB_STATEMENT_TIMEOUT_S`, waits on a lock included, and TCP keepalives drop a
+connection whose server went away mid-query, so neither hangs a command.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def one_line(exc: BaseException) -> str:
     inner = getattr(exc, "orig", None) or exc
     lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
     text = "; ".join(ln for ln in lines if not ln.startswith("(Background on this error"))
-    return redact(text) or type(inner).__name__
+    return redact(text + _timeout_hint(text)) or type(inner).__name__
 
 
 def md5_hex(value: Any) -> str | None:
@@ -152,6 +155,55 @@ def _readonly_sqlite(parsed: URL, path: Path) -> URL:
     return parsed.set(database=path.resolve().as_uri(), query=query)
 
 
+LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi", "")
+
+
+def _postgres_limits(parsed: URL, wait_s: float) -> dict[str, Any]:
+    """Connect arguments that bound every wait on PostgreSQL; the URL's own values win.
+
+    libpq drivers: `connect_timeout`; `statement_timeout` sent at connect (the server cancels a
+    statement that runs or waits on a lock longer); TCP keepalives and `tcp_user_timeout`, so
+    a server or network that goes silent mid-query drops the connection within about
+    `wait_s` + 15 s. pg8000: its socket timeout (connect and each read).
+    """
+    query, driver = parsed.query, parsed.get_driver_name()
+    args: dict[str, Any] = {}
+    if driver == "pg8000":
+        if "timeout" not in query:
+            args["timeout"] = wait_s
+        return args
+    if driver not in LIBPQ_DRIVERS:
+        return args
+    whole_s = max(1, round(wait_s))  # libpq takes whole seconds
+    statement_ms = round(timeouts.seconds(timeouts.DB_STATEMENT_TIMEOUT_S) * 1000)
+    limits = {
+        "connect_timeout": whole_s,
+        "keepalives": 1,
+        "keepalives_idle": whole_s,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": (whole_s + 15) * 1000,
+    }
+    args = {name: value for name, value in limits.items() if name not in query}
+    # Ours first: a `-c statement_timeout=` in the URL's own options comes later and wins.
+    own = query.get("options", "")
+    own = " ".join(own) if isinstance(own, tuple) else own
+    args["options"] = f"-c statement_timeout={statement_ms} {own}".strip()
+    return args
+
+
+def _timeout_hint(text: str) -> str:
+    """What to do when the server cancelled a statement for running past the timeout."""
+    if "statement timeout" not in text:
+        return ""
+    name, _ = timeouts.DB_STATEMENT_TIMEOUT_S
+    limit = timeouts.seconds(timeouts.DB_STATEMENT_TIMEOUT_S)
+    return (
+        f" (after {name}={limit:g} s: the database is overloaded, or another session holds a "
+        "lock on the table; raise it for a slow but working database)"
+    )
+
+
 @lru_cache(maxsize=16)
 def engine(url: str, readonly: bool = False) -> Engine:
     """An engine for `url` (cached).
@@ -169,12 +221,8 @@ def engine(url: str, readonly: bool = False) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
     connect_args: dict[str, Any] = {}
     wait_s = timeouts.seconds(timeouts.DB_TIMEOUT_S)
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        driver = parsed.get_driver_name()
-        if driver in ("psycopg", "psycopg2", "psycopg2cffi", ""):
-            connect_args["connect_timeout"] = max(1, round(wait_s))  # libpq takes whole seconds
-        elif driver == "pg8000":
-            connect_args["timeout"] = wait_s
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = _postgres_limits(parsed, wait_s)
     elif parsed.get_backend_name() == "sqlite" and "timeout" not in parsed.query:
         connect_args["timeout"] = wait_s  # how long to wait for another writer's lock
     try:

@@ -11,7 +11,8 @@ working server needs longer. The CVAT client's are config settings (`cvat.reques
 | SEGLOOP_S3_CONNECT_TIMEOUT_S | 5 | S3 (boto3): TCP connect |
 | SEGLOOP_S3_READ_TIMEOUT_S | 60 | S3: wait for each answer (not the whole transfer) |
 | SEGLOOP_S3_MAX_ATTEMPTS | 3 | S3: attempts per request, boto3's standard retry mode |
-| SEGLOOP_DB_TIMEOUT_S | 10 | PostgreSQL connect_timeout; SQLite busy timeout |
+| SEGLOOP_DB_TIMEOUT_S | 10 | PostgreSQL connect_timeout and keepalive idle; SQLite busy timeout |
+| SEGLOOP_DB_STATEMENT_TIMEOUT_S | 300 | PostgreSQL statement_timeout (running or waiting on a lock) |
 | MLFLOW_HTTP_REQUEST_TIMEOUT | 60 | MLflow REST calls (MLflow's own variable; its default is 120) |
 | MLFLOW_HTTP_REQUEST_MAX_RETRIES | 3 | MLflow REST retries (MLflow's own; its default 7 takes minutes) |
 """
@@ -27,6 +28,7 @@ S3_CONNECT_TIMEOUT_S = ("SEGLOOP_S3_CONNECT_TIMEOUT_S", 5.0)
 S3_READ_TIMEOUT_S = ("SEGLOOP_S3_READ_TIMEOUT_S", 60.0)
 S3_MAX_ATTEMPTS = ("SEGLOOP_S3_MAX_ATTEMPTS", 3)
 DB_TIMEOUT_S = ("SEGLOOP_DB_TIMEOUT_S", 10.0)
+DB_STATEMENT_TIMEOUT_S = ("SEGLOOP_DB_STATEMENT_TIMEOUT_S", 300.0)
 # MLflow reads these itself on every request; segloop only gives them shorter defaults.
 MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
 
