@@ -1,8 +1,8 @@
 """The CVAT side of `upload-cvat`: project, labels, tasks, images and shapes through cvat-sdk.
 
 Making one task is an idempotent unit that `retrying` may repeat after a crash or a 5xx:
-it looks at what the server already has (a task of that name with the same frames, the
-shapes already there) and adds only what is missing, so nothing is duplicated. A task whose
+it looks at what the server already has (a task of that name, on any day when the name holds
+{date}, with the same frames; the shapes already there) and adds only what is missing, so nothing is duplicated. A task whose
 jobs people have started is never touched.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from collections import Counter
 from typing import Any
@@ -22,7 +23,7 @@ from components.core.cvat_client import CvatConnection, RequestTooLarge, connect
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.upload_cvat.settings import UploadCvatConfig
-from components.upload_cvat.upload import Part, frame_table
+from components.upload_cvat.upload import ANY_DAY, Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
 MIN_REQUEST_BYTES = 16 * 1024
@@ -122,11 +123,24 @@ class CvatUploader:
             self.conn.retrying("check the project's labels", lambda: self._label_map(None, needed))
         return self.conn.retrying(f"upload task {part.name!r}", lambda: self._ensure_task(part))
 
-    def _tasks_named(self, name: str) -> list:
-        params: dict[str, Any] = {"name": name}
+    def _tasks_named(self, part: Part) -> list:
+        """The tasks named as this part: its name first, then (when the name holds {date}) its
+        name on other days, oldest first."""
+        params: dict[str, Any] = {}
         if self.project is not None:
             params["project_id"] = self.project.id
-        return [t for t in self.conn.client.tasks.list(**params) if t.name == name]
+        if part.any_day is None:
+            params["name"] = part.name
+        else:  # CVAT's `search` matches a part of the name: the longest part without the day
+            params["search"] = max(part.any_day.split(ANY_DAY), key=len).replace("\\", "")
+        tasks = self.conn.client.tasks.list(**params)
+        same = [t for t in tasks if t.name == part.name]
+        other_days = [
+            t
+            for t in sorted(tasks, key=lambda t: t.id)
+            if t.name != part.name and part.any_day and re.fullmatch(part.any_day, t.name)
+        ]
+        return same + other_days
 
     def _frame_names(self, task) -> list[str]:
         return [f.name for f in task.get_frames_info()]
@@ -184,7 +198,9 @@ class CvatUploader:
     def _existing_task(self, part: Part, expected: list[str]):
         """The task of this name with these frames; leftovers without images are deleted."""
         different = None
-        for other in self._tasks_named(part.name):
+        for other in self._tasks_named(part):
+            if other.name != part.name and other.size and self._frame_names(other) != expected:
+                continue  # another day's upload of other records
             if self.settings.if_exists == "fail":
                 raise SegloopError(
                     f"CVAT task {part.name!r} already exists (id {other.id}) and upload_cvat.if_exists=fail"

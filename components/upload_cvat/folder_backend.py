@@ -18,6 +18,7 @@ is left alone (it may hold people's edits).
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,8 +81,29 @@ class FolderUploader:
     def __exit__(self, *exc_info) -> None:
         return None
 
+    def _other_day(self, part: Part, expected: list[str]) -> str | None:
+        """The folder of this part's task made on another day (its name holds {date}), with
+        the same frames: a retry after midnight finds it."""
+        if part.any_day is None or self.settings.if_exists != "skip":
+            return None
+        listed = storage.list_files(self.location)
+        folders = sorted({uri.split("/")[-2] for uri in listed if uri.endswith("/task.json")})
+        for folder in folders:
+            meta_uri = storage.join(self.location, folder, "task.json")
+            if not storage.exists(meta_uri):
+                continue  # a task.json deeper down, not a task folder's
+            meta = storage.read_json(meta_uri)
+            name = str(meta.get("name", ""))
+            same = [f["name"] for f in meta.get("frames", [])] == expected
+            if name != part.name and re.fullmatch(part.any_day, name) and same:
+                return folder
+        return None
+
     def _choose_dir(self, part: Part) -> tuple[str, str]:
         expected = [p.item.frame_name for p in part.prepared]
+        other_day = self._other_day(part, expected)
+        if other_day is not None:
+            return other_day, "skipped"
         base = task_dir_name(part.name)
         suffix = 1
         while True:

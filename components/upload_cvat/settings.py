@@ -19,7 +19,8 @@ class UploadCvatSettings(Section):
     task_name: str | None = Field(
         None,
         description="task name template; placeholders {cvat_project} (the CVAT project's name) "
-        "{project} {subname} (project.name, project.subname) {date} (UTC, YYYY-MM-DD) {part} "
+        "{project} {subname} (project.name, project.subname) {date} (UTC, YYYY-MM-DD; a "
+        "retry on a later day finds the task of the earlier day with the same frames) {part} "
         "{parts}; unset: {cvat_project}-{date}-part{part} in a CVAT project, "
         "{project}-{subname}-{date}-part{part} for standalone tasks",
     )

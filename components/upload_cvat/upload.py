@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import string
 import tempfile
@@ -43,6 +44,13 @@ NAME_PLACEHOLDERS = ("cvat_project", "project", "subname", "date", "part", "part
 # team's CVAT shows e.g. `weeds-2026-11-29-part1`, not the config defaults `demo-default-part1`.
 PROJECT_TASK_NAME = "{cvat_project}-{date}-part{part}"
 STANDALONE_TASK_NAME = "{project}-{subname}-{date}-part{part}"
+DAY_MARK = "\x00"  # {date} while the any-day pattern is made
+ANY_DAY = r"\d{4}-\d{2}-\d{2}"
+
+
+def utc_today() -> str:
+    """The {date} of new task names (UTC, YYYY-MM-DD)."""
+    return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
 @dataclass
@@ -84,6 +92,9 @@ class Part:
     name: str
     items: list[Item]
     prepared: list[Prepared] = field(default_factory=list)
+    # The name on any day (a regex), when it holds {date}: the idempotence key is the name
+    # without the day and the frames, so a retry after midnight finds the task it made.
+    any_day: str | None = None
 
 
 def frame_table(part: Part) -> list[dict[str, Any]]:
@@ -203,16 +214,28 @@ def task_name(
     return name
 
 
+def any_day_pattern(
+    template: str | None, cfg: UploadCvatConfig, part: int, parts: int, cvat_project: str | None
+) -> str | None:
+    """A regex that matches the task's name on any day (None when the name holds no {date})."""
+    marked = task_name(template, cfg, part, parts, DAY_MARK, cvat_project)
+    if DAY_MARK not in marked:
+        return None
+    return ANY_DAY.join(re.escape(piece) for piece in marked.split(DAY_MARK))
+
+
 def split_parts(
     items: list[Item], cfg: UploadCvatConfig, date: str, cvat_project: str | None = None
 ) -> list[Part]:
     size = cfg.upload_cvat.max_images_per_task
+    template = cfg.upload_cvat.task_name
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     return [
         Part(
             n,
-            task_name(cfg.upload_cvat.task_name, cfg, n, len(chunks), date, cvat_project),
+            task_name(template, cfg, n, len(chunks), date, cvat_project),
             chunk,
+            any_day=any_day_pattern(template, cfg, n, len(chunks), cvat_project),
         )
         for n, chunk in enumerate(chunks, 1)
     ]
@@ -305,98 +328,139 @@ def collect_part(
 
 def run_upload_cvat(cfg: UploadCvatConfig, predictions: str, out: str) -> dict[str, Any]:
     """Upload the images and masks of `predictions` to CVAT (or the folder backend)."""
-    from components.upload_cvat import cvat_backend, folder_backend
-
     started = time.monotonic()
-    settings = cfg.upload_cvat
-    date = datetime.now(UTC).strftime("%Y-%m-%d")
+    date = utc_today()
     with (
         storage.local_input(predictions) as pred_dir,
         storage.output_dir(out, resume=False) as out_dir,
     ):
-        labels = load_labels(cfg, pred_dir)
-        items, failed_upstream = read_items(pred_dir)
-        if not items:
-            raise SegloopError(
-                f"{predictions}: no image with status ok in manifest.jsonl; nothing to upload"
-            )
-        # A wrong template fails here, before anything is sent.
-        task_name(settings.task_name, cfg, 1, 1, date, cvat_project=settings.project)
+        labels, items, failed_upstream = _read_inputs(cfg, predictions, pred_dir, date)
         (out_dir / "manifest.jsonl").unlink(missing_ok=True)
         manifest = artifacts.Manifest(out_dir)
         for entry in failed_upstream:
             manifest.add(entry)
-        backend = (
-            folder_backend.FolderUploader(cfg, labels)
-            if cfg.cvat.backend == "folder"
-            else cvat_backend.CvatUploader(cfg, labels)
-        )
-        tasks: list[dict[str, Any]] = []
-        with (
-            backend,
-            tempfile.TemporaryDirectory(prefix="segloop-upload-") as tmp,
-            ThreadPoolExecutor(max_workers=settings.workers) as pool,
-        ):
-            # Names come after the backend has found the project (its name, also when given by id).
-            parts = split_parts(items, cfg, date, cvat_project_name(backend, settings))
-            staging = [Path(tmp) / f"part{part.number}" for part in parts]
-            pending = submit_part(pool, parts[0], staging[0], labels)
-            for i, part in enumerate(parts):
-                collect_part(part, pending, manifest, pool, settings.shape)
-                if i + 1 < len(parts):  # the next part is checked while this one uploads
-                    pending = submit_part(pool, parts[i + 1], staging[i + 1], labels)
-                if not part.prepared:
-                    continue
-                record = backend.upload_part(part)
-                _keep_preannotations(part, out_dir, record)
-                _add_frames(manifest, record)
-                tasks.append(record)
-                part.prepared = []  # free the shapes
-                shutil.rmtree(staging[i], ignore_errors=True)
-        seconds = time.monotonic() - started
-        sent = [t for t in tasks if t["outcome"] == "created"]
-        images_sent = sum(t["size"] for t in sent)
-        metrics = {
-            "backend": cfg.cvat.backend,
-            "tasks": len(tasks),
-            "tasks_created": len(sent),
-            "tasks_completed": sum(1 for t in tasks if t["outcome"] == "completed"),
-            "tasks_skipped": sum(1 for t in tasks if t["outcome"].startswith("skipped")),
-            "images": sum(t["size"] for t in tasks),
-            "images_uploaded": images_sent,
-            "images_failed": len(manifest.failed()),
-            "shapes": sum(t["shapes"] for t in tasks),
-            "bytes": sum(t["bytes"] for t in sent),
-            "seconds": round(seconds, 3),
-            "images_per_s": round(images_sent / seconds, 3) if seconds > 0 else 0.0,
-        }
-        storage.write_json(
-            out_dir / "tasks.json",
-            {
-                "backend": cfg.cvat.backend,
-                "host": backend.location,
-                "organization": cfg.cvat.organization,
-                "project": backend.project_info,
-                "shape": settings.shape,
-                "labels": labels.model_dump()["labels"],
-                "created_at": datetime.now(UTC).isoformat(),
-                "tasks": tasks,
-                "counts": {k: metrics[k] for k in ("tasks", "images", "shapes", "images_failed")},
-            },
-        )
+        backend = _backend(cfg, labels)
+        tasks = _upload_parts(cfg, backend, labels, items, manifest, out_dir, date)
+        metrics = _metrics(cfg, tasks, manifest, time.monotonic() - started)
+        _write_tasks_json(cfg, backend, labels, tasks, metrics, out_dir)
         manifest.compact()
         artifacts.write_metrics(out_dir, metrics)
         save_resolved(cfg, out_dir)
-        artifacts.check_failures("upload-cvat", manifest.failed(), settings.max_failures)
+        artifacts.check_failures("upload-cvat", manifest.failed(), cfg.upload_cvat.max_failures)
     log.info(
         "upload-cvat: %d images in %d tasks (%d created, %d skipped) in %.1f s",
         metrics["images"],
         metrics["tasks"],
         metrics["tasks_created"],
         metrics["tasks_skipped"],
-        seconds,
+        metrics["seconds"],
     )
     return metrics
+
+
+def _read_inputs(
+    cfg: UploadCvatConfig, predictions: str, pred_dir: Path, date: str
+) -> tuple[LabelSet, list[Item], list[dict[str, Any]]]:
+    """The labels, the images to upload and the upstream failures; a bad name template fails
+    here, before anything is sent."""
+    labels = load_labels(cfg, pred_dir)
+    items, failed_upstream = read_items(pred_dir)
+    if not items:
+        raise SegloopError(
+            f"{predictions}: no image with status ok in manifest.jsonl; nothing to upload"
+        )
+    settings = cfg.upload_cvat
+    task_name(settings.task_name, cfg, 1, 1, date, cvat_project=settings.project)
+    return labels, items, failed_upstream
+
+
+def _backend(cfg: UploadCvatConfig, labels: LabelSet) -> Any:
+    from components.upload_cvat import cvat_backend, folder_backend
+
+    if cfg.cvat.backend == "folder":
+        return folder_backend.FolderUploader(cfg, labels)
+    return cvat_backend.CvatUploader(cfg, labels)
+
+
+def _upload_parts(
+    cfg: UploadCvatConfig,
+    backend: Any,
+    labels: LabelSet,
+    items: list[Item],
+    manifest: artifacts.Manifest,
+    out_dir: Path,
+    date: str,
+) -> list[dict[str, Any]]:
+    """Each part checked (the next one while this one uploads), then uploaded: its records."""
+    settings = cfg.upload_cvat
+    tasks: list[dict[str, Any]] = []
+    with (
+        backend,
+        tempfile.TemporaryDirectory(prefix="segloop-upload-") as tmp,
+        ThreadPoolExecutor(max_workers=settings.workers) as pool,
+    ):
+        # Names come after the backend has found the project (its name, also when given by id).
+        parts = split_parts(items, cfg, date, cvat_project_name(backend, settings))
+        staging = [Path(tmp) / f"part{part.number}" for part in parts]
+        pending = submit_part(pool, parts[0], staging[0], labels)
+        for i, part in enumerate(parts):
+            collect_part(part, pending, manifest, pool, settings.shape)
+            if i + 1 < len(parts):
+                pending = submit_part(pool, parts[i + 1], staging[i + 1], labels)
+            if not part.prepared:
+                continue
+            record = backend.upload_part(part)
+            _keep_preannotations(part, out_dir, record)
+            _add_frames(manifest, record)
+            tasks.append(record)
+            part.prepared = []  # free the shapes
+            shutil.rmtree(staging[i], ignore_errors=True)
+    return tasks
+
+
+def _metrics(
+    cfg: UploadCvatConfig, tasks: list[dict[str, Any]], manifest: artifacts.Manifest, seconds: float
+) -> dict[str, Any]:
+    sent = [t for t in tasks if t["outcome"] == "created"]
+    images_sent = sum(t["size"] for t in sent)
+    return {
+        "backend": cfg.cvat.backend,
+        "tasks": len(tasks),
+        "tasks_created": len(sent),
+        "tasks_completed": sum(1 for t in tasks if t["outcome"] == "completed"),
+        "tasks_skipped": sum(1 for t in tasks if t["outcome"].startswith("skipped")),
+        "images": sum(t["size"] for t in tasks),
+        "images_uploaded": images_sent,
+        "images_failed": len(manifest.failed()),
+        "shapes": sum(t["shapes"] for t in tasks),
+        "bytes": sum(t["bytes"] for t in sent),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images_sent / seconds, 3) if seconds > 0 else 0.0,
+    }
+
+
+def _write_tasks_json(
+    cfg: UploadCvatConfig,
+    backend: Any,
+    labels: LabelSet,
+    tasks: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    out_dir: Path,
+) -> None:
+    storage.write_json(
+        out_dir / "tasks.json",
+        {
+            "backend": cfg.cvat.backend,
+            "host": backend.location,
+            "organization": cfg.cvat.organization,
+            "project": backend.project_info,
+            "shape": cfg.upload_cvat.shape,
+            "labels": labels.model_dump()["labels"],
+            "created_at": datetime.now(UTC).isoformat(),
+            "tasks": tasks,
+            "counts": {k: metrics[k] for k in ("tasks", "images", "shapes", "images_failed")},
+        },
+    )
 
 
 def _add_frames(manifest: artifacts.Manifest, record: dict[str, Any]) -> None:
