@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from components.core.errors import SegloopError
-from components.core.predictor import Predictor
+from components.core.predictor import Predictor, last_embedding
 from components.core.tiling import BandCallback, Grid, StreamingBlender, make_grid, pad_image
 
 
@@ -30,6 +30,7 @@ class _Job:
     blender: StreamingBlender
     on_done: Callable[[], None]
     queued: int = 0
+    on_embedding: Callable[[torch.Tensor], None] | None = None  # one call per tile
 
 
 @dataclass
@@ -62,12 +63,18 @@ class TileEngine:
     def grid_for(self, height: int, width: int) -> Grid:
         return make_grid(height, width, self.tile, self.overlap, self.predictor.info.pad_divisor)
 
-    def submit(self, image: np.ndarray, on_band: BandCallback, on_done: Callable[[], None]) -> None:
+    def submit(
+        self,
+        image: np.ndarray,
+        on_band: BandCallback,
+        on_done: Callable[[], None],
+        on_embedding: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
         grid = self.grid_for(image.shape[0], image.shape[1])
         blender = StreamingBlender(grid, self.num_classes, on_band, self.window, self.device)
-        job = _Job(pad_image(image, grid), grid, blender, on_done)
+        job = _Job(pad_image(image, grid), grid, blender, on_done, on_embedding=on_embedding)
         for index in range(grid.num_tiles):
             if self._pending and self._pending[-1][0].grid.tile_h != grid.tile_h:
                 self.flush()
@@ -87,7 +94,10 @@ class TileEngine:
             y, x = job.grid.tile(index)
             crops.append(job.image[y : y + job.grid.tile_h, x : x + job.grid.tile_w])
         probs = self.predict_tiles(np.stack(crops))
+        embeddings = last_embedding(self.predictor)
         for i, (job, index) in enumerate(pending):
+            if job.on_embedding is not None and embeddings is not None:
+                job.on_embedding(embeddings[i])  # before on_done: the image's last tile counts
             job.blender.add(index, probs[i])
             if job.blender.done:
                 job.image = None  # type: ignore[assignment]  # free it before writing outputs

@@ -88,6 +88,19 @@ class ImageAccumulator:
         self.margin_sum = 0.0
         self.uncertain = 0
         self.pixels = 0
+        self.embedding_sum: np.ndarray | None = None
+        self.embedding_tiles = 0
+
+    def add_embedding(self, vector: torch.Tensor) -> None:
+        """One tile's pooled encoder features; the image's embedding is their mean."""
+        v = vector.detach().float().cpu().numpy().astype(np.float64)
+        self.embedding_sum = v if self.embedding_sum is None else self.embedding_sum + v
+        self.embedding_tiles += 1
+
+    def embedding(self) -> list[float] | None:
+        if self.embedding_sum is None:
+            return None
+        return [round(float(x), 4) for x in self.embedding_sum / self.embedding_tiles]
 
     def __call__(self, top: int, probs: torch.Tensor) -> None:
         if probs.device.type == "cpu":

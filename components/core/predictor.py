@@ -96,6 +96,8 @@ class SmpPredictor(Predictor):
             )
         self.model = model.eval()
         self.spec = spec
+        self.last_embedding: torch.Tensor | None = None  # see enable_embeddings
+        self._embed_by_encoder = False
         self.channels_last = channels_last
         # The network that runs: BatchNorm folded into the convolutions where the graph allows
         # (same results, less work; on CPU it also keeps bf16 autocast from bouncing to fp32).
@@ -129,7 +131,29 @@ class SmpPredictor(Predictor):
             self.net.to(memory_format=torch.channels_last)
         return self
 
+    def enable_embeddings(self) -> None:
+        """From now on keep each tile's deepest encoder features, averaged over the tile
+        (`last_embedding`, N x D), for selection in the model's own feature space. A Unet's
+        `decoder.center` takes exactly those features, so a hook there costs nothing extra (it
+        survives BatchNorm folding: fx keeps leaf modules by name); other architectures run the
+        encoder once more."""
+        if getattr(self, "_embed_hook", None) is not None:
+            return  # enabled already (a predictor instance reused across runs)
+        try:
+            center = self.net.get_submodule("decoder.center")
+        except AttributeError:
+            center = None
+        self._embed_by_encoder = center is None
+        if center is not None:
+            self._embed_hook = center.register_forward_pre_hook(self._keep_embedding)
+
+    def _keep_embedding(self, _module: torch.nn.Module, args: tuple) -> None:
+        self.last_embedding = args[0].detach().float().mean(dim=(2, 3))
+
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._embed_by_encoder:
+            encoder = self.model.encoder.to(batch.device)
+            self.last_embedding = encoder(batch)[-1].detach().float().mean(dim=(2, 3))
         # fp32 and NCHW in one copy: softmax over the channels of a channels_last tensor is
         # several times slower on CPU (measured: 17 ms vs 5 ms per batch of 8 tiles of 512 px),
         # and the blender then reads each tile's probabilities contiguously.
@@ -179,6 +203,28 @@ def _fold_known_pairs(module: torch.nn.Module) -> None:
                 setattr(module, f"bn{i}", torch.nn.Identity())
     for child in module.children():
         _fold_known_pairs(child)
+
+
+def _innermost(predictor: Any) -> Any:
+    """The predictor a wrapper (class mapping: `.inner`) runs."""
+    while hasattr(predictor, "inner"):
+        predictor = predictor.inner
+    return predictor
+
+
+def enable_embeddings(predictor: Predictor) -> bool:
+    """Ask the predictor (or the one it wraps) to keep per-tile embeddings; False where it
+    has none to give (a predictor without an encoder, such as ExG)."""
+    inner = _innermost(predictor)
+    if not hasattr(inner, "enable_embeddings"):
+        return False
+    inner.enable_embeddings()
+    return True
+
+
+def last_embedding(predictor: Predictor) -> torch.Tensor | None:
+    """The last batch's per-tile embeddings (N x D), if the predictor keeps them."""
+    return getattr(_innermost(predictor), "last_embedding", None)
 
 
 PredictorFactory = Callable[[str | None, torch.device, dict[str, Any]], Predictor]

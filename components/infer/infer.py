@@ -51,7 +51,7 @@ from components.core.postprocess import (
     remove_small_components,
 )
 from components.core.precision import pick_amp
-from components.core.predictor import Predictor, SmpPredictor
+from components.core.predictor import Predictor, SmpPredictor, enable_embeddings
 from components.core.progress import track
 from components.core.version import segloop_version
 from components.infer.settings import REGISTERED_MODEL, InferConfig, InferSettings
@@ -326,7 +326,7 @@ class _Writer:
             "pixels": {name: int(counts[i]) for i, name in enumerate(self.labels.names)},
             "removed_pixels": removed,
             "uncertainty": acc.uncertainty(),
-        }
+        } | ({"embedding": acc.embedding()} if acc.embedding_tiles else {})
 
 
 def _failed(record: Record, reason: str) -> dict[str, Any]:
@@ -418,6 +418,8 @@ def run_infer(
     device = pick_device(s.device, "infer.device")
     model_uri = model or s.model
     predictor = load_predictor(cfg, model_uri, device, predictor)
+    if s.embeddings:  # pooled encoder features per image, for selection (select.strategy)
+        enable_embeddings(predictor)
     engine = build_engine(s, predictor, device)
 
     settings = output_settings(s, model_uri, predictor, engine)
@@ -564,6 +566,7 @@ OUTPUT_SETTINGS = (
     "threshold",
     "min_area",
     "uncertain_margin",
+    "embeddings",
     "coco",
     "overlays",
     "overlay_max_side",
@@ -626,6 +629,7 @@ def segment(
                 image,
                 acc,
                 lambda r=record, a=acc, k=keep, t=started: finish_later(r, a, k, t),
+                on_embedding=acc.add_embedding if s.embeddings else None,
             )
             del image, keep
         engine.flush()

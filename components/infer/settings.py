@@ -61,6 +61,12 @@ class InferSettings(Section):
     uncertain_margin: float = Field(
         0.2, gt=0.0, le=1.0, description="a pixel is uncertain when top-1 minus top-2 < this"
     )
+    embeddings: bool = Field(
+        True,
+        description="write each image's pooled encoder features to the manifest (`embedding`), "
+        "for selection in the model's feature space (select.strategy kcenter, badge, "
+        "uncertain_kcenter); free for a Unet, one more encoder pass for other architectures",
+    )
     coco: bool = Field(True, description="write predictions.json (COCO, RLE)")
     overlays: bool = False
     overlay_max_side: int = Field(2048, ge=64, description="overlays are downscaled to this")

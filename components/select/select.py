@@ -19,6 +19,7 @@ from components.core import artifacts, limits, outputs, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.images import load_rgb
+from components.select.embedding import pick_badge, pick_kcenter, pick_uncertain_kcenter
 from components.select.settings import SelectConfig
 
 # Higher score = more worth a person's time. Margin is small where the model hesitates.
@@ -146,6 +147,9 @@ def run_select(
             chosen = pick_uncertain(candidates, s.budget, s.metric)
         elif s.strategy == "diverse":
             chosen = pick_diverse(candidates, s.budget, s.metric, s.min_hash_distance)
+        elif s.strategy in EMBEDDING_STRATEGIES:
+            groups = _grouper(s.group_by, records, "select.group_by") if s.group_by else None
+            chosen = _pick_by_embedding(candidates, s, groups)
         elif s.strategy == "random":
             chosen = pick_random(candidates, s.budget, s.seed)
         elif s.strategy == "mixed":
@@ -160,7 +164,9 @@ def run_select(
                 "candidates": len(candidates),
                 "selected": len(chosen),
                 "strategy": s.strategy,
-                "metric": s.metric if s.strategy in ("uncertainty", "diverse", "mixed") else None,
+                "metric": s.metric
+                if s.strategy in ("uncertainty", "diverse", "mixed", *EMBEDDING_STRATEGIES)
+                else None,
                 "mean_score_selected": sum(c[1] for c in chosen) / len(chosen) if chosen else 0.0,
             }
             artifacts.write_metrics(out_dir, metrics)
@@ -168,18 +174,32 @@ def run_select(
     return metrics
 
 
-def _grouper(stratify_by: str, records: str | None):
+EMBEDDING_STRATEGIES = ("kcenter", "uncertain_kcenter", "badge")
+
+
+def _pick_by_embedding(candidates: list[dict], s, groups) -> list[tuple[dict, float, str]]:
+    scores = [uncertainty_score(e, s.metric) for e in candidates]
+    if s.strategy == "kcenter":
+        return pick_kcenter(candidates, scores, s.budget, s.metric, groups)
+    if s.strategy == "uncertain_kcenter":
+        return pick_uncertain_kcenter(
+            candidates, scores, s.budget, s.metric, s.candidate_factor, groups
+        )
+    return pick_badge(candidates, scores, s.budget, s.metric, s.seed)
+
+
+def _grouper(stratify_by: str, records: str | None, setting: str = "select.stratify_by"):
     if stratify_by == "dominant_class":
         return dominant_class
     if not records:
         raise SegloopError(
-            f"select.stratify_by={stratify_by!r} is a record column: pass the query records (--records) "
+            f"{setting}={stratify_by!r} is a record column: pass the query records (--records) "
             "or use select.stratify_by=dominant_class"
         )
     rows = {str(r["image_id"]): r for r in artifacts.read_jsonl(records)}
     if rows and stratify_by not in next(iter(rows.values())):
         raise SegloopError(
-            f"select.stratify_by={stratify_by!r} is not a column of {records}; columns: "
+            f"{setting}={stratify_by!r} is not a column of {records}; columns: "
             + ", ".join(next(iter(rows.values())))
         )
     return lambda entry: str(rows.get(str(entry["record_id"]), {}).get(stratify_by))
