@@ -61,7 +61,7 @@ def make_client(
         if not Path(sa_token_path).is_file():
             raise SegloopError(
                 f"service-account token file {sa_token_path} does not exist; in a pod it is "
-                "usually a projected volume (see README, 'Submitting')"
+                "usually a projected volume (see docs/kubeflow/submitting.md)"
             )
         credentials = ServiceAccountTokenVolumeCredentials(path=sa_token_path)
     with warnings.catch_warnings():
@@ -148,7 +148,7 @@ def check_backend(client, host: str, cfg: SegloopConfig) -> str | None:
         raise SegloopError(
             f"the Kubeflow Pipelines backend at {host} is {tag}: its driver rejects the "
             "`optional` field of the Secret mounts segloop compiles and fails every pod; "
-            "upgrade KFP to 2.15.0 or later (see README, 'Kubeflow Pipelines versions')"
+            "upgrade KFP to 2.15.0 or later (see docs/kubeflow/submitting.md)"
         )
     if version is not None and version >= OPTIONAL_HONOURED:
         return tag

@@ -595,7 +595,7 @@ def test_trainjob_pods_carry_the_labels_mlflow_admits():
 
 
 # The Kubernetes releases the manifests are checked against (kubernetes-validate ships each
-# release's API schema); the README states the same range.
+# release's API schema); docs/kubeflow/submitting.md states the same range.
 KUBERNETES_VERSIONS = [f"1.{minor}.0" for minor in range(29, 38)]
 
 
