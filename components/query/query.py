@@ -635,6 +635,92 @@ def apply_spec(cfg: QueryConfig, spec: dict[str, Any], source: str) -> QueryConf
     )
 
 
+@dataclass
+class QueryPlan:
+    """What the query reads, checked against the table before any row is fetched."""
+
+    table: sa.Table
+    filters: list[Filter]
+    sampling: Sampling | None
+    shape: Shape
+    columns: list[str]  # the output columns, the id column first
+    sort: list[tuple[str, bool]]  # (column, descending)
+    fetch: list[str]  # the output columns and the role columns the records need
+
+
+def plan_query(cfg: QueryConfig) -> QueryPlan:
+    """Reflect the table and check every column the filters, sample and projection name."""
+    q = cfg.query
+    table = db.reflect_table(cfg.db.url, cfg.db.table, readonly=True)
+    filters = [parse_filter(f) for f in q.filters]
+    for flt in filters:
+        check_columns([flt.column], table, f"filter {flt.raw!r}")
+    sampling = parse_sample(q.sample) if q.sample else None
+    if sampling:
+        check_columns(list(sampling.by), table, f"sample {sampling.raw!r}")
+    shape = table_shape(table, q)
+    for hint in db.recommend_indexes(table, [f.column for f in filters]):
+        log.info("filtering a large table is faster with: %s", hint)
+    columns = list(q.projection or table.c.keys())
+    check_columns(columns, table, "projection")
+    if shape.id_column not in columns:
+        columns.insert(0, shape.id_column)
+    roles = [shape.image_column, shape.mask_column, shape.image_id_column]
+    fetch = columns + [c for c in dict.fromkeys(roles) if c and c not in columns]
+    return QueryPlan(table, filters, sampling, shape, columns, parse_sort(q.sort, table), fetch)
+
+
+def fetch_records(
+    cfg: QueryConfig, plan: QueryPlan
+) -> tuple[list[dict[str, Any]], int, int, int | None]:
+    """(records, rows matched, groups, cutouts behind the records or None) for the plan."""
+    q, shape = cfg.query, plan.shape
+    grouped = shape.image_id_column is not None
+    rows, matched, n_groups = select_rows(
+        cfg.db.url,
+        plan.table,
+        plan.filters,
+        plan.sampling,
+        plan.fetch,
+        plan.sort,
+        q.limit,
+        q.offset,
+        shape.id_column,
+        in_sql=not grouped,
+    )
+    if not grouped:
+        return row_records(rows, plan.columns, shape), matched, n_groups, None
+    images = _sort_groups(group_images(rows, shape), plan.sort)[q.offset :]
+    images = images[: q.limit] if q.limit is not None else images
+    return image_records(images, plan.columns, shape), matched, n_groups, sum(map(len, images))
+
+
+def _no_rows_error(cfg: QueryConfig, matched: int, sampled: bool) -> SegloopError:
+    shown = "\n".join(f"  {f}" for f in cfg.query.filters) or "  (no filters)"
+    return SegloopError(
+        f"the query on table '{cfg.db.table}' returned no rows "
+        f"({matched} matched the filters{', before sampling' if sampled else ''}); "
+        f"filters:\n{shown}\nrelax the filters, or pass --allow-empty to accept an empty result"
+    )
+
+
+def write_query_outputs(
+    out: str, cfg: QueryConfig, spec: dict, metrics: dict, rows: list[dict], keys: list[str]
+) -> None:
+    """records.jsonl (and .csv or .parquet), query_spec.json, metrics and the resolved config."""
+    q = cfg.query
+    made_by = {k: spec[k] for k in PROVENANCE_KEYS} | {"out_format": q.out_format}
+    with outputs.open_output(out, "query", made_by, resume=False) as local:
+        write_jsonl(local / "records.jsonl", rows)
+        if q.out_format == "csv":
+            write_csv(str(local / "records.csv"), rows, keys)
+        elif q.out_format == "parquet":
+            write_parquet(str(local / "records.parquet"), rows, keys)
+        storage.write_json(local / "query_spec.json", spec)
+        write_metrics(local, metrics)
+        save_resolved(cfg, local)
+
+
 def run_query(
     cfg: QueryConfig, *, out: str | None = None, from_spec: str | None = None
 ) -> dict[str, Any]:
@@ -644,58 +730,24 @@ def run_query(
         cfg = apply_spec(cfg, load_spec(from_spec), from_spec)
     q = cfg.query
     out = str(out or stage_run_dir(cfg, "query"))
-    url, table_name = cfg.db.url, cfg.db.table
-    table = db.reflect_table(url, table_name, readonly=True)
-    filters = [parse_filter(f) for f in q.filters]
-    for flt in filters:
-        check_columns([flt.column], table, f"filter {flt.raw!r}")
-    sampling = parse_sample(q.sample) if q.sample else None
-    if sampling:
-        check_columns(list(sampling.by), table, f"sample {sampling.raw!r}")
-    shape = table_shape(table, q)
-    id_col = shape.id_column
-    for hint in db.recommend_indexes(table, [f.column for f in filters]):
-        log.info("filtering a large table is faster with: %s", hint)
-    columns = list(q.projection or table.c.keys())
-    check_columns(columns, table, "projection")
-    if id_col not in columns:
-        columns.insert(0, id_col)
-    sort = parse_sort(q.sort, table)
-    roles = [shape.image_column, shape.mask_column, shape.image_id_column]
-    fetch = columns + [c for c in dict.fromkeys(roles) if c and c not in columns]
-
-    grouped = shape.image_id_column is not None
-    rows, matched, n_groups = select_rows(
-        url, table, filters, sampling, fetch, sort, q.limit, q.offset, id_col, in_sql=not grouped
-    )
-    cutouts = None
-    if grouped:
-        images = _sort_groups(group_images(rows, shape), sort)[q.offset :]
-        images = images[: q.limit] if q.limit is not None else images
-        cutouts = sum(map(len, images))
-        rows = image_records(images, columns, shape)
-    else:
-        rows = row_records(rows, columns, shape)
+    plan = plan_query(cfg)
+    shape, sampling = plan.shape, plan.sampling
+    rows, matched, n_groups, cutouts = fetch_records(cfg, plan)
     keys = (
         list(rows[0])
         if rows
-        else [*_role_values_keys(shape), *(k for _, k in _keyed(columns, shape, set()))]
+        else [*_role_values_keys(shape), *(k for _, k in _keyed(plan.columns, shape, set()))]
     )
     if not rows and not q.allow_empty:
-        shown = "\n".join(f"  {f}" for f in q.filters) or "  (no filters)"
-        raise SegloopError(
-            f"the query on table '{table_name}' returned no rows "
-            f"({matched} matched the filters{', before sampling' if sampling else ''}); "
-            f"filters:\n{shown}\nrelax the filters, or pass --allow-empty to accept an empty result"
-        )
+        raise _no_rows_error(cfg, matched, sampling is not None)
     duration = time.monotonic() - started
     spec = {
         "spec_version": SPEC_VERSION,
-        "db_url": db.safe_url(url),
-        "table": table_name,
-        "id_column": id_col,
+        "db_url": db.safe_url(cfg.db.url),
+        "table": cfg.db.table,
+        "id_column": shape.id_column,
         "shape": shape.as_dict(),
-        "filters": {"raw": list(q.filters), "parsed": [f.as_dict() for f in filters]},
+        "filters": {"raw": list(q.filters), "parsed": [f.as_dict() for f in plan.filters]},
         "sampling": sampling.as_dict() if sampling else None,
         "projection": q.projection,
         "sort": q.sort,
@@ -718,16 +770,7 @@ def run_query(
     }
     if cutouts is not None:
         metrics["cutouts"] = cutouts  # the chosen cutouts behind the `rows` images
-    made_by = {k: spec[k] for k in PROVENANCE_KEYS} | {"out_format": q.out_format}
-    with outputs.open_output(out, "query", made_by, resume=False) as local:
-        write_jsonl(local / "records.jsonl", rows)
-        if q.out_format == "csv":
-            write_csv(str(local / "records.csv"), rows, keys)
-        elif q.out_format == "parquet":
-            write_parquet(str(local / "records.parquet"), rows, keys)
-        storage.write_json(local / "query_spec.json", spec)
-        write_metrics(local, metrics)
-        save_resolved(cfg, local)
+    write_query_outputs(out, cfg, spec, metrics, rows, keys)
     log.info("query: %d rows (%d matched) -> %s in %.2f s", len(rows), matched, out, duration)
     return {
         **metrics,
