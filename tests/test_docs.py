@@ -1,6 +1,7 @@
 """The manual (docs/, mkdocs.yml, README.md) cannot drift from the code: it builds with
-`mkdocs build --strict`, the getting-started commands marked `<!-- docs-test: run -->` run, and
-every `segloop` command line shown anywhere names a real command and real options."""
+`mkdocs build --strict`, the getting-started commands marked `<!-- docs-test: run -->` run,
+every `segloop` command line shown anywhere names a real command and real options, and every
+file of the repository it names exists."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 RUN_MARKER = "<!-- docs-test: run -->"
 SHELL_LANGS = {"bash", "sh", "shell"}
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
+# A repository path as the manual writes it: in a code span, or a file name with its suffix.
+REPO_PATH = re.compile(
+    r"`((?:components|pipelines|tests|benchmarks|images|manifests|\.ci)/[\w./-]*)`"
+    r"|(?<![\w/.])((?:components|pipelines|tests|benchmarks|images|manifests)/[\w./-]+"
+    r"\.(?:py|sh|yaml|Dockerfile|conf|md))"
+)
 
 
 def shell_blocks(text: str) -> list[tuple[int, str]]:
@@ -115,6 +122,20 @@ def test_every_segloop_command_shown_exists_with_its_options():
                     )
     assert checked > 50, "the manual's command lines were not found"
     assert not problems, "\n".join(problems)
+
+
+def test_every_repository_file_named_exists():
+    """Files the manual names (`components/core/redact.py`, `tests/kfp_stub.py`, ...) exist,
+    so a move or a rename updates the page. Env files are the reader's own (git ignores them)."""
+    named = {
+        (page.relative_to(ROOT), (match.group(1) or match.group(2)).rstrip("."))
+        for page in PAGES
+        for match in REPO_PATH.finditer(page.read_text())
+    }
+    assert len(named) > 50, "the manual's file names were not found"
+    missing = [f"{page}: {path}" for page, path in named if not (ROOT / path).exists()]
+    missing = [line for line in missing if not line.endswith(".env")]
+    assert not missing, "\n".join(sorted(set(missing)))
 
 
 def test_getting_started_commands_run(tmp_path):
