@@ -1,6 +1,6 @@
 """Does the loop pay off? The demo's loop over several seeds and selection strategies.
 
-    python -m benchmarks loop                  # 3 seeds x (uncertainty, diverse, mixed, random)
+    python -m benchmarks loop                  # seeds 0-4 x (default, uncertainty, random), field pool
     python benchmarks/bench_loop.py --seeds 0 1 2 3 --strategies uncertainty random
     python benchmarks/bench_loop.py --rounds 3 --out runs/bench-loop
     python benchmarks/bench_loop.py --out runs/bench-loop/<time> --reuse   # print it again
@@ -14,7 +14,12 @@ champion's per-class test IoU. It prints, per strategy, the mean and the spread 
 deviation, and min..max) over seeds; the goals judged on the means of the default strategy
 (`select.strategy` in the config, else the settings' default); and active learning against
 random selection: label-efficiency curves (champion test mIoU against labelled images, probe
-effort per round) and who wins. The curves and verdicts also go into an HTML loop report.
+effort per round) and who wins. Then, per seed: each goal's pass count over the seeds (a
+user runs one loop, not the mean), label efficiency (labels each strategy needs to reach
+random's final champion mIoU, read off its curve, as a share of random's labels), and the
+paired difference to random with a 95% t interval; the active-learning goals are judged on
+those. `--pool field` (default) is the demo's field-collection pool, `--pool plain` the
+independent images. The curves and verdicts also go into an HTML loop report.
 Each demo's console output goes to <out>/<strategy>-seed<N>/console.txt.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import statistics
 import sys
 import time
@@ -116,6 +122,7 @@ def run_all(args) -> dict[str, StrategyRuns]:
                     seed=seed,
                     workdir=work,
                     echo=print,
+                    pool=args.pool,
                 )
             out[strategy].runs.append(demo)
             f = demo.figures()
@@ -193,6 +200,144 @@ def compare(all_runs: dict[str, StrategyRuns], default: str) -> list[tuple[str, 
     return lines
 
 
+# ---------------------------------------------------------------- per seed, paired with random
+
+RARE_CLASS = "rosette"  # the field pool's rare weed (components.core.synthetic_field.RARE)
+MAX_LABEL_SHARE = 0.70  # labels the default strategy may need to reach random's final mIoU
+
+
+def goal_pass_counts(runs: list[DemoResult]) -> list[tuple[str, int, int, list[int]]]:
+    """Each loop goal judged on each run: (goal, runs that met it, runs, seeds that missed)."""
+    per_run = [(r.seed, verdicts(r.figures())) for r in runs]
+    out = []
+    for k, first in enumerate(per_run[0][1]):
+        missed = [seed for seed, vs in per_run if not vs[k].met]
+        out.append((first.goal, len(per_run) - len(missed), len(per_run), missed))
+    return out
+
+
+def labels_to_reach(labelled: list[int], miou: list[float], target: float) -> float | None:
+    """Labelled images at which a label-efficiency curve first reaches `target`, linear
+    between rounds; None when it never does."""
+    for k, value in enumerate(miou):
+        if value >= target:
+            if k == 0:
+                return float(labelled[0])
+            x0, x1, y0, y1 = labelled[k - 1], labelled[k], miou[k - 1], miou[k]
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+    return None
+
+
+def paired_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired differences and its t interval (scipy); nan bounds for one pair."""
+    from scipy import stats
+
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan
+    sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if sem == 0:
+        return mean, mean, mean
+    low, high = stats.t.interval(level, len(diffs) - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def _by_seed(runs: StrategyRuns) -> dict[int, DemoResult]:
+    return {r.seed: r for r in runs.runs}
+
+
+def label_shares(all_runs: dict[str, StrategyRuns], strategy: str) -> dict[int, float | None]:
+    """Per seed: labels `strategy` needs to reach random's final champion mIoU, as a share of
+    random's labels at its final round (None: not reached within the rounds run)."""
+    out: dict[int, float | None] = {}
+    randoms = _by_seed(all_runs["random"])
+    for seed, run in _by_seed(all_runs[strategy]).items():
+        if seed not in randoms:
+            continue
+        ref = randoms[seed]
+        target = ref.figures().champion_miou[-1]
+        needed = labels_to_reach(
+            [r.labelled_images for r in run.rounds], run.figures().champion_miou, target
+        )
+        out[seed] = None if needed is None else needed / ref.rounds[-1].labelled_images
+    return out
+
+
+def label_efficiency_lines(all_runs: dict[str, StrategyRuns]) -> list[str]:
+    lines = ["label efficiency: labels needed to reach random's final champion mIoU (per seed)"]
+    for strategy in all_runs:
+        shares = label_shares(all_runs, strategy)
+        cells = ", ".join(
+            f"seed {seed} {'not reached' if v is None else f'{v:.0%}'}"
+            for seed, v in sorted(shares.items())
+        )
+        lines.append(f"  {strategy:<18} {cells}")
+    return lines
+
+
+def paired(all_runs: dict[str, StrategyRuns], strategy: str, figure) -> dict[int, float]:
+    """Per seed: figure(strategy's run) - figure(random's run)."""
+    randoms = _by_seed(all_runs["random"])
+    return {
+        seed: figure(run) - figure(randoms[seed])
+        for seed, run in _by_seed(all_runs[strategy]).items()
+        if seed in randoms
+    }
+
+
+def final_miou(run: DemoResult) -> float:
+    return run.figures().champion_miou[-1]
+
+
+def rare_iou(run: DemoResult) -> float:
+    return run.figures().class_iou.get(RARE_CLASS, 0.0)
+
+
+def paired_lines(all_runs: dict[str, StrategyRuns]) -> list[str]:
+    lines = ["final champion mIoU minus random's, per seed (mean, 95% t interval):"]
+    for strategy in all_runs:
+        if strategy == "random":
+            continue
+        diffs = paired(all_runs, strategy, final_miou)
+        mean, low, high = paired_interval(list(diffs.values()))
+        cells = ", ".join(f"{seed}: {d:+.3f}" for seed, d in sorted(diffs.items()))
+        lines.append(f"  {strategy:<18} {cells}; mean {mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+    return lines
+
+
+def al_goals(all_runs: dict[str, StrategyRuns], default: str) -> list[tuple[str, str, bool]]:
+    """The issue's active-learning goals for the default strategy, paired by seed."""
+    shares = label_shares(all_runs, default)
+    reached = sorted(v for v in shares.values() if v is not None)
+    median = statistics.median([math.inf if v is None else v for v in shares.values()])
+    diffs = paired(all_runs, default, final_miou)
+    mean, low, high = paired_interval(list(diffs.values()))
+    rare = paired(all_runs, default, rare_iou)
+    ahead = sum(d > 0 for d in rare.values())
+    n = len(diffs)
+    return [
+        (
+            f"reaches random's final champion mIoU with <= {MAX_LABEL_SHARE:.0%} of its labels "
+            "(median over seeds)",
+            f"median {'not reached' if math.isinf(median) else f'{median:.0%}'}; reached on "
+            f"{len(reached)} of {len(shares)} seeds",
+            median <= MAX_LABEL_SHARE,
+        ),
+        (
+            "final champion mIoU ahead of random, 95% interval of the paired difference above 0",
+            f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] over {n} seeds",
+            n >= 2 and low > 0,
+        ),
+        (
+            f"rare class ({RARE_CLASS}) final IoU above random's on most seeds",
+            f"ahead on {ahead} of {len(rare)} seeds ("
+            + ", ".join(f"{seed}: {d:+.3f}" for seed, d in sorted(rare.items()))
+            + ")",
+            ahead > len(rare) / 2,
+        ),
+    ]
+
+
 def verdict_line(goal: str, figure: str, met: bool) -> str:
     return f"{'met    ' if met else 'NOT met'}  {goal}: {figure}"
 
@@ -211,17 +356,40 @@ def summarize(
     ]
     lines += ["", f"the loop's goals, on the means over seeds of the default strategy ({default}):"]
     lines += [f"  {verdict_line(*j)}" for j in judged]
+    passes = goal_pass_counts(all_runs[default].runs)
+    lines += ["", f"the loop's goals, run by run ({default}; each goal on every seed):"]
+    lines += [
+        f"  {passed}/{total} seeds  {goal}" + (f" (missed on seeds {missed})" if missed else "")
+        for goal, passed, total, missed in passes
+    ]
     comparison = compare(all_runs, default)
     lines += ["", "active learning vs random selection:"]
     lines += [f"  {verdict_line(*j)}" for j in comparison]
-    return lines, judged + comparison
+    paired: list[tuple[str, str, bool]] = []
+    if "random" in all_runs and default != "random":
+        lines += ["", *label_efficiency_lines(all_runs)]
+        lines += ["", *paired_lines(all_runs)]
+        paired = al_goals(all_runs, default)
+        lines += ["", f"active learning vs random, paired by seed ({default}):"]
+        lines += [f"  {verdict_line(*j)}" for j in paired]
+    return lines, judged + comparison + paired
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument(
-        "--strategies", nargs="+", default=["uncertainty", "diverse", "mixed", "random"]
+        "--strategies",
+        nargs="+",
+        default=[DEFAULT_STRATEGY, "uncertainty", "random"]
+        if DEFAULT_STRATEGY != "uncertainty"
+        else ["uncertainty", "uncertain_kcenter", "random"],
+    )
+    ap.add_argument(
+        "--pool",
+        choices=["field", "plain"],
+        default="field",
+        help="the demo's synthetic pool (default field: plot sessions, a rare weed)",
     )
     ap.add_argument("--rounds", type=int, default=3, help="as the demo (default 3)")
     ap.add_argument("--out", default=f"runs/bench-loop/{time.strftime('%Y%m%d-%H%M%S')}")

@@ -131,6 +131,7 @@ class DemoResult:
     next_batch: str | None = None
     next_probe: ProbeResult | None = None  # the final champion on the probe set
     verdicts: list[str] = field(default_factory=list)
+    pool: str = "plain"  # the synthetic pool (summaries written before it was a choice: plain)
 
     @classmethod
     def load(cls, uri: str | Path) -> DemoResult:
@@ -158,7 +159,7 @@ class DemoResult:
 
 
 def demo_settings(
-    size: DemoSize, workdir: Path, name: str, cvat: bool, seed: int
+    size: DemoSize, workdir: Path, name: str, cvat: bool, seed: int, pool: str = "field"
 ) -> dict[str, Any]:
     """The demo's config layer: over the config file's values, under the `-o` overrides."""
     return {
@@ -173,7 +174,10 @@ def demo_settings(
         # include empty ones): CVAT exports no mask for it, so say it is background.
         "download_cvat": {"job_state": "completed", "missing_mask": "empty"} if cvat else {},
         "infer": {"num_workers": 0},
-        "select": {"budget": size.budget, "seed": seed},
+        # Field pool: a session (batch_id, one plot's burst) gets a second pick of the
+        # embedding strategies only once every session in the window has one.
+        "select": {"budget": size.budget, "seed": seed}
+        | ({"group_by": "batch_id"} if pool == "field" else {}),
         "preprocess": {
             "tile_size": size.image,
             "val_fraction": 0.25,
@@ -220,10 +224,17 @@ class DemoData:
 
 
 def make_demo_data(
-    cfg: SegloopConfig, size: DemoSize, rounds: int, prefix: str, seed: int = 0
+    cfg: SegloopConfig,
+    size: DemoSize,
+    rounds: int,
+    prefix: str,
+    seed: int = 0,
+    pool: str = "field",
 ) -> DemoData:
     """The synthetic dataset in S3, the image table, the fixed held-out test set, the seed set,
-    the probe set and each round's window of the pool."""
+    the probe set and each round's window of the pool. `pool`: `field` (plot sessions of
+    near-duplicate shots, a rare weed; the test and seed sets one shot per session) or
+    `plain` (independent images; see components.core.synthetic_field)."""
     n = size.test + size.seed + size.probe + (rounds + 1) * size.window
     synth = make_dataset(
         storage.join(prefix, "data"),
@@ -232,13 +243,15 @@ def make_demo_data(
         db_url=cfg.db.url,
         table=cfg.db.table,
         size=(size.image, size.image),
+        pool=pool,
+        singles=size.test + size.seed if pool == "field" else 0,
     )
     ids = synth.ids
     test, labelled = ids[: size.test], ids[size.test : size.test + size.seed]
-    pool = ids[size.test + size.seed :]
-    probe = sorted(random.Random(seed).sample(pool, size.probe))
+    pool_ids = ids[size.test + size.seed :]
+    probe = sorted(random.Random(seed).sample(pool_ids, size.probe))
     probe_ids = set(probe)
-    rest = [i for i in pool if i not in probe_ids]
+    rest = [i for i in pool_ids if i not in probe_ids]
     windows = [rest[i : i + size.window] for i in range(0, len(rest), size.window)]
     labels = LabelSet.load(synth.labels_uri)
     masks = {r["image_id"]: r["mask_uri"] for r in synth.records}
@@ -387,12 +400,13 @@ def run_demo(
     wait_timeout_s: float = 7200,
     poll_s: float = 10,
     echo: Echo = print,
+    pool: str = "field",
 ) -> DemoResult:
     """The loop as the module docstring tells it: stack, data, round 0, rounds 1..R, summary."""
     if rounds < 1:
         raise SegloopError(f"--rounds must be at least 1, got {rounds}")
     size = SMALL if small else FULL
-    demo = DemoRun.configure(config_path, overrides, size, workdir, echo, seed)
+    demo = DemoRun.configure(config_path, overrides, size, workdir, echo, seed, pool)
     demo.check_annotation_backend()
     demo.start_stack()
     demo.write_data(rounds)
@@ -418,6 +432,7 @@ class DemoRun:
     work: Path
     echo: Echo
     started: float
+    pool: str = "field"  # the synthetic pool: field or plain
     mlflow_uri: str = ""
     data: DemoData | None = None
     results: list[RoundResult] = field(default_factory=list)
@@ -435,6 +450,7 @@ class DemoRun:
         workdir: str | Path | None,
         echo: Echo,
         seed: int = 0,
+        pool: str = "field",
     ) -> DemoRun:
         started = time.monotonic()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -443,9 +459,9 @@ class DemoRun:
         run_name = f"{user.project.name}-{stamp}"
         work = Path(workdir or Path("runs") / "demo" / stamp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        settings = demo_settings(size, work, run_name, use_cvat, seed)
+        settings = demo_settings(size, work, run_name, use_cvat, seed, pool)
         cfg = load_config(config_path, list(overrides), extra=settings)
-        return cls(cfg, size, seed, stamp, run_name, work, echo, started)
+        return cls(cfg, size, seed, stamp, run_name, work, echo, started, pool=pool)
 
     @property
     def registered_model(self) -> str:
@@ -482,7 +498,7 @@ class DemoRun:
         """2. The synthetic dataset in S3, its image table, the fixed held-out test set."""
         bucket = self.cfg.stack.bucket
         prefix = f"s3://{bucket}/demo/{self.stamp}"
-        self.data = make_demo_data(self.cfg, self.size, rounds, prefix, self.seed)
+        self.data = make_demo_data(self.cfg, self.size, rounds, prefix, self.seed, self.pool)
         self.cfg = _with(
             self.cfg,
             project={"labels": self.data.labels_uri},
@@ -490,7 +506,7 @@ class DemoRun:
         )
         size = self.size
         self.echo(
-            f"synthetic dataset (seed {self.seed}): {len(self.data.masks)} images of "
+            f"synthetic {self.pool} dataset (seed {self.seed}): {len(self.data.masks)} images of "
             f"{size.image}x{size.image} px in {prefix}/data; fixed held-out test set "
             f"{len(self.data.test)}, labelled seed set {len(self.data.seed)}, probe set "
             f"{len(self.data.probe)}; each round the champion pre-annotates {size.window} pool "
@@ -609,6 +625,7 @@ class DemoRun:
             rounds=self.results,
             next_batch=self.upload_dir,
             next_probe=self.probe,
+            pool=self.pool,
         )
         demo.verdicts = [v.line() for v in verdicts(demo.figures())]
         write_loop_report(

@@ -58,8 +58,16 @@ from pipelines.cli.common import config_options
     show_default=True,
     help="--wait: seconds between looks at the tasks.",
 )
+@click.option(
+    "--pool",
+    type=click.Choice(["field", "plain"]),
+    default="field",
+    show_default=True,
+    help="The synthetic pool: field (plot sessions of near-duplicate shots, a rare weed) or "
+    "plain (independent images).",
+)
 @config_options
-def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, config_path, overrides):
+def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, pool, config_path, overrides):
     """Run the active-learning loop end to end on the embedded stack.
 
     Starts the stack if needed, writes a synthetic dataset, trains a first model on a labelled
@@ -86,6 +94,7 @@ def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, config_path
         wait_timeout_s=wait_timeout_s,
         poll_s=poll_s,
         echo=click.echo,
+        pool=pool,
     )
 
 
