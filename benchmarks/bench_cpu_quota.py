@@ -1,0 +1,268 @@
+"""Threads under a CPU quota: segloop's automatic choice inside a CPU-limited cgroup.
+
+A task pod gets a CPU limit (a CFS quota), not its own cores. This bench makes a cgroup limited
+to `--cpus` CPUs (v1 `cpu.cfs_quota_us` where the cpu controller is mounted as v1, as on this
+host, else v2 `cpu.max`; we must be root), runs each contender in a fresh process inside it,
+and removes the cgroup afterwards, also on error or Ctrl-C. Each process times segloop's infer
+step (Unet-resnet18 forward of `--batch` x 256^2 tiles, eval, channels_last, inference_mode)
+and train step (forward, CombinedLoss, backward, AdamW step, channels_last) with its thread
+count:
+
+- auto: `components.core.cpu_budget.apply_torch_threads()` (what every stage runs at its start);
+- default: torch's own default (the cores it can see: this machine's);
+- 1, 2, 4: the sweep; its best is the bar for auto;
+- 16, 64: a big node: torch's default on a 16- or 64-core node, under the same quota.
+
+Rounds alternate the contenders' order; each reports its median step time over its
+`--reps`. Other work on the machine shares the cores, so the 1-minute load average is printed
+before and after. Goals (infer and train): auto >= 0.9 of the sweep's best, >= 1.3x the big
+node's default, and not slower than torch's default here.
+
+    python benchmarks/bench_cpu_quota.py [--cpus 1] [--batch 4] [--reps 3] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.rows import record  # noqa: E402
+from components.core.cpu_budget import cpu_cgroup_mounts  # noqa: E402
+
+SWEEP = ("1", "2", "4")
+BIG_NODE = ("16", "64")
+CONTENDERS = ("auto", "default", *SWEEP, *BIG_NODE)
+STEPS = ("infer", "train")
+GOAL_VS_BEST = 0.9
+GOAL_VS_BIG_NODE = 1.3
+GOAL_VS_DEFAULT = 1.0
+PERIOD_US = 100_000
+MAX_SHARES_V1 = 262_144
+MAX_WEIGHT_V2 = 10_000
+
+
+class NoCgroup(Exception):
+    """No CPU-limited cgroup can be made here (not root, or no cpu controller)."""
+
+
+@contextmanager
+def limited_cgroup(cpus: float, name: str):
+    """A new cgroup limited to `cpus` CPUs; yields the file a process writes its pid to. On
+    exit the processes left in it are killed and it is removed."""
+    mounts = cpu_cgroup_mounts()
+    version = 1 if 1 in mounts else 2 if 2 in mounts else None
+    if version is None:
+        raise NoCgroup("no cgroup cpu controller is mounted")
+    folder = Path(mounts[version].point) / name
+    quota = max(1000, int(cpus * PERIOD_US))
+    try:
+        if version == 2:
+            _enable_v2_cpu(folder.parent)
+        folder.mkdir()
+    except OSError as exc:
+        raise NoCgroup(f"cannot make a cgroup under {folder.parent}: {exc.strerror}") from None
+    try:
+        # The quota caps the contenders at `cpus`; the top weight makes sure they get that
+        # much while other work loads the machine (as a pod's CPU request would).
+        if version == 2:
+            (folder / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+            (folder / "cpu.weight").write_text(str(MAX_WEIGHT_V2))
+        else:
+            (folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (folder / "cpu.cfs_quota_us").write_text(str(quota))
+            (folder / "cpu.shares").write_text(str(MAX_SHARES_V1))
+        yield folder / "cgroup.procs"
+    finally:
+        _remove(folder)
+
+
+def _enable_v2_cpu(parent: Path) -> None:
+    control = parent / "cgroup.subtree_control"
+    if "cpu" not in control.read_text().split():
+        control.write_text("+cpu")
+
+
+def _remove(folder: Path) -> None:
+    for _ in range(50):
+        try:
+            pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, 9)  # only our contenders live in a cgroup this bench made
+            except ProcessLookupError:
+                pass
+        try:
+            folder.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    print(f"warning: could not remove the cgroup {folder}; remove it with: rmdir {folder}")
+
+
+def run_in(procs: Path, argv: list[str], timeout: float) -> str:
+    """Run `argv` in the cgroup whose `cgroup.procs` is `procs`; its stdout."""
+
+    def join() -> None:  # runs in the child before exec: the whole process starts limited
+        procs.write_text(str(os.getpid()))
+
+    done = subprocess.run(
+        argv, preexec_fn=join, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv[-4:])} failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+# ---------------------------------------------------------------- one contender (in the cgroup)
+
+
+def contender(threads: str, batch: int, tile: int, reps: int) -> dict:
+    """Time the infer and train steps with `threads` (auto, default or a number)."""
+    import torch
+
+    from components.core.cpu_budget import apply_torch_threads
+    from components.core.model import build_model
+    from components.train.losses import CombinedLoss
+    from components.train.settings import TrainSettings
+
+    default = torch.get_num_threads()
+    if threads == "auto":
+        apply_torch_threads()
+    elif threads != "default":
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    model = build_model("Unet", "resnet18", None, 3, 2).to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, tile, tile).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch, tile, tile))
+    loss_fn = CombinedLoss(TrainSettings(), binary=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def infer() -> None:
+        model.eval()
+        with torch.inference_mode():
+            model(x)
+
+    def train() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    times = {}
+    for name, step in (("infer", infer), ("train", train)):
+        step()  # warm-up: allocator, kernels
+        seconds = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+        times[name] = statistics.median(seconds)
+    return {"threads": torch.get_num_threads(), "default": default, **times}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def measure(args) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
+    name = f"segloop-bench-{os.getpid()}"
+    with limited_cgroup(args.cpus, name) as procs:
+        for n in range(args.rounds):
+            order = CONTENDERS if n % 2 == 0 else tuple(reversed(CONTENDERS))
+            for c in order:
+                argv = [sys.executable, __file__, "--child", c, "--batch", str(args.batch)]
+                argv += ["--tile", str(args.tile), "--reps", str(args.reps)]
+                out = run_in(procs, argv, timeout=600)
+                runs[c].append(json.loads(out.strip().splitlines()[-1]))
+                print(f"  round {n + 1} {c:>7}: {_line(runs[c][-1])}", flush=True)
+    return runs
+
+
+def _line(run: dict) -> str:
+    return f"{run['threads']:>2} threads, infer {run['infer']:.3f} s, train {run['train']:.3f} s"
+
+
+def verdicts(runs: dict[str, list[dict]], cpus: float) -> None:
+    def best(c: str, step: str) -> float:  # the best round: load only ever slows a run
+        return min(r[step] for r in runs[c])
+
+    auto_threads = runs["auto"][0]["threads"]
+    default_threads = runs["default"][0]["threads"]
+    where = f"{cpus:g}-CPU quota"
+    for step in STEPS:
+        auto = best("auto", step)
+        top = min(SWEEP, key=lambda c: best(c, step))
+        ratio = best(top, step) / auto
+        print(f"{step}: auto ({auto_threads} threads) {auto:.3f} s; sweep best {top} threads")
+        record(
+            f"{step} under a {where}: auto ({auto_threads} threads) vs sweep best ({top})",
+            f"{auto:.3f} s",
+            f"{best(top, step):.3f} s",
+            ratio,
+            f"ratio >= {GOAL_VS_BEST}",
+            ratio >= GOAL_VS_BEST,
+        )
+        ratio = best("default", step) / auto
+        record(
+            f"{step} under a {where}: auto vs torch's default here ({default_threads} threads)",
+            f"{auto:.3f} s",
+            f"{best('default', step):.3f} s",
+            ratio,
+            f"ratio >= {GOAL_VS_DEFAULT}",
+            ratio >= GOAL_VS_DEFAULT,
+        )
+        for big in BIG_NODE:
+            ratio = best(big, step) / auto
+            record(
+                f"{step} under a {where}: auto vs a {big}-core node's default ({big} threads)",
+                f"{auto:.3f} s",
+                f"{best(big, step):.3f} s",
+                ratio,
+                f"ratio >= {GOAL_VS_BIG_NODE}",
+                ratio >= GOAL_VS_BIG_NODE,
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cpus", type=float, default=1.0, help="the cgroup's CPU quota")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(contender(args.child, args.batch, args.tile, args.reps)))
+        return
+    print(
+        f"CPU quota {args.cpus:g} CPUs, {args.batch} x {args.tile}^2, {args.reps} reps, "
+        f"{args.rounds} rounds (alternating order); machine: {os.cpu_count()} CPUs, "
+        f"load average (1 min) {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    try:
+        runs = measure(args)
+    except NoCgroup as exc:
+        print(f"not measured: {exc} (run as root on Linux)")
+        record("threads under a CPU quota", "", "", None, "a CPU-limited cgroup", False)
+        return
+    print(f"load average (1 min) after: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    verdicts(runs, args.cpus)
+
+
+if __name__ == "__main__":
+    main()
