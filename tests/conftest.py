@@ -94,6 +94,15 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture
+def kfp_api(tmp_path, monkeypatch):
+    """The KFP REST API stub (tests/kfp_stub.py), the user's KFP setup kept out (HOME = tmp)."""
+    from kfp_stub import isolated_stub
+
+    with isolated_stub(tmp_path, monkeypatch) as stub:
+        yield stub
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 

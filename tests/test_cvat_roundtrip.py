@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import segloop  # tests/ is on sys.path
 from cvat_sdk import make_client, models
 from cvat_sdk.core.proxies.annotations import AnnotationUpdateAction
 from cvat_sdk.masks import decode_mask, encode_mask
@@ -24,16 +24,14 @@ from pycocotools import mask as mask_utils
 from components.core.images import load_mask
 from components.core.labels import LabelSet
 from components.core.metrics import confusion_matrix, scores
-from pipelines.cli import cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 FAST = ["-o", "cvat.status_check_period_s=0.05", "-o", "cvat.backoff_s=0.05"]
 
 
-def segloop(*args: str) -> dict:
-    result = CliRunner().invoke(cli, [*args, *FAST], catch_exceptions=True)
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result
+def fast_segloop(*args: str):
+    """The CLI, with CVAT's status polling and backoff shortened; exit 0 or the test fails."""
+    return segloop(*args, *FAST, check=True)
 
 
 def coco_mean_iou(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
@@ -109,7 +107,7 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
     labels_file = str(pred / "labels.json")
     up, down = tmp_path / "up", tmp_path / "down"
     day = datetime.now(UTC).strftime("%Y-%m-%d")
-    out = segloop(
+    out = fast_segloop(
         "upload-cvat", "--predictions", str(pred), "--project", "field", "--create-project",
         "--max-images-per-task", "4", "--segment-size", "2", "--org", "lab", "--out-dir", str(up),
         "-o", f"project.labels={labels_file}",
@@ -150,10 +148,10 @@ def test_round_trip_through_cvat(cvat_env, tmp_path):
         "--out-dir",
         str(down),
     ]
-    out = segloop(*args)  # only the finished task qualifies
+    out = fast_segloop(*args)  # only the finished task qualifies
     assert "from 1 tasks (1 exported, 0 unchanged, 1 not ready)" in out.output
     finish(second)
-    out = segloop(*args)
+    out = fast_segloop(*args)
     assert "from 2 tasks (1 exported, 1 unchanged, 0 not ready)" in out.output
 
     manifest = [json.loads(line) for line in (down / "manifest.jsonl").read_text().splitlines()]
@@ -201,7 +199,7 @@ def test_polygons_up_and_coco_down_are_exact(cvat_env, tmp_path):
     pred = make_predictions(tmp_path / "data", 3, seed=3)
     up, down = tmp_path / "up", tmp_path / "down"
     labels_file = str(pred / "labels.json")
-    segloop(
+    fast_segloop(
         "upload-cvat", "--predictions", str(pred), "--shape", "polygon", "--task-name", "poly",
         "--out-dir", str(up), "-o", f"project.labels={labels_file}",
     )  # fmt: skip
@@ -210,7 +208,7 @@ def test_polygons_up_and_coco_down_are_exact(cvat_env, tmp_path):
     task = person(cvat_env).tasks.retrieve(task_entry["id"])
     assert {s.type.value for s in task.get_annotations().shapes} == {"polygon"}
     finish(task)
-    segloop(
+    fast_segloop(
         "download-cvat", "--task-id", str(task.id), "--format", "COCO 1.0", "--no-images",
         "--upload-dir", str(up), "--out-dir", str(down),
     )  # fmt: skip
@@ -229,7 +227,7 @@ def test_folder_backend_round_trip(tmp_path):
     pred = make_predictions(tmp_path / "data", 3, seed=5)
     folder, up, down = tmp_path / "tasks", tmp_path / "up", tmp_path / "down"
     labels_file = str(pred / "labels.json")
-    segloop(
+    fast_segloop(
         "upload-cvat", "--predictions", str(pred), "--backend", "folder", "--dir", str(folder),
         "--task-name", "field-{part}", "--out-dir", str(up), "-o", f"project.labels={labels_file}",
     )  # fmt: skip
@@ -248,7 +246,7 @@ def test_folder_backend_round_trip(tmp_path):
     meta["status"] = "completed"
     (task_dir / "task.json").write_text(json.dumps(meta))
 
-    segloop(
+    fast_segloop(
         "download-cvat",
         "--backend",
         "folder",
@@ -267,7 +265,7 @@ def test_folder_backend_round_trip(tmp_path):
     metrics = json.loads((down / "metrics.json").read_text())
     assert metrics["correction"]["images_changed"] == 1
     # Re-running the upload leaves the edited folder alone.
-    segloop(
+    fast_segloop(
         "upload-cvat", "--predictions", str(pred), "--backend", "folder", "--dir", str(folder),
         "--task-name", "field-{part}", "--out-dir", str(up), "-o", f"project.labels={labels_file}",
     )  # fmt: skip

@@ -12,28 +12,16 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
+from cli_helpers import segloop  # tests/ is on sys.path
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
 
 from components.config import config_from_json
 from components.core.errors import SegloopError
-from pipelines.cli import cli
 from pipelines.compile import compiled_kfp, read_fingerprint
 from pipelines.config import load_config
 
 TOKEN = "stub-bearer-token-0123456789"
-
-
-@pytest.fixture
-def kfp_api(tmp_path, monkeypatch):
-    with isolated_stub(tmp_path, monkeypatch) as stub:
-        yield stub
-
-
-def segloop(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=True)
 
 
 def submit(stub, *extra: str):

@@ -20,15 +20,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
-from kfp_stub import isolated_stub  # tests/ is on sys.path (rootdir-relative imports)
+from cli_helpers import segloop  # tests/ is on sys.path
 
 from components.config import config_from_json
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.infer.infer import pipeline_model
 from components.preprocess.stage import pipeline_inputs
-from pipelines.cli import cli
 from pipelines.compile import compiled_kfp, read_fingerprint
 from pipelines.config import load_config
 from pipelines.lifecycle import deploy, init_project, launch, local_only_settings
@@ -38,10 +36,6 @@ from pipelines.submit import make_client
 TOKEN = "stub-bearer-token-lifecycle"
 
 
-def segloop(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=True)
-
-
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A clean folder to scaffold in (paths in run.yaml start at the current folder)."""
@@ -49,12 +43,6 @@ def workdir(tmp_path, monkeypatch):
     for key in ("AWS_ENDPOINT_URL", "S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "SEGLOOP_CONFIG"):
         monkeypatch.delenv(key, raising=False)
     return tmp_path
-
-
-@pytest.fixture
-def kfp_api(tmp_path, monkeypatch):
-    with isolated_stub(tmp_path, monkeypatch) as stub:
-        yield stub
 
 
 # ---------------------------------------------------------------- init

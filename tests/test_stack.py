@@ -8,13 +8,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import boto3
 import mlflow
 import pytest
+from cli_helpers import segloop_process  # tests/ is on sys.path
 
 from components.core.errors import SegloopError
 from pipelines.stack import (
@@ -29,17 +29,6 @@ from pipelines.stack import (
 )
 
 
-def segloop(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_up_status_down_cycle(tmp_path):
     s3_port, ml_port = free_port(), free_port()
     opts = [
@@ -50,7 +39,7 @@ def test_up_status_down_cycle(tmp_path):
         "-o",
         f"stack.mlflow_port={ml_port}",
     ]
-    up = segloop("up", *opts, cwd=tmp_path)
+    up = segloop_process("up", *opts, cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         assert f"{HOST}:{s3_port}" in up.stdout
@@ -80,16 +69,16 @@ def test_up_status_down_cycle(tmp_path):
         assert mlflow.search_experiments()
 
         # A second `up` is a no-op; status shows both running.
-        again = segloop("up", *opts, cwd=tmp_path)
+        again = segloop_process("up", *opts, cwd=tmp_path)
         assert again.returncode == 0 and "already running" in again.stdout
-        status = segloop("status", *opts, cwd=tmp_path)
+        status = segloop_process("status", *opts, cwd=tmp_path)
         assert status.stdout.count("running") == 2, status.stdout
     finally:
-        down = segloop("down", *opts, cwd=tmp_path)
+        down = segloop_process("down", *opts, cwd=tmp_path)
     assert down.returncode == 0 and "seaweedfs" in down.stdout and "mlflow" in down.stdout
     pids = [int(tok) for tok in down.stdout.replace(")", " ").split() if tok.isdigit()]
     assert pids and not any(pid_alive(p) for p in pids)
-    assert "not running" in segloop("status", *opts, cwd=tmp_path).stdout
+    assert "not running" in segloop_process("status", *opts, cwd=tmp_path).stdout
 
 
 def test_busy_port_is_a_clear_error(tmp_path):
@@ -97,7 +86,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = segloop(
+        result = segloop_process(
             "up", "-o", f"stack.dir={tmp_path}", "-o", f"stack.s3_port={port}", cwd=tmp_path
         )
     assert result.returncode == 2
@@ -106,7 +95,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("bad", ["stack.s3_port=notaport", "stack.nope=1"])
 def test_bad_stack_settings_name_the_key(tmp_path, bad):
-    result = segloop("up", "-o", bad, cwd=tmp_path)
+    result = segloop_process("up", "-o", bad, cwd=tmp_path)
     assert result.returncode == 2
     assert bad.split("=")[0] in result.stderr
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from cli_helpers import segloop_process  # tests/ is on sys.path
 
 from components.images import images_from_config
 from pipelines.config import load_config
@@ -65,29 +66,29 @@ def user_data(project):
     """The user's own data: images in a folder of the project, their table in the default
     database (the relative `sqlite:///.segloop/images.db`)."""
     folder, _ = project
-    segloop(project, "data", "synth", "--n", "6", "--out", str(folder / "images"))
+    segloop_in(project, "data", "synth", "--n", "6", "--out", str(folder / "images"))
     assert (folder / ".segloop" / "images.db").is_file()
     return folder
 
 
-def segloop(project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def segloop_in(project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     folder, stack = project
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AWS_", "S3_", "MLFLOW_", "CVAT_", "SEGLOOP_"))
     }
-    proc = subprocess.run(
-        [SEGLOOP, *args, *stack, *(IMAGE_SETTINGS if args[0] in IN_IMAGES else [])],
+    in_images = IMAGE_SETTINGS if args[0] in IN_IMAGES else []
+    return segloop_process(
+        *args,
+        *stack,
+        *in_images,
         cwd=folder,
         env=env,
-        capture_output=True,
-        text=True,
+        command=(SEGLOOP,),
         timeout=TIMEOUT_S,
+        check=check,
     )
-    if check:
-        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
-    return proc
 
 
 def task_dirs(run_dir: Path) -> dict[str, Path]:
@@ -102,7 +103,7 @@ def test_demo_round_runs_every_task_in_the_images(project):
     round of the loop (active_learning), every task a container of its image."""
     folder, _ = project
     work = folder / "demo"
-    segloop(
+    segloop_in(
         project,
         "demo",
         "--small",
@@ -149,7 +150,7 @@ def test_smoke_test_with_the_default_config(project, user_data):
     SQLite URL) and sets only its own data: the folder backend in a relative folder, the ExG
     predictor (no model needed). Host paths reach the containers; outputs are checked."""
     folder = user_data
-    proc = segloop(
+    proc = segloop_in(
         project,
         "smoke-test",
         "pre_annotation",
@@ -171,7 +172,7 @@ def test_a_task_failing_in_its_container_fails_the_run_naming_it(project, user_d
     """The infer task of pre_annotation fails inside its container (the model file is missing):
     the run fails and names the task."""
     folder, _ = project
-    proc = segloop(
+    proc = segloop_in(
         project,
         "run",
         "pre_annotation",
@@ -196,7 +197,7 @@ def test_an_image_whose_entrypoint_fails_fails_the_run(project, user_data, engin
     broken = "localhost/segloop-broken-entrypoint:test"
     engine.images.build(path=str(tmp_path), tag=broken, rm=True)
     try:
-        proc = segloop(
+        proc = segloop_in(
             project,
             "smoke-test",
             "pre_annotation",
