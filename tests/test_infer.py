@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from config_helpers import infer_config  # tests/ is on sys.path
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -24,7 +25,6 @@ from components.core.labels import Label, LabelSet
 from components.core.model import ModelSpec, build_from_spec
 from components.core.predictor import Predictor, PredictorInfo, SmpPredictor
 from components.core.tiling import make_grid, pad_image
-from pipelines.config import load_config
 
 LABELS = [
     Label(name="background", id=0, color="#000000"),
@@ -87,11 +87,6 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
         y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
         img[y : y + rng.integers(5, h // 3), x : x + rng.integers(5, w // 3)] = color
     return img
-
-
-def cfg_with(**infer):
-    base = {"num_workers": 0, "batch_size": 4, "device": "cpu"}
-    return load_config(extra={"infer": {**base, **infer}})
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +176,9 @@ def test_outputs_coco_and_uncertainty_on_cpu_amp_with_workers(tmp_path):
     folder = tmp_path / "imgs"
     for i, (h, w) in enumerate([(96, 130), (140, 90), (64, 64)]):
         save(folder / f"img{i}.png", scene(h, w, seed=i))
-    cfg = cfg_with(num_workers=1, amp="bf16", overlays=True, min_area=4, tile_size=64, batch_size=3)
+    cfg = infer_config(
+        num_workers=1, amp="bf16", overlays=True, min_area=4, tile_size=64, batch_size=3
+    )
     out = tmp_path / "out"
     metrics = run_infer(cfg, images=str(folder), out=str(out), predictor=PixelPredictor())
     assert metrics["ok"] == 3 and metrics["failed"] == 0 and metrics["amp"] == "bfloat16"
@@ -255,7 +252,7 @@ def test_bad_inputs_are_converted_or_recorded_and_counted(tmp_path, ckpt):
 
     out = tmp_path / "out"
     with pytest.raises(SegloopError) as err:
-        run_infer(cfg_with(model=str(ckpt), max_failures=2), records=str(records), out=str(out))
+        run_infer(infer_config(model=str(ckpt), max_failures=2), records=str(records), out=str(out))
     message = str(err.value)
     assert "3 items failed (max_failures=2)" in message
     for bad in ("truncated", "corrupt", "missing"):
@@ -276,7 +273,7 @@ def test_bad_inputs_are_converted_or_recorded_and_counted(tmp_path, ckpt):
     # within the allowed failures the stage succeeds, and only the failed ones are retried;
     # a query output folder works as well as its records.jsonl
     again = run_infer(
-        cfg_with(model=str(ckpt), max_failures=3), records=str(tmp_path), out=str(out)
+        infer_config(model=str(ckpt), max_failures=3), records=str(tmp_path), out=str(out)
     )
     assert again["skipped_done"] == 5 and again["processed"] == 3 and again["failed"] == 3
 
@@ -288,21 +285,21 @@ def test_resume_skips_done_images_and_overwrite_redoes_them(tmp_path):
     for i in range(3):
         save(folder / "sub" / f"p{i}.png", scene(64, 80, seed=i))
     out = tmp_path / "out"
-    first = run_infer(cfg_with(), images=str(folder), out=str(out), predictor=PixelPredictor())
+    first = run_infer(infer_config(), images=str(folder), out=str(out), predictor=PixelPredictor())
     assert first["processed"] == 3 and (out / "masks" / "sub" / "p0.png").is_file()
     stamp = (out / "masks" / "sub" / "p0.png").stat().st_mtime_ns
     (out / "masks" / "sub" / "p2.png").unlink()
     lines = (out / "manifest.jsonl").read_text().splitlines()
     (out / "manifest.jsonl").write_text("\n".join(lines[:2]) + "\n")  # as if interrupted
 
-    second = run_infer(cfg_with(), images=str(folder), out=str(out), predictor=PixelPredictor())
+    second = run_infer(infer_config(), images=str(folder), out=str(out), predictor=PixelPredictor())
     assert second["skipped_done"] == 2 and second["processed"] == 1 and second["ok"] == 3
     assert (out / "masks" / "sub" / "p2.png").is_file()
     assert (out / "masks" / "sub" / "p0.png").stat().st_mtime_ns == stamp
     assert len(json.loads((out / "predictions.json").read_text())["images"]) == 3
 
     third = run_infer(
-        cfg_with(overwrite=True), images=str(folder), out=str(out), predictor=PixelPredictor()
+        infer_config(overwrite=True), images=str(folder), out=str(out), predictor=PixelPredictor()
     )
     assert third["processed"] == 3 and third["skipped_done"] == 0
 
@@ -357,7 +354,7 @@ def test_rerun_after_removing_and_fixing_bad_files_agrees_with_metrics(tmp_path,
     (folder / "sub" / "page.jpg").write_bytes(b"<html><body>404</body></html>")
     (folder / "html.png").write_bytes(b"<html>")
     out = tmp_path / "out"
-    cfg = cfg_with(model=str(ckpt))
+    cfg = infer_config(model=str(ckpt))
     with pytest.raises(SegloopError) as err:
         run_infer(cfg, images=str(folder), out=str(out))
     message = str(err.value)  # names the record and the file, says what is wrong
@@ -403,7 +400,7 @@ def test_rerun_after_removing_and_fixing_bad_files_agrees_with_metrics(tmp_path,
     (bad / "a.jpg").write_bytes(b"")
     (bad / "b.jpg").write_bytes(b"<html>")
     m = run_infer(
-        cfg_with(model=str(ckpt), max_failures=2), images=str(bad), out=str(tmp_path / "o2")
+        infer_config(model=str(ckpt), max_failures=2), images=str(bad), out=str(tmp_path / "o2")
     )
     assert throughput(m) == "nothing segmented: 2 images processed, none succeeded"
     assert throughput(again).endswith("MP/s on cpu") and again["mp_per_s"] > 0
@@ -415,18 +412,18 @@ def test_thresholds_and_settings_errors(tmp_path):
     save(tmp_path / "imgs" / "a.png", scene(64, 64))
     with pytest.raises(SegloopError, match=r"unknown classes \['tree'\]"):
         run_infer(
-            cfg_with(threshold={"tree": 0.5}),
+            infer_config(threshold={"tree": 0.5}),
             images=str(tmp_path / "imgs"),
             out=str(tmp_path / "o"),
             predictor=PixelPredictor(),
         )
     with pytest.raises(SegloopError, match="exactly one input"):
-        run_infer(cfg_with(), out=str(tmp_path / "o"), predictor=PixelPredictor())
+        run_infer(infer_config(), out=str(tmp_path / "o"), predictor=PixelPredictor())
     with pytest.raises(SegloopError, match="needs a model"):
-        run_infer(cfg_with(), images=str(tmp_path / "imgs"), out=str(tmp_path / "o"))
+        run_infer(infer_config(), images=str(tmp_path / "imgs"), out=str(tmp_path / "o"))
     # a threshold of 1.0 can never be reached: everything is background
     m = run_infer(
-        cfg_with(threshold=1.0),
+        infer_config(threshold=1.0),
         images=str(tmp_path / "imgs"),
         out=str(tmp_path / "t"),
         predictor=PixelPredictor(),
@@ -493,7 +490,7 @@ def test_cli_with_s3_images_model_and_output(s3, tmp_path, ckpt):
     ]
     records.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = run_infer(
-        cfg_with(model=f"s3://{s3.bucket}/models/tiny", max_failures=1),
+        infer_config(model=f"s3://{s3.bucket}/models/tiny", max_failures=1),
         records=str(records),
         out=str(tmp_path / "o"),
     )

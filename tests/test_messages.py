@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from config_helpers import infer_config  # tests/ is on sys.path
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,11 +34,6 @@ def image(path: Path, seed: int = 0) -> str:
 def records(path: Path, rows: list) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-def infer_cfg(**infer):
-    base = {"predictor": "exg", "device": "cpu", "num_workers": 0}
-    return load_config(extra={"infer": {**base, **infer}})
 
 
 # ---------------------------------------------------------------- infer: failures named
@@ -83,7 +79,7 @@ def test_too_many_failures_name_the_manifest_path(tmp_path):
     (folder / "bad.png").write_bytes(b"<html>")
     out = tmp_path / "out"
     with pytest.raises(SegloopError) as err:
-        run_infer(infer_cfg(), images=str(folder), out=str(out))
+        run_infer(infer_config(predictor="exg"), images=str(folder), out=str(out))
     assert f"see {out / 'manifest.jsonl'}:" in str(err.value)
     assert "<html>" not in str(err.value)
 
@@ -124,7 +120,7 @@ def test_records_that_cannot_name_an_image_are_refused_in_one_line(tmp_path, row
     image(tmp_path / "field" / "a.jpg")
     path = records(tmp_path / "records.jsonl", [row])
     with pytest.raises(SegloopError) as err:
-        run_infer(infer_cfg(), records=path, out=str(tmp_path / "out"))
+        run_infer(infer_config(predictor="exg"), records=path, out=str(tmp_path / "out"))
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
 
@@ -133,7 +129,7 @@ def test_url_image_folders_are_refused(tmp_path):
     from components.infer.infer import run_infer
 
     with pytest.raises(SegloopError, match=r"--images http://h/imgs: http:// is not supported"):
-        run_infer(infer_cfg(), images="http://h/imgs", out=str(tmp_path / "out"))
+        run_infer(infer_config(predictor="exg"), images="http://h/imgs", out=str(tmp_path / "out"))
 
 
 # ---------------------------------------------------------------- query

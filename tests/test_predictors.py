@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from config_helpers import infer_config  # tests/ is on sys.path
 from skimage.filters import threshold_otsu
 
 from components.core.errors import SegloopError
@@ -21,7 +22,6 @@ from components.infer.infer import run_infer
 from components.predictors.exg import ExgPredictor, otsu_threshold
 from components.predictors.loading import make_predictor
 from pipelines.cli import cli
-from pipelines.config import load_config
 
 # A predictor module as users write one: typed params, labels, probabilities. `KIND` selects a
 # (mis)behaviour for the bad-predictor tests.
@@ -83,18 +83,6 @@ def write_module(folder: Path, name: str, kind: str = "ok") -> Path:
     return path
 
 
-def cfg_with(tmp_path: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"io.out_root={tmp_path / 'runs'}",
-            "infer.device=cpu",
-            "infer.num_workers=0",
-            *overrides,
-        ],
-    )
-
-
 @pytest.fixture
 def one_image(tmp_path) -> Path:
     folder = tmp_path / "images"
@@ -132,7 +120,7 @@ def test_exg_pre_annotates_synthetic_field_images(tmp_path):
     )
     out = tmp_path / "out"
     metrics = run_infer(
-        cfg_with(tmp_path, "infer.predictor=exg"),
+        infer_config(f"io.out_root={tmp_path / 'runs'}", "infer.predictor=exg"),
         images=str(tmp_path / "data" / "images"),
         out=str(out),
     )
@@ -191,8 +179,8 @@ def test_module_path_predictor_runs_through_infer_with_label_map_and_drop(
     write_module(tmp_path, "weeds_model_a")
     out = tmp_path / "out"
     metrics = run_infer(
-        cfg_with(
-            tmp_path,
+        infer_config(
+            f"io.out_root={tmp_path / 'runs'}",
             "infer.predictor=weeds_model_a:build",
             "infer.predictor_params.weed_share=0.8",
             "infer.label_map.weed=plant",
@@ -226,7 +214,9 @@ def test_label_map_follows_the_project_labels_file(tmp_path, one_image, monkeypa
     ]
     out = tmp_path / "out"
     run_infer(
-        cfg_with(tmp_path, *base, "infer.label_map.crop=soybean"), images=str(one_image), out=out
+        infer_config(f"io.out_root={tmp_path / 'runs'}", *base, "infer.label_map.crop=soybean"),
+        images=str(one_image),
+        out=out,
     )
     assert LabelSet.load(out / "labels.json") == labels
     mask = load_mask(out / "masks" / "a.png")
@@ -234,10 +224,16 @@ def test_label_map_follows_the_project_labels_file(tmp_path, one_image, monkeypa
     assert (mask[:, 32:] == 0).all()  # soybean at 0.9 < its threshold 0.95
 
     with pytest.raises(SegloopError, match=r"classes \['crop'\] are not in the project labels"):
-        run_infer(cfg_with(tmp_path, *base[:2], "infer.drop=[weed]"), images=str(one_image))
+        run_infer(
+            infer_config(f"io.out_root={tmp_path / 'runs'}", *base[:2], "infer.drop=[weed]"),
+            images=str(one_image),
+        )
     with pytest.raises(SegloopError, match="infer.label_map names 'wheat'.*'weeds_model_b:build'"):
         run_infer(
-            cfg_with(tmp_path, *base[:2], "infer.label_map.wheat=weed"), images=str(one_image)
+            infer_config(
+                f"io.out_root={tmp_path / 'runs'}", *base[:2], "infer.label_map.wheat=weed"
+            ),
+            images=str(one_image),
         )
 
 
@@ -312,13 +308,19 @@ def test_bad_predictor_gets_a_clear_error_naming_it(tmp_path, one_image, kind, e
     path = write_module(tmp_path, f"bad_{kind.replace('-', '_')}", kind)
     spec = f"{path}:build"
     with pytest.raises(SegloopError, match=f"predictor '{spec}'.*{expected}"):
-        run_infer(cfg_with(tmp_path, f"infer.predictor={spec}"), images=str(one_image))
+        run_infer(
+            infer_config(f"io.out_root={tmp_path / 'runs'}", f"infer.predictor={spec}"),
+            images=str(one_image),
+        )
 
 
 def test_not_a_predictor_is_named(tmp_path, one_image):
     (tmp_path / "not_pred.py").write_text("def build():\n    return 'a model'\n")
     spec = f"{tmp_path / 'not_pred.py'}:build"
     with pytest.raises(SegloopError, match=f"predictor '{spec}' returned str, not a"):
-        run_infer(cfg_with(tmp_path, f"infer.predictor={spec}"), images=str(one_image))
+        run_infer(
+            infer_config(f"io.out_root={tmp_path / 'runs'}", f"infer.predictor={spec}"),
+            images=str(one_image),
+        )
     with pytest.raises(SegloopError, match="takes no params"):
         make_predictor(spec, None, torch.device("cpu"), {"x": 1})

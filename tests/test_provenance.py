@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from config_helpers import infer_config  # tests/ is on sys.path
 from PIL import Image
 
 from components.core import outputs
@@ -38,15 +39,12 @@ def field(folder: Path, n: int, size: int = 64) -> Path:
     return folder
 
 
-def cfg(**infer):
-    base = {"predictor": "exg", "device": "cpu", "num_workers": 0}
-    return load_config(extra={"infer": {**base, **infer}})
-
-
 def infer(out: Path, images: Path, **settings):
     from components.infer.infer import run_infer
 
-    return run_infer(cfg(**settings), images=str(images), out=str(out))
+    return run_infer(
+        infer_config(**{"predictor": "exg", **settings}), images=str(images), out=str(out)
+    )
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:

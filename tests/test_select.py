@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from config_helpers import config_with  # tests/ is on sys.path
 
 from components.core import artifacts
 from components.core.errors import SegloopError
 from components.core.images import save_mask_png, save_rgb
 from components.select.select import run_select
-from pipelines.config import load_config
 
 
 def make_predictions(folder, n=8, duplicates=()):
@@ -59,10 +59,6 @@ def make_predictions(folder, n=8, duplicates=()):
     return folder
 
 
-def cfg_with(**select):
-    return load_config(None, [f"select.{k}={v}" for k, v in select.items()])
-
-
 def selected_ids(out):
     return [row["record_id"] for row in artifacts.read_jsonl(out / "selected.jsonl")]
 
@@ -70,7 +66,7 @@ def selected_ids(out):
 def test_uncertainty_picks_most_uncertain_and_writes_subset(tmp_path):
     pred = make_predictions(tmp_path / "pred")
     out = tmp_path / "sel"
-    metrics = run_select(cfg_with(budget=3), predictions=str(pred), out=str(out))
+    metrics = run_select(config_with(select=dict(budget=3)), predictions=str(pred), out=str(out))
     assert selected_ids(out) == ["img07", "img06", "img05"]
     assert (
         metrics["selected"] == 3 and metrics["candidates"] == 8
@@ -89,7 +85,11 @@ def test_uncertainty_picks_most_uncertain_and_writes_subset(tmp_path):
 
 def test_margin_metric_ranks_small_margins_first(tmp_path):
     pred = make_predictions(tmp_path / "pred")
-    run_select(cfg_with(budget=2, metric="margin"), predictions=str(pred), out=str(tmp_path / "o"))
+    run_select(
+        config_with(select=dict(budget=2, metric="margin")),
+        predictions=str(pred),
+        out=str(tmp_path / "o"),
+    )
     assert selected_ids(tmp_path / "o") == ["img07", "img06"]
 
 
@@ -100,7 +100,9 @@ def test_random_is_seeded(tmp_path):
         seed = 1 if run < 2 else 2
         out = tmp_path / f"r{run}"
         run_select(
-            cfg_with(strategy="random", budget=4, seed=seed), predictions=str(pred), out=str(out)
+            config_with(select=dict(strategy="random", budget=4, seed=seed)),
+            predictions=str(pred),
+            out=str(out),
         )
         picks.append(selected_ids(out))
     assert picks[0] == picks[1]
@@ -116,7 +118,7 @@ def test_stratified_by_record_column_and_by_dominant_class(tmp_path):
     )
     out = tmp_path / "s1"
     run_select(
-        cfg_with(strategy="stratified", budget=4, stratify_by="season"),
+        config_with(select=dict(strategy="stratified", budget=4, stratify_by="season")),
         predictions=str(pred),
         records=str(records),
         out=str(out),
@@ -127,13 +129,17 @@ def test_stratified_by_record_column_and_by_dominant_class(tmp_path):
     )  # the small group is not drowned
 
     out2 = tmp_path / "s2"
-    run_select(cfg_with(strategy="stratified", budget=2), predictions=str(pred), out=str(out2))
+    run_select(
+        config_with(select=dict(strategy="stratified", budget=2)),
+        predictions=str(pred),
+        out=str(out2),
+    )
     reasons = [row["reason"] for row in artifacts.read_jsonl(out2 / "selected.jsonl")]
     assert sorted(reasons) == ["stratified: group 1", "stratified: group 2"]
 
     with pytest.raises(SegloopError, match="not a column"):
         run_select(
-            cfg_with(strategy="stratified", stratify_by="nope"),
+            config_with(select=dict(strategy="stratified", stratify_by="nope")),
             predictions=str(pred),
             records=str(records),
             out=str(tmp_path / "s3"),
@@ -144,10 +150,12 @@ def test_diverse_skips_near_duplicates(tmp_path):
     # img07 and img06 are the two most uncertain but img06 is a copy of img07's pixels.
     pred = make_predictions(tmp_path / "pred", duplicates={7: 6})
     out = tmp_path / "d"
-    run_select(cfg_with(strategy="diverse", budget=2), predictions=str(pred), out=str(out))
+    run_select(
+        config_with(select=dict(strategy="diverse", budget=2)), predictions=str(pred), out=str(out)
+    )
     assert selected_ids(out) == ["img06", "img05"] or selected_ids(out) == ["img07", "img05"]
     plain = tmp_path / "u"
-    run_select(cfg_with(budget=2), predictions=str(pred), out=str(plain))
+    run_select(config_with(select=dict(budget=2)), predictions=str(pred), out=str(plain))
     assert selected_ids(plain) == ["img07", "img06"]
 
 
@@ -155,12 +163,12 @@ def test_missing_uncertainty_is_a_clear_error(tmp_path):
     folder = tmp_path / "pred"
     artifacts.Manifest(folder).add({"record_id": "a", "image_uri": "a.png", "status": "ok"})
     with pytest.raises(SegloopError, match="no uncertainty.entropy"):
-        run_select(cfg_with(), predictions=str(folder), out=str(tmp_path / "o"))
+        run_select(config_with(), predictions=str(folder), out=str(tmp_path / "o"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(SegloopError, match="no successfully"):
-        run_select(cfg_with(), predictions=str(tmp_path / "empty"), out=str(tmp_path / "o"))
+        run_select(config_with(), predictions=str(tmp_path / "empty"), out=str(tmp_path / "o"))
     with pytest.raises(SegloopError, match="no such file"):
-        run_select(cfg_with(), predictions=str(tmp_path / "absent"), out=str(tmp_path / "o"))
+        run_select(config_with(), predictions=str(tmp_path / "absent"), out=str(tmp_path / "o"))
 
 
 def test_mixed_takes_the_most_uncertain_and_a_seeded_random_share_of_the_rest(tmp_path):
@@ -169,7 +177,7 @@ def test_mixed_takes_the_most_uncertain_and_a_seeded_random_share_of_the_rest(tm
     for seed in (1, 1, 2):
         out = tmp_path / f"m{seed}-{len(picks)}"
         run_select(
-            cfg_with(strategy="mixed", budget=4, random_share=0.5, seed=seed),
+            config_with(select=dict(strategy="mixed", budget=4, random_share=0.5, seed=seed)),
             predictions=str(pred),
             out=str(out),
         )
@@ -183,7 +191,7 @@ def test_mixed_takes_the_most_uncertain_and_a_seeded_random_share_of_the_rest(tm
     assert first == again and first != other
     # random_share=1 is random selection; 0 is uncertainty.
     run_select(
-        cfg_with(strategy="mixed", budget=3, random_share=0),
+        config_with(select=dict(strategy="mixed", budget=3, random_share=0)),
         predictions=str(pred),
         out=str(tmp_path / "u"),
     )
