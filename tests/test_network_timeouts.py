@@ -222,3 +222,50 @@ def test_postgresql_connections_carry_the_timeouts_and_the_urls_own_win():
     )
     assert "connect_timeout" not in theirs  # the URL's own 3 s stays
     assert theirs["options"] == "-c statement_timeout=300000 -c statement_timeout=0"
+
+
+def test_mlflows_own_s3_artifact_client_is_bounded_and_fails_in_one_line(tmp_path):
+    """An MLflow experiment whose artifacts live on S3 (not proxied by a tracking server): MLflow
+    uploads them with its own boto3 client, which kept botocore's 60 s timeouts and legacy
+    retries (5 attempts: minutes on a hung endpoint) and failed with a traceback. It gets the
+    SEGLOOP_S3_* limits, and `segloop train` ends with one line naming the endpoint."""
+    import mlflow
+
+    from components.preprocess.stage import run_preprocess
+    from components.train.toydata import write_toy_dataset
+    from pipelines.config import load_config
+
+    toy = write_toy_dataset(tmp_path / "toy", n=4, seed=0, sizes=(64, 64))
+    pre = tmp_path / "pre"
+    run_preprocess(
+        load_config(None, [f"stack.dir={tmp_path / 'stack'}", "preprocess.tile_size=64"]),
+        inputs=[str(toy)],
+        out=str(pre),
+    )
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        "train:\n  encoder_name: resnet18\n  encoder_weights: null\n  epochs: 1\n"
+        "  model_kwargs: {encoder_depth: 3, decoder_channels: [32, 16, 8]}\n"
+        "  pad_divisor: 8\n  batch_size: 4\n  workers: 0\n  amp: 'off'\n"
+        "mlflow:\n  experiment: on-s3\n"
+    )
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking).create_experiment("on-s3", artifact_location="s3://bucket/art")
+    with SilentServer() as s3:
+        env = clean_env(
+            tmp_path, MLFLOW_TRACKING_URI=tracking, MLFLOW_S3_ENDPOINT_URL=s3.url, **S3_KEYS
+        )
+        env.update(FAST_S3)
+        args = ["train", "-c", str(config), "--data", str(pre), "--out", "t", "--device", "cpu"]
+        result, seconds = run_segloop(args, env, tmp_path, timeout=300)
+        attempts = len(s3.connections)
+    line = assert_one_line_failure(
+        result,
+        seconds,
+        150,  # start-up (torch, MLflow) included; botocore's defaults take over 5 minutes
+        f"endpoint {s3.url} did not answer within 1 s (2 attempts)",
+        "MLFLOW_S3_ENDPOINT_URL",
+    )
+    assert "/artifacts/cfg.yaml" in line
+    assert attempts == 2  # SEGLOOP_S3_MAX_ATTEMPTS, not botocore's legacy 5
+    assert S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in result.stderr

@@ -118,7 +118,8 @@ def _client(endpoint: str | None, credentials_key: str, region: str | None, limi
     # `credentials_key` only makes the cache notice changed credentials; boto3 reads the env.
     connect_s, read_s, max_attempts = limits
     config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        # total_max_attempts counts the first try; botocore's max_attempts counts retries only.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
         connect_timeout=connect_s,
         read_timeout=read_s,
         max_pool_connections=32,
@@ -165,8 +166,15 @@ def s3_limits() -> tuple[float, float, int]:
     )
 
 
-def _explain(uri: str, exc: Exception, action: str) -> StorageError:
-    """Turn a boto3/botocore error into words that name the URI and what to do."""
+def _explain(
+    uri: str,
+    exc: Exception,
+    action: str,
+    where: str | None = None,
+    endpoint_var: str = "AWS_ENDPOINT_URL",
+) -> StorageError:
+    """Turn a boto3/botocore error into words that name the URI and what to do (`where`: the
+    endpoint, default AWS_ENDPOINT_URL's; `endpoint_var`: the variable that sets it)."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import (
         BotoCoreError,
@@ -177,7 +185,7 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
         ReadTimeoutError,
     )
 
-    where = endpoint_url() or "AWS S3"
+    where = where or endpoint_url() or "AWS S3"
     inner = exc.__cause__ or exc.__context__
     if isinstance(exc, Boto3Error) and isinstance(inner, ClientError | BotoCoreError):
         # boto3's managed transfers wrap the real cause (S3UploadFailedError etc.).
@@ -189,7 +197,7 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
         waited = read_s if isinstance(exc, ReadTimeoutError) else connect_s
         why = (
             f"endpoint {where} did not answer within {waited:g} s ({tries} attempts): is the "
-            "object store running and healthy, and AWS_ENDPOINT_URL right? (a slow one: raise "
+            f"object store running and healthy, and {endpoint_var} right? (a slow one: raise "
             "SEGLOOP_S3_READ_TIMEOUT_S / SEGLOOP_S3_CONNECT_TIMEOUT_S)"
         )
     elif isinstance(exc, EndpointConnectionError):
@@ -213,6 +221,31 @@ def _explain(uri: str, exc: Exception, action: str) -> StorageError:
     else:
         why = str(exc) or type(exc).__name__
     return StorageError(f"cannot {action} {uri}: {why}")
+
+
+def library_s3_failure(exc: BaseException) -> StorageError | None:
+    """An S3 error that MLflow's own boto3 client raised (its S3 artifact store) in words,
+    naming the endpoint it failed on; None when `exc` did not come from boto3.
+
+    botocore's errors carry the request URL (`endpoint_url`), boto3's transfer errors wrap one.
+    """
+    from urllib.parse import urlsplit
+
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not isinstance(exc, BotoCoreError | ClientError | Boto3Error):
+        return None
+    inner = exc.__cause__ or exc.__context__
+    url = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+    url = url or str(getattr(inner, "kwargs", {}).get("endpoint_url") or "")
+    parts = urlsplit(url)
+    where = (
+        f"{parts.scheme}://{parts.netloc}"
+        if parts.netloc
+        else os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    )
+    return _explain(url or "an S3 object", exc, "reach", where, "MLFLOW_S3_ENDPOINT_URL")
 
 
 @contextlib.contextmanager

@@ -87,6 +87,7 @@ def main() -> None:
         sys.exit(2)
     except OSError as exc:
         if exc.filename is None:
+            _library_s3_failure(exc)  # botocore's timeouts are OSErrors without a path
             raise  # not about a path: a bug to see whole
         # A path the system refuses (read-only, not a folder, disk full): one line, no traceback.
         logging.getLogger("segloop").debug("OS error", exc_info=True)
@@ -101,4 +102,21 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         shutdown.exit_now(130)
+    except Exception as exc:
+        _library_s3_failure(exc)
+        raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _library_s3_failure(exc: BaseException) -> None:
+    """Exit with one line when `exc` is an S3 failure of a library's own client (MLflow's
+    artifact store: segloop's own S3 calls already raise SegloopError); else return."""
+    if "botocore" not in sys.modules:
+        return  # no boto3 client was ever made (and storage stays out of start-up)
+    from components.core import storage
+
+    failure = storage.library_s3_failure(exc)
+    if failure is not None:
+        logging.getLogger("segloop").debug("S3 error", exc_info=True)
+        click.secho(f"error: {clip_message(str(failure))}", fg="red", err=True)
+        sys.exit(2)
