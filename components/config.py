@@ -45,8 +45,10 @@ def config_from_json(text: str) -> RunConfig:
     """The config as a KFP component receives it: one JSON string parameter.
 
     Every component body starts here, so this also guards the task's process: its log lines
-    (pod logs) are masked, and SIGTERM (a stopped pod) cleans up temporary folders.
+    and everything written to stdout or stderr (print, a library's own output: pod logs) are
+    masked, and SIGTERM (a stopped pod) cleans up temporary folders.
     """
     redact.install()
+    redact.guard_streams()
     shutdown.exit_cleanly_on_sigterm()
     return parse_json_into(RunConfig, text)

@@ -153,6 +153,73 @@ def test_install_is_idempotent():
     assert logging.getLogRecordFactory() is factory
 
 
+# ---------------------------------------------------------------- what pods print
+
+REPO = Path(__file__).resolve().parents[1]
+COMPONENT_PROCESS = """
+import logging, os, sys, warnings
+from components.config import config_from_json
+config_from_json("{}")  # every component body starts here
+secret = os.environ["CVAT_PASSWORD"]
+print(f"print: http://u:{secret}@cvat:8080 and {secret}")
+sys.stdout.write(f"stdout: postgresql://seg:{secret}@db/images\\n")
+sys.stderr.write(f"stderr: ?token={secret}\\n")
+logging.getLogger("some.library").warning("log: %s", secret)
+warnings.warn(f"warning: {secret}")
+sys.stdout.flush()
+raise RuntimeError(f"uncaught: {secret}")
+"""
+
+
+def test_a_component_process_masks_all_it_prints(tmp_path):
+    """A KFP task's process (pod logs): after `config_from_json`, print(), writes to stdout and
+    stderr, log records, warnings and an uncaught traceback are all masked."""
+    env = clean_env(tmp_path, CVAT_PASSWORD=SECRET)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPONENT_PROCESS],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 1 and "RuntimeError: uncaught: ***" in output, output[-2000:]
+    for shown in ("print: http://u:***@cvat", "stdout: postgresql://seg:***@db", "token=***"):
+        assert shown in output, (shown, output[-2000:])
+    assert "log: ***" in output and "warning: ***" in output
+    assert SECRET not in output
+
+
+def _unguarded_writes(path: Path) -> list[str]:
+    """print() calls and sys.stdout/sys.stderr.write calls in `path`, outside a
+    `if __name__ == "__main__":` block (a developer's tool, never run in a pod)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            skipped |= {id(n) for n in ast.walk(node)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or id(node) in skipped:
+            continue
+        name = ast.unparse(node.func)
+        if name == "print" or name in ("sys.stdout.write", "sys.stderr.write"):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} {name}()")
+    return found
+
+
+def test_stage_code_writes_through_the_masked_logger_not_print():
+    """What a stage says goes through logging (masked by the record factory in every process,
+    a DDP rank's too); print() in a component body or a stage module is refused here, so that
+    nothing relies on the stream guard alone."""
+    found = [
+        hit
+        for path in sorted((REPO / "components").rglob("*.py"))
+        if path.name != "redact.py"  # the masking streams themselves
+        for hit in _unguarded_writes(path)
+    ]
+    assert not found, found
+
+
 # ---------------------------------------------------------------- the CLI, end to end
 
 

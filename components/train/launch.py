@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from components.core import redact
 from components.core.errors import SegloopError
 from components.core.logs import quiet_chatty_libraries
 from components.train.settings import TrainConfig
@@ -102,6 +103,9 @@ def _worker(
     from torch.distributed.elastic.multiprocessing.errors import record
 
     rank = os.environ.get("RANK", "?")
+    # A spawned rank starts afresh: mask its logs and output as its parent's (pod logs).
+    redact.install()
+    redact.guard_streams()
     if log_level is not None:
         logging.basicConfig(
             level=log_level,
