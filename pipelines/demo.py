@@ -388,6 +388,18 @@ def quiet_console() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+OPENMP_WAIT = "PASSIVE"
+
+
+def passive_openmp() -> None:
+    """The demo's task processes and servers (they inherit this environment) let OpenMP's
+    idle threads sleep instead of spinning for work: next to other busy processes on a few
+    cores, the spinning threads take the CPU the working ones need. Measured on this 2-core
+    machine under load, the demo's training step: 7.6 s with the default policy, 0.31 s with
+    PASSIVE (2 threads). A user's own OMP_WAIT_POLICY wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT)
+
+
 def run_demo(
     config_path: str | None = None,
     overrides: tuple[str, ...] | list[str] = (),
@@ -406,6 +418,7 @@ def run_demo(
     if rounds < 1:
         raise SegloopError(f"--rounds must be at least 1, got {rounds}")
     size = SMALL if small else FULL
+    passive_openmp()
     demo = DemoRun.configure(config_path, overrides, size, workdir, echo, seed, pool)
     demo.check_annotation_backend()
     demo.start_stack()
