@@ -27,16 +27,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.cgroups import NoCgroup, cpu_cgroup, run_in  # noqa: E402
 from benchmarks.rows import record  # noqa: E402
-from components.core.cpu_budget import cpu_cgroup_mounts  # noqa: E402
 
 SWEEP = ("1", "2", "4")
 BIG_NODE = ("16", "64")
@@ -45,85 +43,6 @@ STEPS = ("infer", "train")
 GOAL_VS_BEST = 0.9
 GOAL_VS_BIG_NODE = 1.3
 GOAL_VS_DEFAULT = 1.0
-PERIOD_US = 100_000
-MAX_SHARES_V1 = 262_144
-MAX_WEIGHT_V2 = 10_000
-
-
-class NoCgroup(Exception):
-    """No CPU-limited cgroup can be made here (not root, or no cpu controller)."""
-
-
-@contextmanager
-def limited_cgroup(cpus: float, name: str):
-    """A new cgroup limited to `cpus` CPUs; yields the file a process writes its pid to. On
-    exit the processes left in it are killed and it is removed."""
-    mounts = cpu_cgroup_mounts()
-    version = 1 if 1 in mounts else 2 if 2 in mounts else None
-    if version is None:
-        raise NoCgroup("no cgroup cpu controller is mounted")
-    folder = Path(mounts[version].point) / name
-    quota = max(1000, int(cpus * PERIOD_US))
-    try:
-        if version == 2:
-            _enable_v2_cpu(folder.parent)
-        folder.mkdir()
-    except OSError as exc:
-        raise NoCgroup(f"cannot make a cgroup under {folder.parent}: {exc.strerror}") from None
-    try:
-        # The quota caps the contenders at `cpus`; the top weight makes sure they get that
-        # much while other work loads the machine (as a pod's CPU request would).
-        if version == 2:
-            (folder / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-            (folder / "cpu.weight").write_text(str(MAX_WEIGHT_V2))
-        else:
-            (folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            (folder / "cpu.cfs_quota_us").write_text(str(quota))
-            (folder / "cpu.shares").write_text(str(MAX_SHARES_V1))
-        yield folder / "cgroup.procs"
-    finally:
-        _remove(folder)
-
-
-def _enable_v2_cpu(parent: Path) -> None:
-    control = parent / "cgroup.subtree_control"
-    if "cpu" not in control.read_text().split():
-        control.write_text("+cpu")
-
-
-def _remove(folder: Path) -> None:
-    for _ in range(50):
-        try:
-            pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            try:
-                os.kill(pid, 9)  # only our contenders live in a cgroup this bench made
-            except ProcessLookupError:
-                pass
-        try:
-            folder.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    print(f"warning: could not remove the cgroup {folder}; remove it with: rmdir {folder}")
-
-
-def run_in(procs: Path, argv: list[str], timeout: float) -> str:
-    """Run `argv` in the cgroup whose `cgroup.procs` is `procs`; its stdout."""
-
-    def join() -> None:  # runs in the child before exec: the whole process starts limited
-        procs.write_text(str(os.getpid()))
-
-    done = subprocess.run(
-        argv, preexec_fn=join, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(argv[-4:])} failed:\n{done.stderr[-2000:]}")
-    return done.stdout
 
 
 # ---------------------------------------------------------------- one contender (in the cgroup)
@@ -179,7 +98,7 @@ def contender(threads: str, batch: int, tile: int, reps: int) -> dict:
 def measure(args) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
     name = f"segloop-bench-{os.getpid()}"
-    with limited_cgroup(args.cpus, name) as procs:
+    with cpu_cgroup(name, cpus=args.cpus) as procs:
         for n in range(args.rounds):
             order = CONTENDERS if n % 2 == 0 else tuple(reversed(CONTENDERS))
             for c in order:

@@ -169,10 +169,10 @@ def test_apply_sets_intra_and_inter_op_threads_per_rank():
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a cgroup needs root")
 def test_real_cgroup_quota():
     """A real CPU-limited cgroup (the bench's): the process inside picks 1 thread at 0.5 CPU."""
-    from benchmarks.bench_cpu_quota import NoCgroup, limited_cgroup
+    from benchmarks.cgroups import NoCgroup, cpu_cgroup
 
     try:
-        with limited_cgroup(0.5, f"segloop-test-{os.getpid()}") as procs:
+        with cpu_cgroup(f"segloop-test-{os.getpid()}", cpus=0.5) as procs:
             numbers, log = _child(
                 {"LOCAL_WORLD_SIZE": "1"}, lambda: procs.write_text(str(os.getpid()))
             )
@@ -182,3 +182,21 @@ def test_real_cgroup_quota():
     assert numbers[0] == 1
     assert "cpu.cfs_quota_us 50000" in log or "cpu.max 50000" in log
     assert not folder.exists()  # removed on exit
+
+
+def test_workers_follow_the_budget(monkeypatch):
+    import torch
+
+    from components.infer.infer import decode_workers
+    from components.train.engine import pick_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setenv(ENV, "1")
+    assert (decode_workers(None, cpu), decode_workers(None, cuda)) == (1, 1)
+    assert (pick_workers(None, cpu), pick_workers(None, cuda)) == (0, 1)
+    monkeypatch.setenv(ENV, "16")
+    assert (decode_workers(None, cpu), decode_workers(None, cuda)) == (2, 8)
+    assert pick_workers(None, cuda) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks share 16 CPUs: 2 workers each
+    assert pick_workers(None, cuda) == 2
+    assert decode_workers(3, cuda) == pick_workers(3, cuda) == 3  # a setting wins
