@@ -17,6 +17,7 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from kubernetes.utils import parse_quantity
 
+from components.core.cpu_budget import ENV as CPU_THREADS_ENV
 from components.core.errors import SegloopError
 from components.images import images_from_config, pull_policy
 from pipelines.config import SegloopConfig
@@ -50,7 +51,24 @@ def resources_for(cfg: SegloopConfig, stage: str) -> Resources:
                 f"(the other one is {stage}'s default); set both, e.g. "
                 f"-o kfp.resources.{stage}.{kind}_request={limit}"
             )
+    _check_threads(cfg, stage, base["cpu_limit"])
     return Resources(**base)
+
+
+def _check_threads(cfg: SegloopConfig, stage: str, cpu_limit: str) -> None:
+    """Inside the pod, threads and workers come from the CPU limit (components.core.cpu_budget
+    reads the quota it becomes), so they agree with it by themselves. A fixed
+    SEGLOOP_CPU_THREADS in `kfp.env` overrides that: above the limit it only gets throttled."""
+    given = cfg.kfp.env.get(CPU_THREADS_ENV)
+    if given is None:
+        return
+    limit = parse_quantity(cpu_limit)
+    if not given.strip().isdigit() or int(given) < 1 or int(given) > max(1, limit):
+        raise SegloopError(
+            f"kfp.env.{CPU_THREADS_ENV}={given!r} does not fit {stage}'s CPU limit {cpu_limit}: "
+            f"give a whole number from 1 to the smallest stage limit, or leave it unset (threads "
+            f"then follow each task's limit)"
+        )
 
 
 # Container runtimes give /dev/shm 64 MiB, too little for DataLoader workers and NCCL.

@@ -508,6 +508,12 @@ def test_user_labels_env_and_gpu_counts_add_to_segloops_own(tmp_path):
     low = load_config(None, ["kfp.resources.train.memory_limit=8Gi"])
     with pytest.raises(SegloopError, match=r"kfp.resources.train: memory request 16Gi is above"):
         compile_pipeline("training", low, tmp_path / "low.yaml")
+    # Threads follow each task's CPU limit; a fixed count above a limit is refused.
+    fixed = load_config(None, ["kfp.env.SEGLOOP_CPU_THREADS=4"])
+    with pytest.raises(
+        SegloopError, match=r"SEGLOOP_CPU_THREADS='4' does not fit \w+'s CPU limit 2"
+    ):
+        compile_pipeline("training", fixed, tmp_path / "fixed.yaml")
 
     counts = load_config(None, ["kfp.gpu.accelerator_count=4", "kfp.gpu.stage_counts.train=8"])
     assert counts.kfp.gpu.stage_counts == {"infer": 1, "train": 8}  # infer's 1 is kept

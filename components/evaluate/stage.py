@@ -30,6 +30,7 @@ from components.core import storage, tracking
 from components.core.artifacts import FAILED, OK, Manifest, check_failures, write_metrics
 from components.core.checkpoint import is_mlflow_uri, load_checkpoint
 from components.core.config import save_resolved
+from components.core.cpu_budget import apply_torch_threads
 from components.core.device import pick_device
 from components.core.errors import SegloopError
 from components.core.images import IMAGE_SUFFIXES, encode_png, load_mask, load_rgb
@@ -183,6 +184,7 @@ def write_report(
 
 def run_evaluate(cfg: EvaluateConfig, *, model: str, data: str, out: str) -> dict[str, Any]:
     s = cfg.evaluate
+    apply_torch_threads()  # compute threads from the CPU quota, not the node's cores
     start = time.monotonic()
     # MLflow model URIs resolve on the configured server, passed explicitly.
     server = tracking.tracking_uri(cfg) if is_mlflow_uri(str(model)) else None

@@ -40,6 +40,7 @@ from PIL import Image
 
 from components.core import artifacts, images, outputs, storage
 from components.core.config import save_resolved, stage_run_dir
+from components.core.cpu_budget import apply_torch_threads, cpu_budget
 from components.core.device import pick_device
 from components.core.errors import SegloopError
 from components.core.inference import TileEngine
@@ -180,6 +181,17 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(
         1
     )  # decoding is the worker's job; compute threads stay in the main process
+
+
+def decode_workers(requested: int | None, device: torch.device) -> int:
+    """`infer.num_workers`, or from the CPU budget: on CPU 2 decode threads (1 in a 1-CPU
+    budget: the forward passes need it); on CUDA one process per CPU but the main one's, 1-8."""
+    if requested is not None:
+        return requested
+    threads = cpu_budget().threads
+    if device.type == "cpu":
+        return min(2, threads)
+    return min(8, max(1, threads - 1))
 
 
 def _identity(item: Any) -> Any:
@@ -413,6 +425,7 @@ def run_infer(
     `predictor` (an instance) overrides `infer.predictor`/`infer.model` (for library use).
     """
     s = cfg.infer
+    apply_torch_threads()  # compute threads from the CPU quota, not the node's cores
     inputs = read_inputs(records, images)
     out = out or stage_run_dir(cfg, "infer")
     device = pick_device(s.device, "infer.device")
@@ -611,7 +624,12 @@ def segment(
         for item in track(
             # On CPU in threads: a forked worker shares the main process's memory
             # copy-on-write while it lives, which slows the forward passes (see `decoded`).
-            decoded(todo, s.num_workers, s.prefetch, processes=engine.device.type != "cpu"),
+            decoded(
+                todo,
+                decode_workers(s.num_workers, engine.device),
+                s.prefetch,
+                processes=engine.device.type != "cpu",
+            ),
             total=len(todo),
             desc="infer",
             unit="img",

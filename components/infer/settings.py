@@ -40,10 +40,12 @@ class InferSettings(Section):
     )
     window: Literal["hann", "gaussian"] = "hann"
     batch_size: int = Field(8, ge=1, description="tiles per forward pass (from several images)")
-    num_workers: int = Field(
-        2,
+    num_workers: int | None = Field(
+        None,
         ge=0,
-        description="image decoding workers: processes on CUDA, threads on CPU (0 = main thread)",
+        description="image decoding workers: processes on CUDA, threads on CPU (0 = main "
+        "thread); default: from the CPU budget (CPU: 2 threads, 1 in a 1-CPU budget; CUDA: "
+        "the budget's CPUs less one, 1 to 8)",
     )
     prefetch: int = Field(2, ge=1, description="decoded images queued per worker")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(

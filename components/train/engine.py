@@ -15,16 +15,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from components.core.cpu_budget import cpu_budget, local_processes
 from components.core.errors import SegloopError
 from components.core.metrics import confusion_matrix_torch
 from components.train.data import Normalizer, binary_target
 
 
 def pick_workers(workers: int | None, device: torch.device) -> int:
-    """On CPU the model needs every core and cached tiles are cheap to augment: no workers."""
+    """On CPU the model needs every core and cached tiles are cheap to augment: no workers.
+    On CUDA half of this rank's share of the CPU budget (the quota, not the node's cores), 1-4."""
     if workers is not None:
         return workers
-    return min(4, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    return min(4, max(1, cpu_budget().per_rank(local_processes()) // 2))
 
 
 @dataclass

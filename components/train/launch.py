@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from components.core import redact
+from components.core.cpu_budget import cpu_budget
 from components.core.errors import SegloopError
 from components.core.logs import quiet_chatty_libraries
 from components.train.settings import TrainConfig
@@ -49,8 +50,8 @@ def train_processes(
         monitor_interval=0.5,
         start_method="spawn",
     )
-    # Each rank gets its share of the CPU threads (torchrun would give each one thread).
-    threads = max(1, torch.get_num_threads() // nproc)
+    # Each rank gets its share of the CPU budget (torchrun would give each one thread).
+    threads = cpu_budget().per_rank(nproc)
     root = logging.getLogger()
     log.info("train: starting %d DDP processes", nproc)
     try:

@@ -54,7 +54,10 @@ class TrainSettings(Section):
     )
     channels_last: bool | None = Field(None, description="default: on (CUDA and CPU)")
     workers: int | None = Field(
-        None, ge=0, description="DataLoader workers; default 0 on CPU (cores train), 4 on CUDA"
+        None,
+        ge=0,
+        description="DataLoader workers; default 0 on CPU (cores train), on CUDA half of the "
+        "rank's CPU budget, 1 to 4",
     )
     cache_images: bool = Field(True, description="decode tiles once and keep them in memory")
     augment: AugmentSettings = AugmentSettings()

@@ -40,6 +40,7 @@ from components.core import outputs, storage, tracking
 from components.core.artifacts import OK, Manifest, write_metrics
 from components.core.checkpoint import load_checkpoint, log_checkpoint_to_mlflow, save_checkpoint
 from components.core.config import save_resolved
+from components.core.cpu_budget import apply_torch_threads
 from components.core.device import pick_device
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
@@ -297,6 +298,7 @@ def run_train(
 def _setup_context(s: TrainSettings) -> _Context:
     """Join the torchrun job (if any), seed, and pick the device and AMP dtype."""
     rank, world, local_rank = _init_distributed(s.device)
+    apply_torch_threads()  # this rank's share of the CPU quota, not the node's cores
     # A different seed per rank: each rank draws its own augmentations.
     seed_everything(s.seed + rank)
     device = pick_device(s.device, "train.device", local_rank)
