@@ -444,6 +444,42 @@ def test_synth_removes_its_files_when_the_table_cannot_be_filled(tmp_path, monke
     assert not [p for p in out.rglob("*") if p.is_file()]
 
 
+def test_synth_to_s3_removes_its_objects_when_it_fails(tmp_path, monkeypatch, s3):
+    """On a real S3 (SeaweedFS): the insert failing after the upload (made to fail, as above)
+    removes every object the run uploaded; a render failing half-way uploads nothing."""
+    from components.core import db, storage, synthetic
+    from components.core.synthetic import make_dataset
+
+    out = f"s3://{s3.bucket}/synth-{os.urandom(4).hex()}"
+    seen: list[int] = []
+    real_insert = db.insert_rows
+
+    def refuse(url, table, rows, batch=5000):
+        seen.append(len(storage.list_files(out)))  # what the run had uploaded by then
+        raise SegloopError(f"cannot insert rows into {table!r}: database or disk is full")
+
+    monkeypatch.setattr(db, "insert_rows", refuse)
+    with pytest.raises(SegloopError, match="disk is full"):
+        make_dataset(out, 3, db_url=f"sqlite:///{tmp_path / 'img.db'}", size=(64, 64))
+    assert seen == [3 * 2 + 2]  # images, masks, labels.yaml, images.jsonl were there
+    assert storage.list_files(out) == []
+    monkeypatch.setattr(db, "insert_rows", real_insert)
+
+    real_render = synthetic.render
+
+    def render_then_fail(seed, index, w, h):
+        if index == 2:
+            raise RuntimeError("out of memory while rendering")
+        return real_render(seed, index, w, h)
+
+    monkeypatch.setattr(synthetic, "render", render_then_fail)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        make_dataset(out, 4, db_url=f"sqlite:///{tmp_path / 'img2.db'}", size=(64, 64))
+    assert storage.list_files(out) == []
+    assert not list(tmp_path.glob("segloop-out-*"))
+
+
 def test_zip_slip_is_refused_and_writes_nothing(tmp_path):
     from components.download_cvat.convert import safe_extract
 

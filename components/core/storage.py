@@ -412,6 +412,32 @@ def upload_file(local: str | Path, uri: str) -> None:
             s3_client().upload_file(str(path), bucket, key, Config=transfer_config())
 
 
+def remove(uris: list[str]) -> None:
+    """Delete these files or objects; one that is already gone is fine (S3: DeleteObjects,
+    a thousand keys a request)."""
+    by_bucket: dict[str, list[str]] = {}
+    for uri in uris:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        else:
+            with _local_errors(uri, "remove"):
+                local_path(uri).unlink(missing_ok=True)
+    for bucket, keys in by_bucket.items():
+        for start in range(0, len(keys), 1000):
+            objects = [{"Key": key} for key in keys[start : start + 1000]]
+            with _s3_errors(f"s3://{bucket}/{objects[0]['Key']}", "remove"):
+                done = s3_client().delete_objects(
+                    Bucket=bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+            if done.get("Errors"):
+                first = done["Errors"][0]
+                raise StorageError(
+                    f"cannot remove s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                    f"({len(done['Errors'])} objects not removed)"
+                )
+
+
 def download_file(uri: str, local: str | Path) -> Path:
     """Download an object to a local path atomically."""
     bucket, key = split_s3(uri)

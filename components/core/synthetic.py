@@ -25,8 +25,12 @@ Layout under `out`: `images/<image_id>.jpg`, `masks/<image_id>.png`, `labels.yam
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import math
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,8 @@ from components.core.errors import SegloopError
 from components.core.images import save_mask_png, save_rgb
 from components.core.labels import Label, LabelSet
 from components.core.progress import track
+
+log = logging.getLogger(__name__)
 
 SPECIES = ("grass", "broadleaf", "rosette")
 LABELS = LabelSet(
@@ -373,39 +379,15 @@ def make_dataset(
     db.check_writable(db_url)
     out = _absolute(str(out_uri))
     sizes = _sizes(size, n, large, np.random.default_rng([seed, 2**31]))
-    records = []
-    written: list[Path] = []
-    with storage.output_dir(out, resume=False) as local:
-        for i in track(range(n), total=n, desc="synth", unit="img"):
-            w, h = sizes[i]
-            if shots is None:
-                image, mask, _ = render(seed, i, w, h)
-            else:
-                image, mask, _ = field.render_field(seed, shots[i], w, h, singles)
-            image_id = f"img_{i:05d}"
-            written += [local / "images" / f"{image_id}.jpg", local / "masks" / f"{image_id}.png"]
-            save_rgb(written[-2], image, quality=92)
-            save_mask_png(written[-1], mask)
-            records.append(
-                _record(
-                    seed,
-                    i,
-                    storage.join(out, "images", f"{image_id}.jpg"),
-                    storage.join(out, "masks", f"{image_id}.png"),
-                    mask,
-                    None if shots is None else shots[i],
-                )
-            )
-        written += [local / "labels.yaml", local / "images.jsonl"]
-        LABELS.save(written[-2])
-        write_jsonl(written[-1], records)
+    written: list[str] = []  # what this run wrote, relative to `out`
     try:
+        records = _write_files(out, seed, sizes, shots, singles, written)
         db.create_image_table(db_url, table, replace=replace)
         db.insert_rows(db_url, table, records)
-    except SegloopError:
-        if not storage.is_s3(out):  # images without their table are no dataset: remove them
-            for path in written:
-                path.unlink(missing_ok=True)
+    except Exception:
+        # Images without their table are no dataset: remove what was written, on S3 too. (Not
+        # on Ctrl-C or SIGTERM, BaseExceptions: a hung object store would hold the stop.)
+        _remove_written(out, written)
         raise
     return SynthResult(
         out_uri=out,
@@ -414,6 +396,62 @@ def make_dataset(
         table=table,
         records=records,
     )
+
+
+@contextlib.contextmanager
+def _staging(out: str) -> Iterator[Path]:
+    """The local folder to render into: `out` itself, or for S3 a temporary folder that is
+    uploaded only once every file is in it (a failed render uploads nothing)."""
+    if not storage.is_s3(out):
+        folder = storage.local_path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="segloop-out-") as tmp:
+        yield Path(tmp)
+        storage.upload_dir(tmp, out)
+
+
+def _write_files(
+    out: str,
+    seed: int,
+    sizes: list[tuple[int, int]],
+    shots: list | None,
+    singles: int,
+    written: list[str],
+) -> list[dict[str, Any]]:
+    """Render the images and masks, labels.yaml and images.jsonl into `out`; returns the table
+    rows. `written` collects each file (relative to `out`) before it is written."""
+    from components.core import synthetic_field as field
+
+    records = []
+    with _staging(out) as local:
+        for i in track(range(len(sizes)), total=len(sizes), desc="synth", unit="img"):
+            w, h = sizes[i]
+            if shots is None:
+                image, mask, _ = render(seed, i, w, h)
+            else:
+                image, mask, _ = field.render_field(seed, shots[i], w, h, singles)
+            image_rel, mask_rel = f"images/img_{i:05d}.jpg", f"masks/img_{i:05d}.png"
+            written += [image_rel, mask_rel]
+            save_rgb(local / image_rel, image, quality=92)
+            save_mask_png(local / mask_rel, mask)
+            shot = None if shots is None else shots[i]
+            image_uri, mask_uri = storage.join(out, image_rel), storage.join(out, mask_rel)
+            records.append(_record(seed, i, image_uri, mask_uri, mask, shot))
+        written += ["labels.yaml", "images.jsonl"]
+        LABELS.save(local / "labels.yaml")
+        write_jsonl(local / "images.jsonl", records)
+    return records
+
+
+def _remove_written(out: str, written: list[str]) -> None:
+    """Remove the files of a failed run; a failure to remove them is logged, not raised (the
+    run's own error is the one to show)."""
+    try:
+        storage.remove([storage.join(out, rel) for rel in written])
+    except SegloopError as exc:
+        log.warning("could not remove the files of the failed run under %s: %s", out, exc)
 
 
 def parse_size(text: str) -> Size:
