@@ -152,7 +152,7 @@ def test_getting_started_commands_run(tmp_path):
             env=env,
             capture_output=True,
             text=True,
-            timeout=480,  # a bound, not a goal: the build takes seconds on an idle machine
+            timeout=480,  # a bound, not a goal: seconds on an idle machine
         )
         assert result.returncode == 0, f"{body}\n{result.stdout}\n{result.stderr}"
 
