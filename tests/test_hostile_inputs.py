@@ -167,6 +167,12 @@ CASES = [
     Case("config-folder", [*QUERY, "-c", "{W}"], "--config {W} is a folder"),
     Case("env-config-folder", QUERY, "SEGLOOP_CONFIG={W} is a folder", {"SEGLOOP_CONFIG": "{W}"}),
     Case(
+        "env-config-dev-zero",
+        QUERY,
+        "/dev/zero: not a regular file",
+        {"SEGLOOP_CONFIG": "/dev/zero"},
+    ),
+    Case(
         "config-over-cap",
         [*QUERY, "-c", "{W}/big.yaml"],
         "over the 0.001 MB limit; give the right file, or raise SEGLOOP_MAX_CONFIG_MB",
