@@ -1,4 +1,4 @@
-"""Config section `infer` (see README, "segloop infer")."""
+"""Config section `infer` (see docs/stages/infer.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`segloop infer`: pre-annotate images with a segmentation model (see README, "segloop infer")."""
+"""`segloop infer`: pre-annotate images with a segmentation model (see docs/stages/infer.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`segloop preprocess | train | evaluate | register | compare` (see README, "Preprocess, train, evaluate, register, compare")."""
+"""`segloop preprocess | train | evaluate | register | compare` (see docs/stages/)."""
 
 from __future__ import annotations
 
