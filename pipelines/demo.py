@@ -394,9 +394,10 @@ OPENMP_WAIT = "PASSIVE"
 def passive_openmp() -> None:
     """The demo's task processes and servers (they inherit this environment) let OpenMP's
     idle threads sleep instead of spinning for work: next to other busy processes on a few
-    cores, the spinning threads take the CPU the working ones need. Measured on this 2-core
-    machine under load, the demo's training step: 7.6 s with the default policy, 0.31 s with
-    PASSIVE (2 threads). A user's own OMP_WAIT_POLICY wins."""
+    cores, the spinning threads take the CPU the working ones need. Measured with the demo's
+    training step, 2 threads in a 1-CPU cgroup: 1.5 s alone and 2.9-9.4 s beside a second such
+    process with the default policy, 0.19-0.25 s with PASSIVE (docs/demo.md). A user's own
+    OMP_WAIT_POLICY wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", OPENMP_WAIT)
 
 
