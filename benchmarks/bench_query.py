@@ -143,20 +143,37 @@ def bench_engine(name: str, url: str, rows: int, repeat: int, tmp: Path) -> None
     print(f"{name}_query_stratified_cold_s: {cold:.3f}  ({rows / cold:,.0f} rows/s)")
     print(f"{name}_query_stratified_warm_s: {best:.3f}  ({rows / best:,.0f} rows/s)")
     print(f"{name} goal < 1 s: {'met' if best < GOAL_S else 'NOT met'}")
-
-    # Baseline 1: the one SQL query a user would write (a different sample every run).
-    random_fn = "random()"
-    sql = (
-        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY category_common_name, state "  # noqa: S608
-        f"ORDER BY {random_fn}) AS rn FROM images) AS s WHERE rn <= 50"
-    )
     eng = db.engine(url, readonly=True)
+    versus_one_window_query(name, eng, rows, repeat, best)
+    versus_pandas(name, eng, repeat)
+    filtered_and_old_index(name, url, eng, rows, repeat, stage)
+    if name == "sqlite":
+        sqlite_path = url.removeprefix("sqlite:///")
+        ids = {r["image_id"] for r in result_rows(tmp)}
+        bench_duckdb(sqlite_path, rows, repeat, stage, best, result["duration_s"], ids)
 
-    def one_sql():
+
+def window_query(where: str = "", partition: str = "category_common_name, state") -> str:
+    """The one SQL query a user would write: ROW_NUMBER() over random() (a different sample
+    every run), 50 a group."""
+    return (
+        f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {partition} "  # noqa: S608
+        f"ORDER BY random()) AS rn FROM images{where}) AS s WHERE rn <= 50"
+    )
+
+
+def timed_sql(eng, sql: str, repeat: int) -> tuple[float, list]:
+    def run():
         with eng.connect() as conn:
             return conn.exec_driver_sql(sql).fetchall()
 
-    _, best_sql, got = timed(one_sql, repeat)
+    _, best, got = timed(run, repeat)
+    return best, got
+
+
+def versus_one_window_query(name: str, eng, rows: int, repeat: int, best: float) -> None:
+    """Baseline 1: the stratified sample as one window query."""
+    best_sql, got = timed_sql(eng, window_query(), repeat)
     assert len(got) == 1500
     print(f"{name}_baseline_sql_row_number_random_s: {best_sql:.3f}")
     record(
@@ -176,7 +193,9 @@ def bench_engine(name: str, url: str, rows: int, repeat: int, tmp: Path) -> None
         best < GOAL_S,
     )
 
-    # Baseline 2: pandas (read what is needed, then sample in memory).
+
+def versus_pandas(name: str, eng, repeat: int) -> None:
+    """Baseline 2: pandas (read what is needed, then sample in memory)."""
     import pandas as pd
 
     def pandas_sample():
@@ -194,7 +213,10 @@ def bench_engine(name: str, url: str, rows: int, repeat: int, tmp: Path) -> None
         f"{name}_baseline_pandas_read_and_groupby_sample_s: {best_pd:.3f}  (sample {sample_s:.3f})"
     )
 
-    # Index advice: the old (group columns, id) index, on a filtered stratified query.
+
+def filtered_and_old_index(name: str, url: str, eng, rows: int, repeat: int, stage) -> None:
+    """Index advice: a filtered stratified query with segloop's indexes, then with the old
+    (group columns, id) index added; and the same sample as one filtered window query."""
     filtered = (
         "query.filters=[state=NC]",
         "query.sample=stratified:by=category_common_name,per_group=50,seed=7",
@@ -208,17 +230,8 @@ def bench_engine(name: str, url: str, rows: int, repeat: int, tmp: Path) -> None
     with db.engine(url).begin() as conn:
         conn.exec_driver_sql(f"DROP INDEX {made[0]}")
     db.engine.cache_clear()
-    # The same filtered sample as one window query a user would write.
-    filtered_sql = (
-        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY category_common_name "  # noqa: S608
-        f"ORDER BY {random_fn}) AS rn FROM images WHERE state = 'NC') AS s WHERE rn <= 50"
-    )
-
-    def one_filtered_sql():
-        with eng.connect() as conn:
-            return conn.exec_driver_sql(filtered_sql).fetchall()
-
-    _, best_filtered_sql, _ = timed(one_filtered_sql, repeat)
+    sql = window_query(" WHERE state = 'NC'", partition="category_common_name")
+    best_filtered_sql, _ = timed_sql(eng, sql, repeat)
     print(f"{name}_baseline_sql_row_number_filtered_s: {best_filtered_sql:.3f}")
     record(
         f"{name}: same with -f state=NC, vs the filtered window query, {rows:,} rows",
@@ -232,10 +245,6 @@ def bench_engine(name: str, url: str, rows: int, repeat: int, tmp: Path) -> None
         f"{name}_filtered_stratified_s: {without:.3f} with segloop's indexes, "
         f"{with_old:.3f} adding index {OLD_INDEX} (ratio {with_old / without:.2f})"
     )
-    if name == "sqlite":
-        sqlite_path = url.removeprefix("sqlite:///")
-        ids = {r["image_id"] for r in result_rows(tmp)}
-        bench_duckdb(sqlite_path, rows, repeat, stage, best, result["duration_s"], ids)
 
 
 def result_rows(tmp: Path) -> list[dict]:
