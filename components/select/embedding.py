@@ -119,7 +119,8 @@ def pick_badge(
     while len(chosen) < min(budget, len(g)):
         total = nearest.sum()
         if total <= 0:  # every image is one of those picked: k-center's tie rule
-            i = int(np.argmax([j not in {c for c, _ in chosen} for j in range(len(g))]))
+            picked = {c for c, _ in chosen}
+            i = next(j for j in range(len(g)) if j not in picked)
         else:
             i = int(rng.choice(len(g), p=nearest / total))
         chosen.append((i, float(math.sqrt(nearest[i]))))
