@@ -44,22 +44,33 @@ def _cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def wall(cmd: list[str], cwd: Path, procs: Path | None = None) -> tuple[float, float]:
+def wall(
+    cmd: list[str], cwd: Path, procs: Path | None = None, env: dict | None = None
+) -> tuple[float, float]:
     """The command's wall time and CPU time (user + system), in seconds."""
     cpu, start = _cpu_of_children(), time.perf_counter()
     subprocess.run(
-        cmd, cwd=cwd, check=True, capture_output=True, timeout=120, preexec_fn=joiner(procs)
+        cmd,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        preexec_fn=joiner(procs),
+        env=env,
     )
     return time.perf_counter() - start, _cpu_of_children() - cpu
 
 
-def query_overhead(folder: Path, run: int, procs: Path | None) -> tuple[float, float]:
+def query_overhead(
+    folder: Path, run: int, procs: Path | None, env: dict | None = None
+) -> tuple[float, float]:
     out = folder / f"runs{run}"
     seconds, cpu = wall(
         [*SEGLOOP, "query", "--db-url", "sqlite:///t.db", "--table", "images",
          "-o", f"io.out_root={out}"],
         folder,
         procs,
+        env,
     )  # fmt: skip
     (metrics,) = out.rglob("metrics.json")
     duration = json.loads(metrics.read_text())["duration_s"]
@@ -76,7 +87,11 @@ def measure(folder: Path, repeat: int, procs: Path | None) -> dict[str, list]:
         "help": lambda run: wall([*SEGLOOP, "--help"], folder, procs),
         "query": lambda run: query_overhead(folder, run, procs),
     }
-    wall([*SEGLOOP, "--help"], folder, procs)  # warm the file cache once
+    # Warm up once: the file cache, and the bytecode (__pycache__) Python writes on a first
+    # run, as an installed segloop has it (pip compiles it); a shell with
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise compile segloop's modules at every start.
+    writes_bytecode = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    query_overhead(folder, -1, procs, writes_bytecode)
     times: dict[str, list] = {name: [] for name in commands}
     for run in range(repeat):
         order = list(commands) if run % 2 == 0 else list(reversed(commands))

@@ -8,7 +8,9 @@ is removed afterwards, also on error. Where none can be made, `NoCgroup` says wh
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -40,22 +42,41 @@ def cpu_cgroup(name: str, cpus: float | None = None):
         folder.mkdir()
     except OSError as exc:
         raise NoCgroup(f"cannot make a cgroup under {folder.parent}: {exc.strerror}") from None
+    with _sigterm_unwinds():
+        try:
+            # The top weight: the processes inside get the CPU they can use while other work
+            # loads the machine (as a pod's CPU request would); the quota caps them at `cpus`.
+            quota = None if cpus is None else max(1000, int(cpus * PERIOD_US))
+            if version == 2:
+                (folder / "cpu.weight").write_text(str(MAX_WEIGHT_V2))
+                if quota:
+                    (folder / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+            else:
+                (folder / "cpu.shares").write_text(str(MAX_SHARES_V1))
+                if quota:
+                    (folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                    (folder / "cpu.cfs_quota_us").write_text(str(quota))
+            yield folder / "cgroup.procs"
+        finally:
+            _remove(folder)
+
+
+@contextmanager
+def _sigterm_unwinds():
+    """SIGTERM (`timeout`, a CI runner) raises SystemExit, so the cleanup above runs; Python's
+    default ends the process without it, leaving the cgroup behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
     try:
-        # The top weight: the processes inside get the CPU they can use while other work
-        # loads the machine (as a pod's CPU request would); the quota caps them at `cpus`.
-        quota = None if cpus is None else max(1000, int(cpus * PERIOD_US))
-        if version == 2:
-            (folder / "cpu.weight").write_text(str(MAX_WEIGHT_V2))
-            if quota:
-                (folder / "cpu.max").write_text(f"{quota} {PERIOD_US}")
-        else:
-            (folder / "cpu.shares").write_text(str(MAX_SHARES_V1))
-            if quota:
-                (folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-                (folder / "cpu.cfs_quota_us").write_text(str(quota))
-        yield folder / "cgroup.procs"
+        yield
     finally:
-        _remove(folder)
+        signal.signal(signal.SIGTERM, before)
 
 
 def _enable_v2_cpu(parent: Path) -> None:
