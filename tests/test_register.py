@@ -17,13 +17,32 @@ from components.core.errors import SegloopError
 from components.evaluate.stage import run_evaluate
 from components.preprocess.stage import run_preprocess
 from components.register.compare import run_compare
-from components.register.stage import decide, run_register
+from components.register.stage import KEY_TAG, decide, register_key, run_register, version_tags
 from components.train.stage import run_train
 from components.train.toydata import write_toy_dataset
 from pipelines.cli import cli
 from pipelines.config import load_config
 
 TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(s3_server, tmp_path_factory):
+    """conftest's real MLflow server, with time to start on a loaded machine (its import alone
+    took over 120 s while other test sessions shared the two cores)."""
+    from pipelines.stack import free_port, start_mlflow, stop_process
+
+    root = tmp_path_factory.mktemp("mlflow")
+    server = start_mlflow(
+        free_port(),
+        f"sqlite:///{root / 'mlflow.db'}",
+        f"s3://{s3_server.bucket}/mlflow",
+        root / "mlflow.log",
+        env=s3_server.env(),
+        timeout_s=600,
+    )
+    yield server.url
+    stop_process(server.pid)
 
 
 def make_cfg(tmp_path, name: str, *more: str):
@@ -173,6 +192,47 @@ def test_register_is_idempotent_under_retries(evaluated, mlflow_env, monkeypatch
     assert sorted(v.version for v in versions) == ["1", "2"]
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert "beats champion" in client.get_model_version(name, "2").tags["segloop.promotion"]
+
+
+def test_register_keeps_one_version_when_a_retried_post_made_two(evaluated, mlflow_env):
+    """MLflow's HTTP client retries a POST whose answer timed out, so one create-model-version
+    can make two versions with the same register_key. They are made here directly on the real
+    server, as the retried POST would; register's next step keeps one and deletes the other."""
+    cfg, _, name, tmp = evaluated
+    client = MlflowClient(mlflow_env)
+    metrics = json.loads((tmp / "e1" / "metrics.json").read_text())
+    tags = version_tags(metrics)
+    source = metrics["model_uri"]  # models:/m-<id>: the logged model
+
+    def create(model: str, extra_tags=None):  # what one POST of mlflow.register_model creates
+        key = register_key(model, source, tags)
+        all_tags = {**tags, KEY_TAG: key, **(extra_tags or {})}
+        model_id = source.removeprefix("models:/")
+        return client.create_model_version(model, source, tags=all_tags, model_id=model_id)
+
+    client.create_registered_model(name)
+    twice = [create(name) for _ in range(2)]
+    assert [v.version for v in twice] == ["1", "2"]
+
+    first = run_register(cfg, evaluation=str(tmp / "e1"), out=str(tmp / "r1"))
+    assert first["version"] == 1 and first["promoted"]
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+
+    # The duplicate appears after the first attempt decided (its answer came back late): the
+    # decided version is kept even when it is not the lowest; the aliases stay on it.
+    other = f"{name}-b"
+    cfg = make_cfg(tmp, other)[0]
+    client.create_registered_model(other)
+    undecided = create(other)
+    decided = create(other, {"segloop.promoted": "true", "segloop.promotion": "no champion yet"})
+    client.set_registered_model_alias(other, "champion", decided.version)
+    retry = run_register(cfg, evaluation=str(tmp / "e1"), out=str(tmp / "r2"))
+    assert retry["version"] == int(decided.version) == 2 and retry["promoted"]
+    assert [v.version for v in client.search_model_versions(f"name='{other}'")] == ["2"]
+    assert client.get_model_version_by_alias(other, "champion").version == "2"
+    assert client.get_model_version_by_alias(other, "challenger").version == "2"
+    assert undecided.version == "1"
 
 
 def test_decide_rule():

@@ -10,6 +10,9 @@ version. Each version carries `segloop.register_key` (a hash of the model source
 evaluation's tags); a version with the same key is reused, and the decision recorded on it
 (`segloop.promotion`, `segloop.promoted`, `segloop.previous_champion`) is replayed: the aliases
 are set again, the rule is not re-applied against a champion that may be this very version.
+MLflow's HTTP client retries a POST whose answer timed out, so one create can make two
+versions with the key: the next step keeps one (the one with a decision, else the lowest),
+puts the aliases on it and deletes the others.
 
 Output: `register.json` (name, version, aliases, decision, reason), metrics.json, cfg.yaml.
 """
@@ -55,18 +58,50 @@ def register_key(name: str, source: str, tags: dict[str, str]) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def find_version(client, name: str, key: str):
-    """The version of `name` registered earlier with `key` (lowest number), or None."""
+def versions_with_key(client, name: str, key: str) -> list:
+    """Every version of `name` registered with `key`, by number. More than one happens: MLflow's
+    HTTP client retries a POST whose answer timed out, and the server made the version twice."""
     from mlflow.exceptions import MlflowException
 
     try:
         found = client.search_model_versions(f"name = '{name}' and tags.`{KEY_TAG}` = '{key}'")
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code):
-            return None
+            return []
         raise
-    found = [mv for mv in found if mv.tags.get(KEY_TAG) == key]
-    return min(found, key=lambda mv: int(mv.version)) if found else None
+    return sorted(
+        (mv for mv in found if mv.tags.get(KEY_TAG) == key), key=lambda mv: int(mv.version)
+    )
+
+
+def keep_one(versions: list):
+    """The version to keep among those with one key: the lowest that carries a decision (an
+    earlier attempt may have moved the aliases to it), else the lowest."""
+    decided = [mv for mv in versions if mv.tags.get(f"{TAG}promoted") in ("true", "false")]
+    return (decided or versions)[0] if versions else None
+
+
+def find_version(client, name: str, key: str):
+    """The version of `name` registered earlier with `key` (`keep_one`), or None."""
+    return keep_one(versions_with_key(client, name, key))
+
+
+def drop_duplicates(client, name: str, key: str, kept) -> list[int]:
+    """Delete the other versions with `kept`'s key (after the aliases are on `kept`): one
+    model and evaluation, one version. Returns the numbers deleted."""
+    dropped = [
+        int(mv.version) for mv in versions_with_key(client, name, key) if mv.version != kept.version
+    ]
+    for number in dropped:
+        log.warning(
+            "register: %s version %d duplicates version %s (same model and evaluation, made "
+            "twice by a retried request): deleted",
+            name,
+            number,
+            kept.version,
+        )
+        client.delete_model_version(name, str(number))
+    return dropped
 
 
 def decide(
@@ -92,6 +127,29 @@ def decide(
         f"mean IoU {float(new[f'{TAG}mean_iou']):.4f} vs champion {old:.4f} ({gain:+.4f}) "
         f"is below min_improvement {min_improvement}"
     )
+
+
+def _decision(client, name: str, mv, tags: dict[str, str], cfg: RegisterConfig):
+    """(promote, reason, previous champion) for `mv`: replayed when an earlier attempt
+    recorded it (and may have moved the champion to this version), else decided now and
+    recorded before any alias moves (`promoted` last, as the mark that the others are there)."""
+    from mlflow.exceptions import MlflowException
+
+    s = cfg.register
+    recorded = mv.tags.get(f"{TAG}promoted")
+    if recorded in ("true", "false"):
+        prev = mv.tags.get(f"{TAG}previous_champion") or None
+        return recorded == "true", mv.tags.get(f"{TAG}promotion", ""), prev
+    try:
+        champ = client.get_model_version_by_alias(name, s.champion_alias)
+    except MlflowException:
+        champ = None
+    promote, reason = decide(tags, champ.tags if champ else None, s.min_improvement)
+    prev = champ.version if champ else None
+    client.set_model_version_tag(name, mv.version, f"{TAG}promotion", reason)
+    client.set_model_version_tag(name, mv.version, f"{TAG}previous_champion", prev or "")
+    client.set_model_version_tag(name, mv.version, f"{TAG}promoted", "true" if promote else "false")
+    return promote, reason, prev
 
 
 def run_register(
@@ -122,35 +180,19 @@ def run_register(
     try:
         mv = find_version(client, name, key)
         if mv is None:
-            # The key is written with the version (one call), so a retry always finds it.
-            mv = mlflow.register_model(str(source), name, tags={**tags, KEY_TAG: key})
+            # The key is written with the version (one call), so a retry always finds it;
+            # looked up again, since a retried POST may have made it twice.
+            made = mlflow.register_model(str(source), name, tags={**tags, KEY_TAG: key})
+            mv = find_version(client, name, key) or made
         else:
             log.info(
                 "register: %s version %s is this model and evaluation: reused", name, mv.version
             )
-        recorded = mv.tags.get(f"{TAG}promoted")
-        if recorded in ("true", "false"):
-            # An earlier attempt decided (and may have moved the champion to this version).
-            promote = recorded == "true"
-            reason = mv.tags.get(f"{TAG}promotion", "")
-            prev = mv.tags.get(f"{TAG}previous_champion") or None
-        else:
-            try:
-                champ = client.get_model_version_by_alias(name, s.champion_alias)
-            except MlflowException:
-                champ = None
-            promote, reason = decide(tags, champ.tags if champ else None, s.min_improvement)
-            prev = champ.version if champ else None
-            # The decision is recorded before any alias moves; `promoted` last, as the mark
-            # that the others are there.
-            client.set_model_version_tag(name, mv.version, f"{TAG}promotion", reason)
-            client.set_model_version_tag(name, mv.version, f"{TAG}previous_champion", prev or "")
-            client.set_model_version_tag(
-                name, mv.version, f"{TAG}promoted", "true" if promote else "false"
-            )
+        promote, reason, prev = _decision(client, name, mv, tags, cfg)
         client.set_registered_model_alias(name, s.challenger_alias, mv.version)
         if promote:
             client.set_registered_model_alias(name, s.champion_alias, mv.version)
+        drop_duplicates(client, name, key, mv)
     except MlflowException as exc:
         raise SegloopError(
             f"MLflow registry at {mlflow.get_tracking_uri()}: {exc.message}"
