@@ -80,6 +80,21 @@ def mlflow_env(mlflow_server, s3, monkeypatch) -> str:
     return mlflow_server
 
 
+# Fixtures that start a server or a browser: SeaweedFS, MLflow, PostgreSQL, the CVAT-protocol
+# server, Chromium. A test that needs one, directly or through other fixtures, is marked
+# `servers`, so `pytest -m "not servers"` is the quick loop; tests that start servers
+# themselves (`segloop up`, the demo) carry the mark in their file.
+SERVER_FIXTURES = frozenset(
+    {"s3_server", "mlflow_server", "postgres_server", "cvat_server", "browser"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.servers)
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_endpoints(monkeypatch, tmp_path):
     """Tests start from a clean environment: no endpoint or tracking server leaks in."""

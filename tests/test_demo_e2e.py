@@ -132,6 +132,7 @@ def check_registry_and_summary(client, summary, rounds: int) -> dict[int, dict[s
 
 
 @pytest.mark.e2e
+@pytest.mark.servers  # the demo's own `segloop up`
 def test_demo_small_two_rounds(tmp_path, stack_dir, monkeypatch):
     proc, summary = run_demo(tmp_path, stack_dir, "--rounds", "2")
     out = proc.stdout

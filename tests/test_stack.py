@@ -29,6 +29,7 @@ from pipelines.stack import (
 )
 
 
+@pytest.mark.servers
 def test_up_status_down_cycle(tmp_path):
     s3_port, ml_port = free_port(), free_port()
     opts = [
