@@ -19,16 +19,19 @@ message (a password in it never shows).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components.core import timeouts
 from components.core.config import SharedConfig
 from components.core.errors import SegloopError
+from components.core.shutdown import Terminated
 
 log = logging.getLogger(__name__)
 
@@ -227,3 +230,49 @@ def run_id_for_model(uri: str, tracking_uri: str) -> str | None:
     except MlflowException as exc:
         log.warning("cannot find the MLflow run of %s: %s", uri, one_line(exc))
         return None
+
+
+# ---------------------------------------------------------------- runs that a killed process left
+
+OUTPUT_TAG = f"{TAG}output"  # where a run writes: a later run on the same output finds it
+
+
+def end_stale_runs(cfg: SharedConfig, output: str, keep: str | None = None) -> list[str]:
+    """Mark FAILED the runs of the project's experiment still RUNNING for `output` (all but
+    `keep`, a run being resumed): a killed pod (SIGKILL, OOM, node loss) ends no run. The caller
+    holds the output's lock, so no live run writes there. Returns the run ids ended."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(experiment_name(cfg))
+    if experiment is None:
+        return []
+    mlc = mlflow.MlflowClient()
+    runs = mlc.search_runs(
+        [experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000
+    )
+    stale = [
+        r.info.run_id
+        for r in runs
+        if r.data.tags.get(OUTPUT_TAG) == output and r.info.run_id != keep
+    ]
+    for run_id in stale:
+        log.warning(
+            "MLflow run %s for %s was left RUNNING by a killed process: FAILED", run_id, output
+        )
+        mlc.set_tag(run_id, f"{TAG}ended", "left running by a killed process")
+        mlc.set_terminated(run_id, "FAILED")
+    return stale
+
+
+@contextlib.contextmanager
+def killed_on_signal() -> Iterator[None]:
+    """End the active run as KILLED when SIGTERM (`shutdown.Terminated`) or Ctrl-C stops the
+    process; other errors leave it to `start_run`'s own exit (FAILED)."""
+    import mlflow
+
+    try:
+        yield
+    except (Terminated, KeyboardInterrupt):
+        with contextlib.suppress(Exception):  # the run's end must not hide the signal
+            mlflow.end_run("KILLED")
+        raise

@@ -275,7 +275,7 @@ def run_train(
         init = None if resume else warm_start(cfg, model, spec)
         trainer = _build_trainer(s, model, d, ctx)
         progress = _restore_progress(s, state, trainer)
-        tracker = _start_tracking(cfg, data, d, ctx, state, root, stack) if ctx.main else None
+        tracker = _start_tracking(cfg, data, out, d, ctx, state, root, stack) if ctx.main else None
         if tracker and init:
             tracker.mlflow.set_tag("segloop.init_from", init)
 
@@ -474,20 +474,27 @@ def _restore_progress(s: TrainSettings, state: dict[str, Any], trainer: _Trainer
 def _start_tracking(
     cfg: TrainConfig,
     data: str,
+    out: str,
     d: _Data,
     ctx: _Context,
     state: dict[str, Any],
     root: Path,
     stack: ExitStack,
 ) -> _Tracker:
-    """Open the MLflow run (a resumed run continues its own, so metric steps continue)."""
+    """Open the MLflow run (a resumed run continues its own, so metric steps continue). A run
+    a killed pod left RUNNING on this output is marked FAILED first; SIGTERM or Ctrl-C ends
+    this one as KILLED."""
     mlflow = tracking.setup(cfg)
     run_id = state.get("run_id") or None
+    output = out if storage.is_s3(out) else str(Path(out).resolve())
+    tracking.end_stale_runs(cfg, output, keep=run_id)
     run = stack.enter_context(
         mlflow.start_run(run_id=run_id)
         if run_id
         else mlflow.start_run(run_name=f"train-{cfg.project.subname}")
     )
+    stack.enter_context(tracking.killed_on_signal())
+    mlflow.set_tag(tracking.OUTPUT_TAG, output)
     if not run_id:
         _log_run_inputs(mlflow, cfg, data, d, ctx)
     save_resolved(cfg, root)
