@@ -404,6 +404,11 @@ def main() -> int:
     if len(args.seeds) < 3:
         print("note: the goals are judged over at least 3 seeds; fewer give a rough look only")
     default = DEFAULT_STRATEGY if DEFAULT_STRATEGY in args.strategies else args.strategies[0]
+    if default != DEFAULT_STRATEGY:
+        print(
+            f"note: the default strategy ({DEFAULT_STRATEGY}) is not among --strategies; "
+            f"the goals below judge {default} in its place"
+        )
     quiet_console()
 
     all_runs = run_all(args)
