@@ -174,19 +174,28 @@ def _quota_in(folder: Path, version: int) -> tuple[float, str] | None:
     return quota / period, name
 
 
+def local_processes() -> int:
+    """Processes sharing this machine's budget: $LOCAL_WORLD_SIZE (torchrun and segloop's DDP
+    launcher set it in each rank), else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 _applied: tuple[int, int] | None = None  # (intra-op, inter-op) threads set in this process
 
 
 def apply_torch_threads(local_ranks: int | None = None) -> int:
     """Set torch's intra-op and inter-op threads from the budget, once per process; returns
     the intra-op count. `local_ranks`: processes sharing this machine (default:
-    $LOCAL_WORLD_SIZE, which torchrun and segloop's DDP launcher set in each rank, else 1)."""
+    `local_processes()`)."""
     global _applied
     if _applied is not None:
         return _applied[0]
     import torch  # not at import: `segloop query` never loads torch
 
-    ranks = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    ranks = local_ranks or local_processes()
     budget = cpu_budget()
     threads = budget.per_rank(ranks)
     torch.set_num_threads(threads)
