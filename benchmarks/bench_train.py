@@ -178,7 +178,7 @@ def prepare(root: Path, tile: int, n: int) -> Path:
     return root / "pre"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
@@ -191,123 +191,118 @@ def main() -> None:
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    cfg = load_config(
-        None, [f"train.encoder_name={args.encoder}", f"train.batch_size={args.batch}"]
-    )
-    s = cfg.train
-    channels_last = s.channels_last if s.channels_last is not None else True
-    if args.gpu and not torch.cuda.is_available():
-        sys.exit("--gpu: no CUDA device here")
-    device = torch.device("cuda" if args.gpu else "cpu")
-    workers = pick_workers(args.workers, device)
-    # One epoch holds every timed step: each toy image gives 4 tiles.
-    n_images = math.ceil(args.steps * args.batch / 4)
-    rows = [("fp32", None)]
-    if args.gpu:
-        amp = pick_amp("auto", device)
-        rows.append(({torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], amp))
-    else:
-        rows.append(("bf16", pick_amp("bf16", device)))
 
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        pre = prepare(Path(tmp), args.tile, n_images)
-        stats = json.loads((pre / "stats.json").read_text())
-        classes = len(json.loads((pre / "labels.json").read_text())["labels"])
+class Contenders:
+    """The three training loops on the same tiles, model start and batches: `naive` (a plain
+    PyTorch loop), `segloop` (train_epoch) and `limit` (segloop's steps on batches in memory).
+    Each `run_<name>(amp_dtype)` returns images per second over the timed steps."""
+
+    def __init__(self, args, s, pre: Path, device: torch.device, workers: int, channels_last):
+        self.args, self.s, self.device = args, s, device
+        self.workers, self.channels_last = workers, channels_last
+        self.stats = json.loads((pre / "stats.json").read_text())
+        self.classes = len(json.loads((pre / "labels.json").read_text())["labels"])
         torch.manual_seed(SEED)
-        init = build_model(s.arch, s.encoder_name, None, 3, classes).state_dict()
+        self.init = build_model(s.arch, s.encoder_name, None, 3, self.classes).state_dict()
         transform = build_transforms(s.augment, args.tile, train=True)
         # Decode rule: all tiles decoded here, before any timer (segloop's cache, naive's list).
-        cached = TileDataset(pre, "train", transform, cache=True)
-        naive_ds = NaiveDataset(cached, stats["mean"], stats["std"], transform)
-        assert len(cached) // args.batch >= args.steps, "too few tiles for one epoch of steps"
-        loss_fn = CombinedLoss(s, binary=False)
+        self.cached = TileDataset(pre, "train", transform, cache=True)
+        self.naive_ds = NaiveDataset(self.cached, self.stats["mean"], self.stats["std"], transform)
+        assert len(self.cached) // args.batch >= args.steps, "too few tiles for one epoch of steps"
+        self.loss_fn = CombinedLoss(s, binary=False)
 
-        def fresh(cl: bool):
-            model = build_model(s.arch, s.encoder_name, None, 3, classes)
-            model.load_state_dict(init)
-            model.to(device)
-            if cl:
-                model.to(memory_format=torch.channels_last)
-            return model, torch.optim.AdamW(model.parameters(), lr=s.lr)
+    def fresh(self, cl: bool):
+        model = build_model(self.s.arch, self.s.encoder_name, None, 3, self.classes)
+        model.load_state_dict(self.init)
+        model.to(self.device)
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        return model, torch.optim.AdamW(model.parameters(), lr=self.s.lr)
 
-        def runtime(amp_dtype) -> Runtime:
-            norm = Normalizer(stats["mean"], stats["std"]).to(device)
-            return Runtime(device, amp_dtype, channels_last, False, classes, norm)
+    def runtime(self, amp_dtype) -> Runtime:
+        norm = Normalizer(self.stats["mean"], self.stats["std"]).to(self.device)
+        return Runtime(self.device, amp_dtype, self.channels_last, False, self.classes, norm)
 
-        def segloop_loader(n_workers: int) -> DataLoader:
-            # As components.train.stage._loader builds it for one process.
-            return DataLoader(cached, batch_size=args.batch, shuffle=True, drop_last=True,
-                              num_workers=n_workers, persistent_workers=n_workers > 0,
-                              pin_memory=device.type == "cuda",
-                              generator=torch.Generator().manual_seed(SEED))  # fmt: skip
+    def segloop_loader(self, n_workers: int) -> DataLoader:
+        # As components.train.stage._loader builds it for one process.
+        return DataLoader(self.cached, batch_size=self.args.batch, shuffle=True, drop_last=True,
+                          num_workers=n_workers, persistent_workers=n_workers > 0,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(SEED))  # fmt: skip
 
-        def reseed(loader: DataLoader) -> None:
-            """The same shuffle and augmentation draws for every contender's timed steps."""
-            torch.manual_seed(SEED)
-            loader.generator.manual_seed(SEED)
+    @staticmethod
+    def reseed(loader: DataLoader) -> None:
+        """The same shuffle and augmentation draws for every contender's timed steps."""
+        torch.manual_seed(SEED)
+        loader.generator.manual_seed(SEED)
 
-        def timed(fn) -> float:
-            sync(device)
-            start = time.perf_counter()
-            fn()  # ends after the last optimizer step, CUDA synchronized
-            return args.steps * args.batch / (time.perf_counter() - start)
+    def timed(self, fn) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        fn()  # ends after the last optimizer step, CUDA synchronized
+        return self.args.steps * self.args.batch / (time.perf_counter() - start)
 
-        def run_segloop(amp_dtype) -> float:
-            model, opt = fresh(channels_last)
-            rt = runtime(amp_dtype)
-            loader = segloop_loader(workers)
-            train_epoch(model, loader, opt, loss_fn, rt, max_steps=args.warmup)
-            reseed(loader)
-            return timed(lambda: train_epoch(model, loader, opt, loss_fn, rt, max_steps=args.steps))
+    def run_segloop(self, amp_dtype) -> float:
+        model, opt = self.fresh(self.channels_last)
+        rt = self.runtime(amp_dtype)
+        loader = self.segloop_loader(self.workers)
+        train_epoch(model, loader, opt, self.loss_fn, rt, max_steps=self.args.warmup)
+        self.reseed(loader)
+        steps = self.args.steps
+        return self.timed(
+            lambda: train_epoch(model, loader, opt, self.loss_fn, rt, max_steps=steps)
+        )
 
-        def run_naive(amp_dtype) -> float:
-            model, opt = fresh(False)
-            scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-            loader = DataLoader(naive_ds, batch_size=args.batch, shuffle=True, drop_last=True,
-                                num_workers=0, generator=torch.Generator().manual_seed(SEED))  # fmt: skip
-            naive_steps(model, loader, opt, loss_fn, device, amp_dtype, scaler, args.warmup)
-            reseed(loader)
-            return timed(
-                lambda: naive_steps(
-                    model, loader, opt, loss_fn, device, amp_dtype, scaler, args.steps
-                )
-            )
+    def run_naive(self, amp_dtype) -> float:
+        model, opt = self.fresh(False)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+        loader = DataLoader(self.naive_ds, batch_size=self.args.batch, shuffle=True,
+                            drop_last=True, num_workers=0,
+                            generator=torch.Generator().manual_seed(SEED))  # fmt: skip
+        step_args = (model, loader, opt, self.loss_fn, self.device, amp_dtype, scaler)
+        naive_steps(*step_args, self.args.warmup)
+        self.reseed(loader)
+        return self.timed(lambda: naive_steps(*step_args, self.args.steps))
 
-        def run_limit(amp_dtype) -> float:
-            model, opt = fresh(channels_last)
-            rt = runtime(amp_dtype)
-            loader = segloop_loader(0)
-            reseed(loader)  # the batches segloop's timed steps see
-            batches = [rt.inputs(x, y) for x, y in loader][: args.steps]
-            limit_steps(model, batches[: args.warmup], opt, loss_fn, rt)
-            return timed(lambda: limit_steps(model, batches, opt, loss_fn, rt))
+    def run_limit(self, amp_dtype) -> float:
+        model, opt = self.fresh(self.channels_last)
+        rt = self.runtime(amp_dtype)
+        loader = self.segloop_loader(0)
+        self.reseed(loader)  # the batches segloop's timed steps see
+        batches = [rt.inputs(x, y) for x, y in loader][: self.args.steps]
+        limit_steps(model, batches[: self.args.warmup], opt, self.loss_fn, rt)
+        return self.timed(lambda: limit_steps(model, batches, opt, self.loss_fn, rt))
 
-        runners = {"naive": run_naive, "segloop": run_segloop, "limit": run_limit}
-        figures: dict[str, dict] = {}
-        for name, amp_dtype in rows:
-            rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
-            util: dict[str, list[float]] = {c: [] for c in CONTENDERS}
-            for r in range(args.rounds):
-                for c in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
-                    with GpuSampler(args.gpu) as g:
-                        rates[c].append(runners[c](amp_dtype))
-                    util[c] += g.samples
-            med = {c: statistics.median(v) for c, v in rates.items()}
-            figures[name] = {
-                "median_images_per_s": {c: round(v, 2) for c, v in med.items()},
-                "segloop_vs_naive": round(med["segloop"] / med["naive"], 3),
-                "segloop_vs_limit": round(med["segloop"] / med["limit"], 3),
-                "rounds": {c: [round(v, 2) for v in vs] for c, vs in rates.items()},
+
+def measure(contenders: Contenders, rows: list, rounds: int, gpu: bool) -> dict[str, dict]:
+    """Per precision: each contender `rounds` times, in alternating order; medians and ratios."""
+    runners = {c: getattr(contenders, f"run_{c}") for c in CONTENDERS}
+    figures: dict[str, dict] = {}
+    for name, amp_dtype in rows:
+        rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+        util: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+        for r in range(rounds):
+            for c in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
+                with GpuSampler(gpu) as g:
+                    rates[c].append(runners[c](amp_dtype))
+                util[c] += g.samples
+        med = {c: statistics.median(v) for c, v in rates.items()}
+        figures[name] = {
+            "median_images_per_s": {c: round(v, 2) for c, v in med.items()},
+            "segloop_vs_naive": round(med["segloop"] / med["naive"], 3),
+            "segloop_vs_limit": round(med["segloop"] / med["limit"], 3),
+            "rounds": {c: [round(v, 2) for v in vs] for c, vs in rates.items()},
+        }
+        if gpu:
+            figures[name]["gpu_utilization_percent"] = {
+                c: round(statistics.mean(v), 1) if v else None for c, v in util.items()
             }
-            if args.gpu:
-                figures[name]["gpu_utilization_percent"] = {
-                    c: round(statistics.mean(v), 1) if v else None for c, v in util.items()
-                }
+    return figures
 
-    dev = torch.cuda.get_device_name(0) if args.gpu else "cpu"
-    low = rows[1][0]
+
+def print_setup(args, s, dev: str, workers: int, channels_last) -> None:
     print(
         f"bench_train on {dev} ({torch.get_num_threads()} torch threads, torch {torch.__version__})"
         f": {s.arch}/{args.encoder}, {args.tile} px tiles, batch {args.batch}, {args.steps} timed "
@@ -330,6 +325,9 @@ def main() -> None:
         )
     print("order per round alternates: naive segloop limit / limit segloop naive / ...")
     print()
+
+
+def print_figures(figures: dict[str, dict], low: str, gpu: bool) -> None:
     header = f"{'precision':<10}{'naive':>10}{'segloop':>10}{'limit':>10}{'vs naive':>10}{'of limit':>10}"
     print("median images/s")
     print(header)
@@ -342,7 +340,7 @@ def main() -> None:
     print()
     for name, f in figures.items():
         print(f"{name} runs (images/s): " + "; ".join(f"{c} {v}" for c, v in f["rounds"].items()))
-        if args.gpu:
+        if gpu:
             print(f"{name} GPU utilization %: {f['gpu_utilization_percent']}")
     speed = (
         figures[low]["median_images_per_s"]["segloop"]
@@ -350,6 +348,9 @@ def main() -> None:
     )
     print(f"segloop {low} vs fp32: {speed:.2f}x")
     print()
+
+
+def record_goals(figures: dict[str, dict], args, s, dev: str) -> None:
     print("goals")
     for name, f in figures.items():
         for key, goal, what in (
@@ -369,6 +370,37 @@ def main() -> None:
                 f">= {goal}",
                 f[key] >= goal,
             )
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(
+        None, [f"train.encoder_name={args.encoder}", f"train.batch_size={args.batch}"]
+    )
+    s = cfg.train
+    channels_last = s.channels_last if s.channels_last is not None else True
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("--gpu: no CUDA device here")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    workers = pick_workers(args.workers, device)
+    # One epoch holds every timed step: each toy image gives 4 tiles.
+    n_images = math.ceil(args.steps * args.batch / 4)
+    rows = [("fp32", None)]
+    if args.gpu:
+        amp = pick_amp("auto", device)
+        rows.append(({torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], amp))
+    else:
+        rows.append(("bf16", pick_amp("bf16", device)))
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        pre = prepare(Path(tmp), args.tile, n_images)
+        contenders = Contenders(args, s, pre, device, workers, channels_last)
+        figures = measure(contenders, rows, args.rounds, args.gpu)
+
+    dev = torch.cuda.get_device_name(0) if args.gpu else "cpu"
+    print_setup(args, s, dev, workers, channels_last)
+    print_figures(figures, rows[1][0], args.gpu)
+    record_goals(figures, args, s, dev)
     if args.json:
         print(json.dumps({"device": dev, "figures": figures}, indent=2))
 
