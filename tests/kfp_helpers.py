@@ -1,12 +1,16 @@
-"""Small inputs the KFP tests share (test_kfp_components, test_kfp_local): a synthetic image DB,
-a tiny untrained Unet for its labels, and config overrides that keep every stage small and on
-the CPU."""
+"""What the KFP tests share (test_kfp_components, test_kfp_local, test_infer_shards): a tiny
+project (a synthetic image DB, a tiny untrained Unet for its labels, config overrides that keep
+every stage small and on the CPU), and `run_body`, which calls a component's body as KFP's
+local runner does."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+from kfp import dsl
 
 from components.core.checkpoint import save_checkpoint
 from components.core.labels import LabelSet
@@ -62,3 +66,29 @@ def tiny_project(data_root: str, tmp_path: Path, images: int, seed: int) -> Tiny
         "evaluate.device=cpu",
     ]
     return TinyProject(data, model_dir, overrides)
+
+
+# KFP's artifact classes by the schema title an output declares ("system.Dataset@0.0.1").
+ARTIFACT_CLASSES = {
+    cls.schema_title: cls for cls in (dsl.Dataset, dsl.Model, dsl.Metrics, dsl.HTML, dsl.Markdown)
+}
+
+
+def artifact(path: Path, cls: type = dsl.Dataset) -> dsl.Artifact:
+    """An artifact as KFP hands it to a component body: a local path for a local URI."""
+    return cls(uri=str(path))
+
+
+def run_body(
+    task, root: Path, *, at: dict[str, Path] | None = None, **inputs: Any
+) -> SimpleNamespace:
+    """Call `task`'s body (`.python_func`) with `inputs`, and each output the spec declares a
+    fresh artifact of its class at root/<output name> (or where `at` puts it); returns the
+    outputs by name."""
+    at = at or {}
+    outputs = {
+        name: artifact(at.get(name, root / name), ARTIFACT_CLASSES[spec.type.split("@")[0]])
+        for name, spec in task.component_spec.outputs.items()
+    }
+    task.python_func(**inputs, **outputs)
+    return SimpleNamespace(**outputs)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from kfp import dsl, local
-from kfp_helpers import tiny_project  # tests/ is on sys.path (rootdir-relative imports)
+from kfp_helpers import artifact, run_body, tiny_project  # tests/ is on sys.path
 from PIL import Image
 
 from components.core.errors import SegloopError
@@ -94,25 +94,14 @@ def config_json(project, *overrides: str) -> str:
     return run_config_json(load_config(None, [*project.tiny.overrides, *overrides]))
 
 
-class _Metrics:
-    def __init__(self):
-        self.logged: dict[str, float] = {}
-
-    def log_metric(self, name: str, value: float) -> None:
-        self.logged[name] = value
-
-
-def _art(path: Path) -> SimpleNamespace:
-    return SimpleNamespace(path=str(path))
-
-
 def run_unsharded(project, out: Path, cfg_json: str) -> None:
-    infer.python_func(
+    run_body(
+        infer,
+        out.parent,
+        at={"predictions": out},
         config_json=cfg_json,
-        records=_art(project.records),
+        records=artifact(project.records),
         model_uri=str(project.tiny.model_dir),
-        predictions=_art(out),
-        metrics=_Metrics(),
     )
 
 
@@ -120,31 +109,32 @@ def run_shards(project, out: Path, cfg_json: str, shards: int = SHARDS) -> list[
     parts = []
     for k in range(shards):
         part = out / f"shard-{k}"
-        metrics = _Metrics()
-        infer_shard.python_func(
+        done = run_body(
+            infer_shard,
+            out,
+            at={"predictions": part, "metrics": out / f"shard-{k}-metrics"},
             config_json=cfg_json,
-            records=_art(project.records),
+            records=artifact(project.records),
             model_uri=str(project.tiny.model_dir),
             shard=k,
             shards=shards,
-            predictions=_art(part),
-            metrics=metrics,
         )
-        assert metrics.logged["shard"] == k
+        assert done.metrics.metadata["shard"] == k
         parts.append(part)
     return parts
 
 
-def merge(project, parts: list[Path], out: Path, cfg_json: str) -> _Metrics:
-    metrics = _Metrics()
-    infer_merge.python_func(
+def merge(project, parts: list[Path], out: Path, cfg_json: str) -> dict:
+    """The merged predictions in `out`; returns the metrics the merge logged."""
+    done = run_body(
+        infer_merge,
+        out.parent,
+        at={"predictions": out, "metrics": out.with_name(out.name + "-metrics")},
         config_json=cfg_json,
-        records=_art(project.records),
-        shards=[_art(p) for p in parts],
-        predictions=_art(out),
-        metrics=metrics,
+        records=artifact(project.records),
+        shards=[artifact(p) for p in parts],
     )
-    return metrics
+    return done.metrics.metadata
 
 
 def manifest(folder: Path) -> list[dict]:
@@ -214,7 +204,7 @@ def test_three_shards_merge_into_the_unsharded_output(project):
     shuffled = parts[:]
     random.Random(1).shuffle(shuffled)  # Collected gives no order promise; the merge sorts
     metrics = merge(project, shuffled, out / "merged", cfg_json)
-    assert metrics.logged["ok"] == 7 and metrics.logged["failed"] == 1
+    assert metrics["ok"] == 7 and metrics["failed"] == 1
     assert_same_predictions(out / "full", out / "merged", project.ids)
 
 
@@ -259,7 +249,7 @@ def test_more_shards_than_records(project):
     parts = run_shards(project, out, cfg_json, shards=10)
     assert sum(len(json.loads((p / "shard.json").read_text())["record_ids"]) for p in parts) == 8
     metrics = merge(project, parts, out / "merged", cfg_json)
-    assert metrics.logged["images"] == 8 and metrics.logged["ok"] == 7
+    assert metrics["images"] == 8 and metrics["ok"] == 7
     coco = json.loads((out / "merged" / "predictions.json").read_text())
     assert [im["record_id"] for im in coco["images"]] == [i for i in project.ids if i != "gone"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from kfp import dsl
-from kfp_helpers import tiny_project  # tests/ is on sys.path (rootdir-relative imports)
+from kfp_helpers import run_body, tiny_project  # tests/ is on sys.path
 
 from components.component_io import log_metrics, scalar_metrics, self_contained_html
 from pipelines.config import load_config, run_config_json
@@ -80,11 +80,6 @@ def test_scalar_metrics_flatten_numbers_only():
     assert metrics.metadata["per_class.crop.iou"] == 0.7
 
 
-def art(cls, path: Path):
-    """An artifact as KFP hands it to a component body (a local path for a local URI)."""
-    return cls(uri=str(path))
-
-
 def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
     project = tiny_project(str(tmp_path / "data"), tmp_path, images=6, seed=1)
     cfg = load_config(
@@ -97,115 +92,55 @@ def test_bodies_chain_like_the_pipelines(tmp_path, s3, mlflow_env):
             "preprocess.test_fraction=0.25",
         ],
     )
-    config_json = run_config_json(cfg)  # what a pipeline hands its components
-    a = tmp_path / "artifacts"
-    m = {stage: art(dsl.Metrics, a / f"{stage}-metrics") for stage in STAGES}
 
-    records = art(dsl.Dataset, a / "records")
-    component("query").python_func(config_json=config_json, records=records, metrics=m["query"])
-    assert m["query"].metadata["rows"] == 6
+    def body(stage: str, config_json: str = run_config_json(cfg), **inputs):
+        # config_json: what a pipeline hands its components
+        return run_body(
+            component(stage), tmp_path / "artifacts" / stage, config_json=config_json, **inputs
+        )
 
-    predictions = art(dsl.Dataset, a / "predictions")
-    component("infer").python_func(
-        config_json=config_json,
-        records=records,
-        model_uri=str(project.model_dir),
-        predictions=predictions,
-        metrics=m["infer"],
-    )
+    queried = body("query")
+    assert queried.metrics.metadata["rows"] == 6
+    records = queried.records
+    predictions = body("infer", records=records, model_uri=str(project.model_dir)).predictions
     assert len(list(Path(predictions.path, "masks").glob("*.png"))) == 6
-
-    selected = art(dsl.Dataset, a / "selected")
-    component("select").python_func(
-        config_json=config_json,
-        predictions=predictions,
-        records=records,
-        selected=selected,
-        metrics=m["select"],
-    )
-    assert m["select"].metadata["selected"] == 4
-
-    tasks = art(dsl.Dataset, a / "tasks")
-    component("upload_cvat").python_func(
-        config_json=config_json, predictions=selected, tasks=tasks, metrics=m["upload_cvat"]
-    )
+    chosen = body("select", predictions=predictions, records=records)
+    assert chosen.metrics.metadata["selected"] == 4
+    tasks = body("upload_cvat", predictions=chosen.selected).tasks
     assert Path(tasks.path, "tasks.json").exists()
     for task_json in (tmp_path / "annotation").glob("*/task.json"):
         task = json.loads(task_json.read_text())  # people accept the pre-annotations
         task_json.write_text(json.dumps({**task, "status": "completed"}))
 
-    download_cfg = run_config_json(
-        cfg.model_copy(
-            update={
-                "download_cvat": cfg.download_cvat.model_copy(update={"upload_dir": tasks.path})
-            }
-        )
-    )
-    dataset = art(dsl.Dataset, a / "dataset")
-    component("download_cvat").python_func(
-        config_json=download_cfg, dataset=dataset, metrics=m["download_cvat"]
-    )
+    # download reads the annotation tasks that upload wrote.
+    download = cfg.download_cvat.model_copy(update={"upload_dir": tasks.path})
+    dataset = body(
+        "download_cvat",
+        config_json=run_config_json(cfg.model_copy(update={"download_cvat": download})),
+    ).dataset
     assert len(list(Path(dataset.path, "masks").glob("*.png"))) == 4
-
-    splits = art(dsl.Dataset, a / "splits")
-    component("preprocess").python_func(
-        config_json=config_json,
-        dataset=dataset,
-        splits=splits,
-        metrics=m["preprocess"],
-        earlier_datasets=[],
-    )
+    splits = body("preprocess", dataset=dataset, earlier_datasets=[]).splits
     assert Path(splits.path, "split.json").exists()
-
-    model = art(dsl.Model, a / "model")
-    component("train").python_func(
-        config_json=config_json, splits=splits, model=model, metrics=m["train"]
-    )
-    assert Path(model.path, "best", "model.json").exists()
-    assert m["train"].metadata
-
-    evaluation = art(dsl.Dataset, a / "evaluation")
-    report = art(dsl.HTML, a / "report.html")
-    component("evaluate").python_func(
-        config_json=config_json,
-        model=model,
-        splits=splits,
-        evaluation=evaluation,
-        report=report,
-        metrics=m["evaluate"],
-    )
-    html = Path(report.path).read_text()
+    trained = body("train", splits=splits)
+    assert Path(trained.model.path, "best", "model.json").exists() and trained.metrics.metadata
+    evaluated = body("evaluate", model=trained.model, splits=splits)
+    html = Path(evaluated.report.path).read_text()
     assert "<img" in html and 'src="figures/' not in html  # pictures inlined for the KFP UI
+    registered = body("register", evaluation=evaluated.evaluation)
+    assert registered.metrics.metadata["promoted"] == 1.0  # the first version becomes champion
+    assert "kfpbodies" in Path(registered.comparison.path).read_text()
+    assert_loop_report(body("loop_report", dataset=dataset))
 
-    registration = art(dsl.Dataset, a / "registration")
-    comparison = art(dsl.Markdown, a / "comparison.md")
-    component("register").python_func(
-        config_json=config_json,
-        evaluation=evaluation,
-        registration=registration,
-        comparison=comparison,
-        metrics=m["register"],
-    )
-    assert m["register"].metadata["promoted"] == 1.0  # the first version becomes champion
-    assert "kfpbodies" in Path(comparison.path).read_text()
 
-    summary = art(dsl.Dataset, a / "loop-summary")
-    loop = art(dsl.HTML, a / "loop_report.html")
-    component("loop_report").python_func(
-        config_json=config_json,
-        dataset=dataset,
-        summary=summary,
-        report=loop,
-        metrics=m["loop_report"],
-    )
-    html = Path(loop.path).read_text()
-    assert html == Path(summary.path, "loop_report.html").read_text()
-    # Round 1 is version 1, the champion; people accepted the pre-annotations unchanged.
+def assert_loop_report(out) -> None:
+    """Round 1 is version 1, the champion; people accepted the pre-annotations unchanged."""
+    html = Path(out.report.path).read_text()
+    assert html == Path(out.summary.path, "loop_report.html").read_text()
     assert "<td>challenger,champion</td>" in html
     assert html.count("class='sample'") == 2 * 3  # pre-annotation and refined, 3 images
-    assert m["loop_report"].metadata["model_version"] == 1.0
-    assert m["loop_report"].metadata["changed_share"] == 0.0
-    rounds = json.loads(Path(summary.path, "rounds.json").read_text())
+    assert out.metrics.metadata["model_version"] == 1.0
+    assert out.metrics.metadata["changed_share"] == 0.0
+    rounds = json.loads(Path(out.summary.path, "rounds.json").read_text())
     assert [r["model_version"] for r in rounds] == ["1"] and rounds[0]["per_class_iou"]
 
 
