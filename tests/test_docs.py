@@ -17,7 +17,8 @@ import pytest
 
 from pipelines.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
+# The repository root: the folder above this file that holds mkdocs.yml (wherever tests/ puts it).
+ROOT = next(d for d in Path(__file__).resolve().parents if (d / "mkdocs.yml").is_file())
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 RUN_MARKER = "<!-- docs-test: run -->"
 SHELL_LANGS = {"bash", "sh", "shell"}
