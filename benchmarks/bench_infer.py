@@ -56,7 +56,9 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -354,109 +356,125 @@ class _Profile:
         self.predictor.__dict__.pop("predict", None)
 
 
-def bench_speed(
-    tmp: Path,
-    rounds: int,
-    n: int,
-    h: int,
-    w: int,
-    tile: int,
-    batch: int,
-    device: torch.device,
-    precisions: list[tuple[str, str, torch.dtype | None]],
-) -> None:
-    """`precisions`: (row name, segloop's infer.amp, the others' autocast dtype or None)."""
-    folder = tmp / "speed" / "imgs"
+def write_speed_images(folder: Path, n: int, h: int, w: int) -> list[Path]:
     folder.mkdir(parents=True)
     files = []
     for i in range(n):
         files.append(folder / f"im{i}.jpg")
         Image.fromarray(field_image(h, w, seed=i)).save(files[-1], quality=90)
-    mp = n * h * w / 1e6
-    ckpt = make_checkpoint(tmp / "speed-model", "Unet", "resnet34", tile, small=False)
-    predictor = SmpPredictor.from_uri(str(ckpt), device)  # what run_infer builds from --model
-    model, spec = load_checkpoint(str(ckpt), device)  # the model as a MONAI user has it
-    batches = limit_batches(predictor, files, device, tile, batch)
-    n_tiles = sum(len(b) for b in batches)
-    threads = f"{torch.get_num_threads()} torch threads" if device.type == "cpu" else ""
-    print(
-        f"-- speed: {n} images {w}x{h} ({mp:.1f} MP, {n_tiles} tiles), Unet-resnet34 (random "
-        f"weights), tile {tile}, overlap {OVERLAP}, {WINDOW} window, batch {batch}, "
-        f"{device.type}{', ' + threads if threads else ''}; {rounds} timed rounds after a "
-        "warm-up, order alternating; wall clock around each whole call"
+    return files
+
+
+def speed_config(device: torch.device, amp: str, tile: int, batch: int):
+    """segloop's infer settings for the speed rows (built outside the timer, like the others'
+    arguments)."""
+    return load_config(
+        extra={
+            "infer": {
+                "device": str(device),
+                "amp": amp,
+                "tile_size": tile,
+                "overlap": OVERLAP,
+                "window": WINDOW,
+                "batch_size": batch,
+                "overwrite": True,
+                # COCO regions cost time in proportion to their number, which a
+                # random-weight model inflates; the others write masks only too.
+                "coco": False,
+            }
+        }
     )
 
-    def segloop_cfg(amp: str):  # built outside the timer, like the others' arguments
-        return load_config(
-            extra={
-                "infer": {
-                    "device": str(device),
-                    "amp": amp,
-                    "tile_size": tile,
-                    "overlap": OVERLAP,
-                    "window": WINDOW,
-                    "batch_size": batch,
-                    "overwrite": True,
-                    # COCO regions cost time in proportion to their number, which a
-                    # random-weight model inflates; the others write masks only too.
-                    "coco": False,
-                }
-            }
+
+@dataclass
+class SpeedSetup:
+    """One speed bench's inputs: images, the model as each contender holds it, the batches."""
+
+    tmp: Path
+    folder: Path
+    files: list[Path]
+    predictor: SmpPredictor  # what run_infer builds from --model
+    model: torch.nn.Module  # the model as a MONAI user has it
+    spec: ModelSpec
+    batches: list  # segloop's batches, for the limit
+    device: torch.device
+    tile: int
+    batch: int
+    warm: Path  # one small image: segloop's first-call costs, untimed
+
+
+def time_precision(setup: SpeedSetup, amp: str, amp_dtype, rounds: int) -> dict[str, Any]:
+    """Each contender `rounds` times at one precision, in alternating order, after a warm-up;
+    medians, the runs, and segloop's median wait for decoded images and forward time."""
+    st, device = setup, setup.device
+    cfg = speed_config(device, amp, st.tile, st.batch)
+    seconds: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+    profiles: list[_Profile] = []
+
+    def run_segloop() -> None:
+        profiles.append(_Profile(st.predictor, device))
+        with profiles[-1]:
+            run_infer(
+                cfg, images=str(st.folder), out=str(st.tmp / "out-segloop"), predictor=st.predictor
+            )
+
+    runners = {
+        "segloop": run_segloop,
+        "monai": lambda: run_monai(
+            st.model, st.spec, st.files, st.tmp / "out-monai", device, amp_dtype, st.tile, st.batch
+        ),
+        "limit": lambda: run_limit(st.predictor.net, st.batches, device, amp_dtype),
+    }
+    # Warm-up, untimed: kernel choices for every batch shape at this precision (the limit
+    # runs segloop's batches; MONAI's batch per image is the same for every image) and
+    # segloop's first-call costs.
+    run_limit(st.predictor.net, st.batches, device, amp_dtype)
+    run_monai(
+        st.model, st.spec, st.files[:1], st.tmp / "out-monai", device, amp_dtype, st.tile, st.batch
+    )
+    run_infer(cfg, images=str(st.warm), out=str(st.tmp / "out-warm"), predictor=st.predictor)
+    for r in range(rounds):
+        for c in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
+            sync(device)
+            start = time.perf_counter()
+            runners[c]()
+            sync(device)
+            seconds[c].append(time.perf_counter() - start)
+    forward = [p.forward for p in profiles]
+    return {
+        "seconds": {c: statistics.median(v) for c, v in seconds.items()},
+        "runs": seconds,
+        "wait": statistics.median(p.wait for p in profiles),
+        "forward": statistics.median(forward) if forward[0] is not None else None,
+    }
+
+
+def gap_parts(f: dict[str, Any]) -> dict[str, float]:
+    """segloop's time over the limit's, in named parts."""
+    seg, limit, fwd, wait = f["seconds"]["segloop"], f["seconds"]["limit"], f["forward"], f["wait"]
+    parts = {}
+    if fwd is not None:
+        parts[
+            "forward passes as segloop calls them (+ softmax, one autocast per batch; else "
+            "the limit's network and batches: a difference here is mostly load from elsewhere)"
+        ] = fwd - limit
+    parts["waiting for decoded images (decoding workers' start, decode, stop)"] = wait
+    rest = seg - limit - sum(parts.values())
+    parts[
+        "the rest (tiling, normalizing, blending, masks and uncertainty, writing, run files"
+        + (
+            ""
+            if fwd is not None
+            else "; on CUDA forward passes run asynchronously: "
+            "their excess over the limit is counted here"
         )
+        + ")"
+    ] = rest
+    return parts
 
-    # Warm-up input for segloop's own first-call costs (imports, worker start-up code paths):
-    # one small image, so that the warm-up forward passes stay cheap.
-    warm = tmp / "speed" / "warm"
-    warm.mkdir()
-    Image.fromarray(field_image(256, 320)).save(warm / "warm.jpg", quality=90)
 
-    figures = {}
-    for row, amp, amp_dtype in precisions:
-        cfg = segloop_cfg(amp)
-        seconds: dict[str, list[float]] = {c: [] for c in CONTENDERS}
-        profiles: list[_Profile] = []
-
-        def run_segloop(cfg=cfg, profiles=profiles) -> None:
-            profiles.append(_Profile(predictor, device))
-            with profiles[-1]:
-                run_infer(
-                    cfg, images=str(folder), out=str(tmp / "out-segloop"), predictor=predictor
-                )
-
-        runners = {
-            "segloop": run_segloop,
-            "monai": lambda d=amp_dtype: run_monai(
-                model, spec, files, tmp / "out-monai", device, d, tile, batch
-            ),
-            "limit": lambda d=amp_dtype: run_limit(predictor.net, batches, device, d),
-        }
-        # Warm-up, untimed: kernel choices for every batch shape at this precision (the limit
-        # runs segloop's batches; MONAI's batch per image is the same for every image) and
-        # segloop's first-call costs.
-        run_limit(predictor.net, batches, device, amp_dtype)
-        run_monai(model, spec, files[:1], tmp / "out-monai", device, amp_dtype, tile, batch)
-        run_infer(cfg, images=str(warm), out=str(tmp / "out-warm"), predictor=predictor)
-        for r in range(rounds):
-            for c in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
-                sync(device)
-                start = time.perf_counter()
-                runners[c]()
-                sync(device)
-                seconds[c].append(time.perf_counter() - start)
-        med = {c: statistics.median(v) for c, v in seconds.items()}
-        wait = statistics.median(p.wait for p in profiles)
-        fwd = (
-            statistics.median(p.forward for p in profiles)
-            if profiles[0].forward is not None
-            else None
-        )
-        figures[row] = {
-            "seconds": med,
-            "runs": seconds,
-            "wait": wait,
-            "forward": fwd,
-        }
-
+def print_speed(figures: dict[str, dict], mp: float) -> dict[str, dict[str, float]]:
+    """The MP/s table, the runs and the gap parts; returns the gap parts by row."""
     print(
         f"   load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; median MP/s:"
     )
@@ -469,33 +487,14 @@ def bench_speed(
         print(f"   {row} runs (s): {runs}")
     gaps = {}
     for row, f in figures.items():
-        seg, limit, fwd, wait = (
-            f["seconds"]["segloop"],
-            f["seconds"]["limit"],
-            f["forward"],
-            f["wait"],
-        )
-        parts = {}
-        if fwd is not None:
-            parts[
-                "forward passes as segloop calls them (+ softmax, one autocast per batch; else "
-                "the limit's network and batches: a difference here is mostly load from elsewhere)"
-            ] = fwd - limit
-        parts["waiting for decoded images (decoding workers' start, decode, stop)"] = wait
-        rest = seg - limit - sum(parts.values())
-        parts[
-            "the rest (tiling, normalizing, blending, masks and uncertainty, writing, run files"
-            + (
-                ""
-                if fwd is not None
-                else "; on CUDA forward passes run asynchronously: "
-                "their excess over the limit is counted here"
-            )
-            + ")"
-        ] = rest
-        gaps[row] = parts
+        seg, limit = f["seconds"]["segloop"], f["seconds"]["limit"]
+        gaps[row] = parts = gap_parts(f)
         print(f"   {row}: segloop {seg:.2f} s = limit {limit:.2f} s + {seg - limit:.2f} s: "
               + "; ".join(f"{what} {sec:+.2f} s" for what, sec in parts.items()))  # fmt: skip
+    return gaps
+
+
+def record_speed_goals(figures, gaps, mp: float, label: str, device: torch.device) -> None:
     print("   goals")
     for row, f in figures.items():
         sec, runs = f["seconds"], f["runs"]
@@ -516,14 +515,50 @@ def bench_speed(
             if not met and what.endswith("limit"):
                 part, part_s = max(gaps[row].items(), key=lambda kv: kv[1])
                 print(f"       the largest part of the gap: {part.split(' (')[0]}, {part_s:.2f} s")
-            record(
-                f"{dev} {row}, {n}x {w}x{h}, Unet-resnet34 tile {tile}: {what}",
-                f"{seg_mp:.3f} MP/s",
-                peer,
-                value,
-                f">= {goal}",
-                met,
-            )
+            record(f"{dev} {row}, {label}: {what}", f"{seg_mp:.3f} MP/s", peer, value,
+                   f">= {goal}", met)  # fmt: skip
+
+
+def bench_speed(
+    tmp: Path,
+    rounds: int,
+    n: int,
+    h: int,
+    w: int,
+    tile: int,
+    batch: int,
+    device: torch.device,
+    precisions: list[tuple[str, str, torch.dtype | None]],
+) -> None:
+    """`precisions`: (row name, segloop's infer.amp, the others' autocast dtype or None)."""
+    folder = tmp / "speed" / "imgs"
+    files = write_speed_images(folder, n, h, w)
+    mp = n * h * w / 1e6
+    ckpt = make_checkpoint(tmp / "speed-model", "Unet", "resnet34", tile, small=False)
+    predictor = SmpPredictor.from_uri(str(ckpt), device)
+    model, spec = load_checkpoint(str(ckpt), device)
+    batches = limit_batches(predictor, files, device, tile, batch)
+    n_tiles = sum(len(b) for b in batches)
+    threads = f"{torch.get_num_threads()} torch threads" if device.type == "cpu" else ""
+    print(
+        f"-- speed: {n} images {w}x{h} ({mp:.1f} MP, {n_tiles} tiles), Unet-resnet34 (random "
+        f"weights), tile {tile}, overlap {OVERLAP}, {WINDOW} window, batch {batch}, "
+        f"{device.type}{', ' + threads if threads else ''}; {rounds} timed rounds after a "
+        "warm-up, order alternating; wall clock around each whole call"
+    )
+    # Warm-up input for segloop's own first-call costs (imports, worker start-up code paths):
+    # one small image, so that the warm-up forward passes stay cheap.
+    warm = tmp / "speed" / "warm"
+    warm.mkdir()
+    Image.fromarray(field_image(256, 320)).save(warm / "warm.jpg", quality=90)
+    setup = SpeedSetup(
+        tmp, folder, files, predictor, model, spec, batches, device, tile, batch, warm
+    )
+    figures = {
+        row: time_precision(setup, amp, amp_dtype, rounds) for row, amp, amp_dtype in precisions
+    }
+    gaps = print_speed(figures, mp)
+    record_speed_goals(figures, gaps, mp, f"{n}x {w}x{h}, Unet-resnet34 tile {tile}", device)
 
 
 def size(text: str) -> tuple[int, int]:
