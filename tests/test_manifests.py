@@ -585,13 +585,59 @@ def test_trainjob_pods_carry_the_labels_mlflow_admits():
     (job,) = yaml.safe_load_all(
         (ROOT / "manifests" / "examples" / "trainjob" / "trainjob.yaml").read_text()
     )
-    (override,) = job["spec"]["podTemplateOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]  # the torch-distributed runtime's job
-    assert override["metadata"]["labels"] == POD_LABELS
-    (volume,) = override["spec"]["volumes"]
+    (patch,) = job["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["name"] == "node"  # the torch-distributed runtime's job
+    pod = replicated["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"] == POD_LABELS
+    (volume,) = pod["spec"]["volumes"]
     assert volume["emptyDir"] == {"medium": "Memory"}
-    (container,) = override["spec"]["containers"]
+    (container,) = pod["spec"]["containers"]
     assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/dev/shm"}]
+
+
+def unknown_fields(annotation: object, value: object, path: str = "") -> list[str]:
+    """Keys of `value` that its type `annotation` (the generated pydantic models of the Trainer
+    API, within Optional, List and Dict) does not declare, recursively. The models' own
+    from_dict drops unknown keys silently, as a CRD's structural schema prunes them, so this
+    walk is what finds a field of another release."""
+    import typing
+
+    from pydantic import BaseModel
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and isinstance(value, list):
+        return [u for i, v in enumerate(value) for u in unknown_fields(args[0], v, f"{path}[{i}]")]
+    if origin is dict and isinstance(value, dict):
+        return [u for k, v in value.items() for u in unknown_fields(args[1], v, f"{path}.{k}")]
+    if args:  # Optional[...] and other unions: the members
+        return [u for arg in args for u in unknown_fields(arg, value, path)]
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return []
+    if not isinstance(value, dict):
+        return []
+    fields = {(f.alias or name): f for name, f in annotation.model_fields.items()}
+    found = [f"{path}.{key}" for key in value if key not in fields]
+    for key, item in value.items():
+        if key in fields:
+            found += unknown_fields(fields[key].annotation, item, f"{path}.{key}")
+    return found
+
+
+def test_trainjob_example_matches_the_trainer_api_it_is_written_for():
+    """The example against the TrainJob API of Kubeflow Trainer 2.3.0 (kubeflow-trainer-api,
+    the models generated from the CRD's openAPI schema, pinned in the lock): every field is
+    one that release declares, and the values have its types."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    (job,) = yaml.safe_load_all(
+        (ROOT / "manifests" / "examples" / "trainjob" / "trainjob.yaml").read_text()
+    )
+    assert unknown_fields(TrainerV1alpha1TrainJob, job) == []
+    TrainerV1alpha1TrainJob.from_dict(job)  # types and required fields (raises if wrong)
+    # The walk finds a field of another release: 2.1's podTemplateOverrides.
+    old = {**job, "spec": {**job["spec"], "podTemplateOverrides": [{"targetJobs": []}]}}
+    assert unknown_fields(TrainerV1alpha1TrainJob, old) == [".spec.podTemplateOverrides"]
 
 
 # The Kubernetes releases the manifests are checked against (kubernetes-validate ships each
