@@ -26,25 +26,6 @@ from pipelines.config import load_config
 TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(s3_server, tmp_path_factory):
-    """conftest's real MLflow server, with time to start on a loaded machine (its import alone
-    took over 120 s while other test sessions shared the two cores)."""
-    from pipelines.stack import free_port, start_mlflow, stop_process
-
-    root = tmp_path_factory.mktemp("mlflow")
-    server = start_mlflow(
-        free_port(),
-        f"sqlite:///{root / 'mlflow.db'}",
-        f"s3://{s3_server.bucket}/mlflow",
-        root / "mlflow.log",
-        env=s3_server.env(),
-        timeout_s=600,
-    )
-    yield server.url
-    stop_process(server.pid)
-
-
 def make_cfg(tmp_path, name: str, *more: str):
     overrides = [
         f"stack.dir={tmp_path / 'stack'}",

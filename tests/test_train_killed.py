@@ -40,25 +40,6 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(s3_server, tmp_path_factory):
-    """conftest's real MLflow server, with time to start on a loaded machine (its import alone
-    took over 120 s while other test sessions shared the two cores)."""
-    from pipelines.stack import free_port, start_mlflow, stop_process
-
-    root = tmp_path_factory.mktemp("mlflow")
-    server = start_mlflow(
-        free_port(),
-        f"sqlite:///{root / 'mlflow.db'}",
-        f"s3://{s3_server.bucket}/mlflow",
-        root / "mlflow.log",
-        env=s3_server.env(),
-        timeout_s=600,
-    )
-    yield server.url
-    stop_process(server.pid)
-
-
-@pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("killed-data")
     data = write_toy_dataset(root / "ds", n=8, seed=0, sizes=(64, 96))
