@@ -46,7 +46,7 @@ from cvat_sdk.masks import encode_mask  # noqa: E402
 
 from benchmarks.rows import record  # noqa: E402
 from components.core.images import load_mask, save_mask_png  # noqa: E402
-from components.upload_cvat.upload import run_upload_cvat  # noqa: E402
+from components.upload_cvat.stage import run_upload_cvat  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from tests.cvat_server.fixture import CvatServer  # noqa: E402
 from tests.cvat_server.synthetic import LABELS, synthetic_mask  # noqa: E402

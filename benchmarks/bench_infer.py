@@ -73,7 +73,7 @@ from components.core.model import ModelSpec, build_from_spec  # noqa: E402
 from components.core.precision import cpu_has_native_bf16, pick_amp  # noqa: E402
 from components.core.predictor import SmpPredictor  # noqa: E402
 from components.core.tiling import make_grid, pad_image  # noqa: E402
-from components.infer.infer import run_infer  # noqa: E402
+from components.infer.stage import run_infer  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 
 LABELS = [Label(name="background", id=0), Label(name="crop", id=1), Label(name="weed", id=2)]
@@ -321,7 +321,7 @@ class _Profile:
         self.forward = 0.0 if device.type == "cpu" else None
 
     def __enter__(self):
-        import components.infer.infer as stage
+        import components.infer.stage as stage
 
         self.stage, self.original = stage, stage.decoded
 

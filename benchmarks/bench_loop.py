@@ -5,9 +5,9 @@
     python benchmarks/bench_loop.py --rounds 3 --out runs/bench-loop
     python benchmarks/bench_loop.py --out runs/bench-loop/<time> --reuse   # print it again
 
-Each (seed, strategy) is one whole `segloop demo` (pipelines.demo.run_demo) on the embedded
+Each (seed, strategy) is one whole `segloop demo` (pipelines.demo.run.run_demo) on the embedded
 stack: the same synthetic dataset, seed set, probe set, test set, windows, budget and training
-per seed; only `select.strategy` differs. The figures are the demo's own (pipelines.loop_goals):
+per seed; only `select.strategy` differs. The figures are the demo's own (pipelines.demo.loop_goals):
 the champion's test mIoU per round, the probe effort (pixels a person would change on a fixed
 probe set, pre-annotated by the champion of the round) and probe IoU per round, the final
 champion's per-class test IoU. It prints, per strategy, the mean and the spread (standard
@@ -37,11 +37,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.rows import record  # noqa: E402
-from components.core.synthetic import LABELS  # noqa: E402
-from components.report.loop_report import Curve, write_loop_report  # noqa: E402
+from components.loop_report.page import Curve, write_loop_report  # noqa: E402
 from components.select.settings import SelectSettings  # noqa: E402
-from pipelines.demo import DemoResult, quiet_console, round_summary, run_demo  # noqa: E402
-from pipelines.loop_goals import LoopFigures, verdicts  # noqa: E402
+from pipelines.demo.loop_goals import LoopFigures, verdicts  # noqa: E402
+from pipelines.demo.run import DemoResult, quiet_console, round_summary, run_demo  # noqa: E402
+from pipelines.demo.synthetic import LABELS  # noqa: E402
 
 DEFAULT_STRATEGY = SelectSettings().strategy
 
@@ -202,7 +202,7 @@ def compare(all_runs: dict[str, StrategyRuns], default: str) -> list[tuple[str, 
 
 # ---------------------------------------------------------------- per seed, paired with random
 
-RARE_CLASS = "rosette"  # the field pool's rare weed (components.core.synthetic_field.RARE)
+RARE_CLASS = "rosette"  # the field pool's rare weed (pipelines.demo.synthetic_field.RARE)
 MAX_LABEL_SHARE = 0.70  # labels the default strategy may need to reach random's final mIoU
 
 

@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.cgroups import top_weight_for_this_process  # noqa: E402
 from benchmarks.rows import record  # noqa: E402
 from components.core import db  # noqa: E402
-from components.query.query import run_query  # noqa: E402
+from components.query.stage import run_query  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.stack import free_port  # noqa: E402
+from pipelines.stack.processes import free_port  # noqa: E402
 
 CATEGORIES = [f"species_{i:02d}" for i in range(10)]
 STATES = ["NC", "MD", "TX"]

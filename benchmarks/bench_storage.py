@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.rows import record  # noqa: E402
 from components.core import storage  # noqa: E402
-from pipelines.stack import free_port, start_seaweed, stop_process  # noqa: E402
+from pipelines.stack.processes import free_port, stop_process  # noqa: E402
+from pipelines.stack.servers import start_seaweed
 
 MB = 1024 * 1024
 GOAL_RATIO = 1.0

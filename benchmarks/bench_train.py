@@ -57,8 +57,8 @@ from components.preprocess.stage import run_preprocess  # noqa: E402
 from components.train.data import Normalizer, TileDataset, build_transforms  # noqa: E402
 from components.train.engine import Runtime, pick_workers, train_epoch  # noqa: E402
 from components.train.losses import CombinedLoss  # noqa: E402
-from components.train.toydata import write_toy_dataset  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
+from pipelines.demo.toydata import write_toy_dataset  # noqa: E402
 
 CONTENDERS = ("naive", "segloop", "limit")
 GOAL_VS_NAIVE = 1.0

@@ -13,6 +13,7 @@ from components.core.config import parse_json_into
 from components.download_cvat.settings import DownloadCvatConfig
 from components.evaluate.settings import EvaluateConfig
 from components.infer.settings import InferConfig
+from components.loop_report.settings import LoopReportConfig
 from components.preprocess.settings import PreprocessConfig
 from components.query.settings import QueryConfig
 from components.register.settings import RegisterConfig, RegisterSettings
@@ -24,6 +25,7 @@ from components.upload_cvat.settings import UploadCvatConfig
 # Bases in reverse loop order: pydantic lists the fields of the last base first, so the
 # sections come out as the loop runs (shared, query, infer, ..., register).
 class RunConfig(
+    LoopReportConfig,
     RegisterConfig,
     EvaluateConfig,
     TrainConfig,

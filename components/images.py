@@ -28,12 +28,17 @@ CUDA_NAME = "segloop-cuda"
 # The packages the image installs (images/segloop.Dockerfile copies them and pip installs them),
 # found next to this one: the same files in a source tree and in an installed segloop.
 PACKAGES = ("components", "pipelines")
+# Left out of the images (.dockerignore): the demo scaffolding, which no stage needs.
+NOT_IN_IMAGES = ("pipelines/demo",)
 
 
 def _code_files(root: Path) -> list[Path]:
     files = []
     for package in PACKAGES:
         for path in (root / package).rglob("*"):
+            relative = path.relative_to(root).as_posix()
+            if relative.startswith(tuple(f"{p}/" for p in NOT_IN_IMAGES)):
+                continue
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 files.append(path)
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())

@@ -17,10 +17,10 @@ from components.download_cvat.component import download_cvat
 from components.evaluate.component import evaluate
 from components.infer.component import infer, infer_merge, infer_shard
 from components.infer.settings import REGISTERED_MODEL
+from components.loop_report.component import loop_report
 from components.preprocess.component import preprocess
 from components.query.component import query
 from components.register.component import register
-from components.report.component import loop_report
 from components.select.component import select
 from components.train.component import train
 from components.upload_cvat.component import upload_cvat
@@ -131,7 +131,7 @@ def build(name: str, cfg: SegloopConfig) -> Callable:
     config_default = run_config_json(cfg)
     # What a run may change is resolved at run time from config_json inside the components, so
     # these defaults name no model and no dataset: an empty `model_uri` is the run's
-    # `infer.model`, else its registered model at `infer.model_alias` (components.infer.infer.
+    # `infer.model`, else its registered model at `infer.model_alias` (components.infer.stage.
     # pipeline_model); an empty `earlier_datasets` is the run's `preprocess.inputs`
     # (components.preprocess.stage.pipeline_inputs). A non-empty value given to a run wins.
     model_default = ""

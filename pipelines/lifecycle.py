@@ -143,7 +143,7 @@ def init_project(
         path.write_text(_render(source, context), encoding="utf-8")
         scaffold.files.append(path)
     if demo_images:
-        from components.core.synthetic import make_dataset
+        from pipelines.demo.synthetic import make_dataset
 
         make_dataset(
             folder / "data",

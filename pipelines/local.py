@@ -25,7 +25,7 @@ from kfp import local
 from components.core.errors import SegloopError
 from pipelines.config import SegloopConfig, run_config_json
 from pipelines.graphs import build, kfp_name
-from pipelines.stack import apply_stack_env
+from pipelines.stack.embedded import apply_stack_env
 from pipelines.task_logs import ANSI, TaskLogRouter
 
 log = logging.getLogger(__name__)

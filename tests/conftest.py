@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from cvat_server.fixture import cvat_env, cvat_server  # noqa: F401 - the CVAT-protocol test server
 
-from pipelines.stack import free_port, start_mlflow, start_seaweed, stop_process
+from pipelines.stack.processes import free_port, stop_process
+from pipelines.stack.servers import start_mlflow, start_seaweed
 
 ACCESS_KEY = "segloop-test"
 SECRET_KEY = "segloop-test-secret"

@@ -15,7 +15,7 @@ from kfp import dsl
 from components.core.checkpoint import save_checkpoint
 from components.core.labels import LabelSet
 from components.core.model import ModelSpec, build_from_spec
-from components.core.synthetic import make_dataset
+from pipelines.demo.synthetic import make_dataset
 
 
 @dataclass

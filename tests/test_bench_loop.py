@@ -19,7 +19,7 @@ from benchmarks.bench_loop import (
     paired_interval,
     summarize,
 )
-from pipelines.demo import DemoResult, ProbeResult, RoundResult
+from pipelines.demo.run import DemoResult, ProbeResult, RoundResult
 
 CLASSES = ["background", "grass", "broadleaf", "rosette"]
 

@@ -128,7 +128,7 @@ def test_mlflow_uri_without_a_tracking_server_is_refused_not_defaulted(tmp_path,
 
 
 def test_mlflow_server_down_is_cannot_reach(tmp_path, monkeypatch):
-    from pipelines.stack import HOST, free_port
+    from pipelines.stack.processes import HOST, free_port
 
     monkeypatch.chdir(tmp_path)
     down = f"http://{HOST}:{free_port()}"

@@ -55,6 +55,7 @@ print(json.dumps(sorted(sys.modules)))
     modules = set(json.loads(out.splitlines()[-1]))
     assert {m for m in modules if m.startswith("pipelines.cli.")} == {
         "pipelines.cli.common",
+        "pipelines.cli.options",  # the options made from the stage's settings
         "pipelines.cli.query",
     }
     assert not modules & {"numpy", "omegaconf", "boto3"}

@@ -187,7 +187,7 @@ def test_real_cgroup_quota():
 def test_workers_follow_the_budget(monkeypatch):
     import torch
 
-    from components.infer.infer import decode_workers
+    from components.infer.stage import decode_workers
     from components.train.engine import pick_workers
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -25,8 +25,8 @@ from PIL import Image
 
 from components.core.errors import SegloopError
 from components.core.images import load_mask
-from components.download_cvat.download import run_download_cvat
-from components.upload_cvat.upload import run_upload_cvat
+from components.download_cvat.stage import run_download_cvat
+from components.upload_cvat.stage import run_upload_cvat
 from pipelines.cli import cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

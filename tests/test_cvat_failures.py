@@ -22,9 +22,9 @@ from components.core.config import CvatSettings
 from components.core.cvat_client import MAX_BACKOFF_S, TransientCvatError, retrying
 from components.core.errors import SegloopError
 from components.download_cvat.convert import safe_extract
-from components.download_cvat.download import run_download_cvat
+from components.download_cvat.stage import run_download_cvat
 from components.upload_cvat.cvat_backend import shape_key
-from components.upload_cvat.upload import run_upload_cvat
+from components.upload_cvat.stage import run_upload_cvat
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -275,8 +275,8 @@ def test_folder_backend_round_trip(tmp_path):
 def test_images_and_outputs_on_s3(cvat_env, s3, tmp_path):
     """Images in a bucket are streamed to CVAT; every stage input and output is an s3:// URI."""
     from components.core import storage
-    from components.download_cvat.download import run_download_cvat
-    from components.upload_cvat.upload import run_upload_cvat
+    from components.download_cvat.stage import run_download_cvat
+    from components.upload_cvat.stage import run_upload_cvat
     from pipelines.config import load_config
 
     pred = make_predictions(tmp_path / "data", 3, seed=7)

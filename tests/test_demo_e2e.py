@@ -26,10 +26,11 @@ import pytest
 from components.core.artifacts import write_jsonl
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_mask_png, save_rgb
-from components.core.synthetic import LABELS
-from pipelines.annotator import pending_tasks, wait_for_people
 from pipelines.config import load_config
-from pipelines.stack import Stack, free_port
+from pipelines.demo.annotator import pending_tasks, wait_for_people
+from pipelines.demo.synthetic import LABELS
+from pipelines.stack.embedded import Stack
+from pipelines.stack.processes import free_port
 
 SEGLOOP = str(Path(sys.executable).parent / "segloop")
 MIN_IMPROVEMENT = 0.005  # register.min_improvement's default, which the demo keeps
@@ -287,7 +288,7 @@ def test_demo_one_round_through_cvat(tmp_path, stack_dir, cvat_server, monkeypat
 @pytest.fixture
 def uploaded(tmp_path):
     """Two tiny pre-annotated images uploaded as one task of the folder backend."""
-    from components.upload_cvat.upload import run_upload_cvat
+    from components.upload_cvat.stage import run_upload_cvat
 
     pred = tmp_path / "pred"
     rows = []
@@ -355,7 +356,7 @@ def test_wait_for_people_times_out_with_a_clear_message(uploaded):
 
 def _dataset(root: Path, ids: range, seed: int = 0) -> str:
     """Synthetic images and masks in the layout preprocess reads."""
-    from components.core.synthetic import render
+    from pipelines.demo.synthetic import render
 
     for i in ids:
         image, mask, _ = render(seed, i, 32, 32)

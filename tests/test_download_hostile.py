@@ -32,7 +32,7 @@ from components.core.errors import SegloopError
 from components.core.images import load_mask
 from components.download_cvat.convert import unsafe_name
 from components.download_cvat.sources import check_frames
-from components.upload_cvat.upload import run_upload_cvat
+from components.upload_cvat.stage import run_upload_cvat
 from pipelines.cli import main
 from pipelines.config import load_config
 
@@ -483,7 +483,7 @@ def test_a_cvat_frame_without_shapes_is_empty_only_when_accepted_and_its_job_com
     """CVAT exports no mask for a frame without shapes: unannotated, not known background."""
     from cvat_sdk import make_client, models
 
-    from components.download_cvat.download import run_download_cvat
+    from components.download_cvat.stage import run_download_cvat
 
     pred = make_predictions(tmp_path / "data", 2, seed=13, ids=IDS[:2])
     up, down = tmp_path / "up", tmp_path / "down"

@@ -22,8 +22,8 @@ from cvat_server.fixture import cvat_config as config
 from cvat_server.synthetic import make_predictions
 from PIL import Image
 
-from components.download_cvat.download import run_download_cvat
-from components.upload_cvat.upload import run_upload_cvat
+from components.download_cvat.stage import run_download_cvat
+from components.upload_cvat.stage import run_upload_cvat
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -14,9 +14,9 @@ from components.core.images import load_mask
 from components.core.metrics import IGNORE_INDEX, confusion_matrix, scores
 from components.preprocess.stage import run_preprocess
 from components.train.stage import run_train
-from components.train.toydata import write_toy_dataset
 from pipelines.cli import cli
 from pipelines.config import load_config
+from pipelines.demo.toydata import write_toy_dataset
 
 TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
 

@@ -24,7 +24,7 @@ import pytest
 from peak_rss import run_with_peak  # tests/ is on sys.path
 
 from components.core.errors import SegloopError
-from components.train.toydata import write_toy_dataset
+from pipelines.demo.toydata import write_toy_dataset
 
 # How far above the CLI's resting footprint a case may peak. The footprint (torch, smp and
 # MLflow imported) differs by machine: 850 MB here, 1.1 GB on another of our kind. Every
@@ -84,7 +84,7 @@ def read_only_dir(tmp: Path) -> Path:
 @pytest.fixture(scope="module")
 def resting_peak_mb() -> float:
     """The peak of a child that only imports what the heaviest stage (train) imports."""
-    imports = "import pipelines.cli, components.train.stage, components.infer.infer"
+    imports = "import pipelines.cli, components.train.stage, components.infer.stage"
     code, peak_mb = run_with_peak([sys.executable, "-c", imports], timeout=CASE_TIMEOUT_S)
     assert code == 0
     return peak_mb
@@ -94,9 +94,9 @@ def resting_peak_mb() -> float:
 def world(tmp_path_factory):
     """Inputs the cases share: a synthetic image DB and its records, an infer output, a
     preprocess output, and the hostile files."""
-    from components.core.synthetic import make_dataset
     from components.preprocess.stage import run_preprocess
     from pipelines.config import load_config
+    from pipelines.demo.synthetic import make_dataset
 
     w = tmp_path_factory.mktemp("world")
     db_url = f"sqlite:///{w / 'img.db'}"
@@ -426,7 +426,7 @@ def test_hostile_input_gets_one_line(case, world, tmp_path, resting_peak_mb):
 
 def test_a_failed_synth_writes_no_images(world, tmp_path):
     """`data synth` into a database that refuses writes leaves the output folder absent."""
-    from components.core.synthetic import make_dataset
+    from pipelines.demo.synthetic import make_dataset
 
     url = f"sqlite:///file:{world / 'img.db'}?mode=ro&uri=true"
     with pytest.raises(SegloopError, match="readonly database"):
@@ -438,7 +438,7 @@ def test_synth_removes_its_files_when_the_table_cannot_be_filled(tmp_path, monke
     """The insert failing after the images are written (a disk that fills up, a connection
     lost): no database here fails at that moment on demand, so the insert is made to fail."""
     from components.core import db
-    from components.core.synthetic import make_dataset
+    from pipelines.demo.synthetic import make_dataset
 
     def refuse(url, table, rows, batch=5000):
         raise SegloopError(f"cannot insert rows into {table!r}: database or disk is full")
@@ -453,8 +453,9 @@ def test_synth_removes_its_files_when_the_table_cannot_be_filled(tmp_path, monke
 def test_synth_to_s3_removes_its_objects_when_it_fails(tmp_path, monkeypatch, s3):
     """On a real S3 (SeaweedFS): the insert failing after the upload (made to fail, as above)
     removes every object the run uploaded; a render failing half-way uploads nothing."""
-    from components.core import db, storage, synthetic
-    from components.core.synthetic import make_dataset
+    from components.core import db, storage
+    from pipelines.demo import synthetic
+    from pipelines.demo.synthetic import make_dataset
 
     out = f"s3://{s3.bucket}/synth-{os.urandom(4).hex()}"
     seen: list[int] = []

@@ -24,9 +24,9 @@ from components.core.config import ConfigError
 from components.core.errors import SegloopError
 from components.core.images import open_checked
 from components.core.labels import LabelSet
-from components.core.synthetic import make_dataset
 from pipelines.cli import MAX_MESSAGE_CHARS, main
 from pipelines.config import load_config
+from pipelines.demo.synthetic import make_dataset
 
 FEW = settings(
     max_examples=25,

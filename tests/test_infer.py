@@ -171,7 +171,7 @@ def test_wrong_predictor_output_is_named():
 
 
 def test_outputs_coco_and_uncertainty_on_cpu_amp_with_workers(tmp_path):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     folder = tmp_path / "imgs"
     for i, (h, w) in enumerate([(96, 130), (140, 90), (64, 64)]):
@@ -221,7 +221,7 @@ def _jpeg_with_orientation(array: np.ndarray, orientation: int) -> bytes:
 
 
 def test_bad_inputs_are_converted_or_recorded_and_counted(tmp_path, ckpt):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     d = tmp_path / "in"
     rgb = scene(70, 100)
@@ -279,7 +279,7 @@ def test_bad_inputs_are_converted_or_recorded_and_counted(tmp_path, ckpt):
 
 
 def test_resume_skips_done_images_and_overwrite_redoes_them(tmp_path):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     folder = tmp_path / "imgs"
     for i in range(3):
@@ -342,8 +342,8 @@ def test_manifest_retain_keeps_the_current_input_in_its_order(tmp_path):
 
 
 def test_rerun_after_removing_and_fixing_bad_files_agrees_with_metrics(tmp_path, ckpt, caplog):
-    from components.infer.infer import run_infer, throughput
-    from components.upload_cvat.upload import read_items
+    from components.infer.stage import run_infer, throughput
+    from components.upload_cvat.stage import read_items
     from pipelines.cli.infer import infer_command
 
     folder = tmp_path / "imgs"
@@ -407,7 +407,7 @@ def test_rerun_after_removing_and_fixing_bad_files_agrees_with_metrics(tmp_path,
 
 
 def test_thresholds_and_settings_errors(tmp_path):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     save(tmp_path / "imgs" / "a.png", scene(64, 64))
     with pytest.raises(SegloopError, match=r"unknown classes \['tree'\]"):
@@ -481,7 +481,7 @@ def test_cli_with_s3_images_model_and_output(s3, tmp_path, ckpt):
         assert f"{out}/{name}" in listed, name
 
     # a record whose S3 object is missing is recorded as failed, within max_failures
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     records = tmp_path / "records.jsonl"
     rows = [

@@ -17,8 +17,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.config import config_from_json
 from components.core.errors import ConfigError, SegloopError
-from components.infer.infer import pipeline_model
 from components.infer.settings import REGISTERED_MODEL
+from components.infer.stage import pipeline_model
 from components.preprocess.stage import pipeline_inputs
 from pipelines.cli import cli
 from pipelines.compile import (
@@ -528,7 +528,7 @@ def test_images_are_compiled_by_references_that_cannot_move(tmp_path):
     never names two images: pulled IfNotPresent. A tag someone chose can move: pulled Always.
     By digest: IfNotPresent."""
     from components.core.version import segloop_version
-    from components.images import build_tag, code_hash
+    from components.images import NOT_IN_IMAGES, build_tag, code_hash
 
     tag = build_tag()
     assert re.fullmatch(rf"{re.escape(segloop_version())}-[0-9a-f]{{12}}", tag)
@@ -565,5 +565,11 @@ def test_images_are_compiled_by_references_that_cannot_move(tmp_path):
     (tmp_path / "src" / "components" / "__pycache__").mkdir()
     (tmp_path / "src" / "components" / "__pycache__" / "a.pyc").write_bytes(b"\0")
     assert code_hash(tmp_path / "src") == before
+    # The demo scaffolding is not in the images (.dockerignore), so not in their hash either.
+    (tmp_path / "src" / "pipelines" / "demo").mkdir()
+    (tmp_path / "src" / "pipelines" / "demo" / "run.py").write_text("x = 3\n")
+    assert code_hash(tmp_path / "src") == before
+    dockerignore = (Path(__file__).resolve().parents[1] / ".dockerignore").read_text().splitlines()
+    assert all(left_out in dockerignore for left_out in NOT_IN_IMAGES)
     (tmp_path / "src" / "pipelines" / "a.py").write_text("x = 2\n")
     assert code_hash(tmp_path / "src") != before

@@ -34,11 +34,10 @@ INTERFACES = {
     ),
     "loop_report": ({"dataset": DATASET}, {"summary": DATASET, "report": "system.HTML@0.0.1"}),
 }
-MODULES = {"loop_report": "report"}  # stages whose package is named otherwise
 
 
 def component(stage: str):
-    module = importlib.import_module(f"components.{MODULES.get(stage, stage)}.component")
+    module = importlib.import_module(f"components.{stage}.component")
     return getattr(module, stage)
 
 

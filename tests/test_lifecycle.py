@@ -25,7 +25,7 @@ from cli_helpers import segloop  # tests/ is on sys.path
 from components.config import config_from_json
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
-from components.infer.infer import pipeline_model
+from components.infer.stage import pipeline_model
 from components.preprocess.stage import pipeline_inputs
 from pipelines.compile import compiled_kfp, read_fingerprint
 from pipelines.config import load_config

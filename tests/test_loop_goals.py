@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.loop_goals import LoopFigures, verdicts
+from pipelines.demo.loop_goals import LoopFigures, verdicts
 
 CLASSES = {"background": 0.98, "grass": 0.55, "broadleaf": 0.8, "rosette": 0.7}
 

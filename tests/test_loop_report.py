@@ -13,7 +13,7 @@ from PIL import Image
 
 from components.core.images import save_mask_png, save_rgb
 from components.core.labels import LabelSet, overlay_color
-from components.report.loop_report import (
+from components.loop_report.page import (
     Curve,
     RoundSummary,
     Sample,
@@ -90,7 +90,7 @@ def test_loop_report_without_round_or_samples(tmp_path):
     )
     page = open(write_loop_report(tmp_path / "r.html", ROUNDS[:1], [sample], LABELS)).read()
     assert "<td>round -</td>" in page and "changed 100.0%" in page
-    from components.report.loop_report import render_loop_report
+    from components.loop_report.page import render_loop_report
 
     empty = render_loop_report(ROUNDS, [], LABELS, "t", samples_note="No samples: because.")
     assert "No samples: because." in empty and "class='sample'" not in empty
@@ -98,7 +98,7 @@ def test_loop_report_without_round_or_samples(tmp_path):
 
 def test_loop_report_stage_refuses_a_folder_that_is_no_download(tmp_path):
     from components.core.errors import SegloopError
-    from components.report.stage import run_loop_report
+    from components.loop_report.stage import run_loop_report
     from pipelines.config import load_config
 
     (tmp_path / "metrics.json").write_text("{}")

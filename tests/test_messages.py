@@ -72,7 +72,7 @@ def test_infer_names_the_failed_images_their_reasons_and_the_manifest(tmp_path):
 
 
 def test_too_many_failures_name_the_manifest_path(tmp_path):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     folder = tmp_path / "in"
     image(folder / "good.png")
@@ -114,7 +114,7 @@ def test_too_many_failures_name_the_manifest_path(tmp_path):
     ],
 )
 def test_records_that_cannot_name_an_image_are_refused_in_one_line(tmp_path, row, expected):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     # The image exists beside the records file: it must not be found by guessing.
     image(tmp_path / "field" / "a.jpg")
@@ -126,7 +126,7 @@ def test_records_that_cannot_name_an_image_are_refused_in_one_line(tmp_path, row
 
 
 def test_url_image_folders_are_refused(tmp_path):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     with pytest.raises(SegloopError, match=r"--images http://h/imgs: http:// is not supported"):
         run_infer(infer_config(predictor="exg"), images="http://h/imgs", out=str(tmp_path / "out"))
@@ -152,7 +152,7 @@ def query_cfg(url: str, *overrides: str):
 
 
 def run_query(tmp_path, url, *overrides, **kw):
-    from components.query.query import run_query as run
+    from components.query.stage import run_query as run
 
     return run(query_cfg(url, *overrides), out=str(tmp_path / "q"), **kw)
 
@@ -259,7 +259,7 @@ def test_replay_hint_is_shell_quoted(tmp_path):
 
 
 def test_synth_never_drops_a_table_it_did_not_make(tmp_path):
-    from components.core.synthetic import make_dataset
+    from pipelines.demo.synthetic import make_dataset
 
     url = image_table(
         tmp_path / "img.db",

@@ -29,14 +29,14 @@ from components.core.checkpoint import load_checkpoint, log_checkpoint_to_mlflow
 from components.core.errors import SegloopError
 from components.core.model import ModelSpec, build_from_spec
 from components.evaluate.stage import resolve_model, run_evaluate
-from components.infer.infer import run_infer
+from components.infer.stage import run_infer
 from components.preprocess.stage import run_preprocess
 from components.register.compare import run_compare
-from components.train.toydata import TOY_LABELS, write_toy_dataset
 from pipelines.cli.infer import infer_command
 from pipelines.config import load_config
+from pipelines.demo.toydata import TOY_LABELS, write_toy_dataset
 from pipelines.lifecycle import local_only_settings
-from pipelines.stack import HOST, free_port
+from pipelines.stack.processes import HOST, free_port
 
 # Far above the ~6 s the check takes, far below MLflow's own ~250 s of retries.
 SERVER_DOWN_LIMIT_S = 60

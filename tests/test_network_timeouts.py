@@ -232,8 +232,8 @@ def test_mlflows_own_s3_artifact_client_is_bounded_and_fails_in_one_line(tmp_pat
     import mlflow
 
     from components.preprocess.stage import run_preprocess
-    from components.train.toydata import write_toy_dataset
     from pipelines.config import load_config
+    from pipelines.demo.toydata import write_toy_dataset
 
     toy = write_toy_dataset(tmp_path / "toy", n=4, seed=0, sizes=(64, 64))
     pre = tmp_path / "pre"

@@ -21,7 +21,7 @@ from PIL import Image
 from components.core import db
 from components.core.artifacts import read_jsonl
 from components.core.errors import SegloopError
-from components.query.query import run_query
+from components.query.stage import run_query
 from pipelines.config import load_config
 
 SPECIES = ["waterhemp", "palmer amaranth", "cereal rye"]
@@ -209,12 +209,12 @@ def test_limit_sort_and_csv_apply_to_images(semif, field, tmp_path):
 
 def test_the_loop_runs_on_the_cutout_table(semif, field, tmp_path, mlflow_env):
     """query -> infer -> select -> upload -> (people) -> download -> preprocess -> train."""
-    from components.download_cvat.download import run_download_cvat
-    from components.infer.infer import run_infer
+    from components.download_cvat.stage import run_download_cvat
+    from components.infer.stage import run_infer
     from components.preprocess.stage import run_preprocess
-    from components.select.select import run_select
+    from components.select.stage import run_select
     from components.train.stage import run_train
-    from components.upload_cvat.upload import run_upload_cvat
+    from components.upload_cvat.stage import run_upload_cvat
 
     url, _ = semif
     sample = "query.sample=stratified:by=category_common_name,per_group=3,seed=2"

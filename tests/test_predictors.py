@@ -17,11 +17,11 @@ from skimage.filters import threshold_otsu
 from components.core.errors import SegloopError
 from components.core.images import load_mask, save_rgb
 from components.core.labels import Label, LabelSet
-from components.core.synthetic import make_dataset
-from components.infer.infer import run_infer
-from components.predictors.exg import ExgPredictor, otsu_threshold
-from components.predictors.loading import make_predictor
+from components.core.predictors.exg import ExgPredictor, otsu_threshold
+from components.core.predictors.loading import make_predictor
+from components.infer.stage import run_infer
 from pipelines.cli import cli
+from pipelines.demo.synthetic import make_dataset
 
 # A predictor module as users write one: typed params, labels, probabilities. `KIND` selects a
 # (mis)behaviour for the bad-predictor tests.

@@ -15,8 +15,8 @@ from components.core.labels import Label, LabelSet
 from components.preprocess.split import assign_splits
 from components.preprocess.stage import run_preprocess
 from components.preprocess.tiles import grid_positions, grid_tiles
-from components.train.toydata import TOY_LABELS, write_toy_dataset
 from pipelines.config import load_config
+from pipelines.demo.toydata import TOY_LABELS, write_toy_dataset
 
 
 def cfg_for(tmp_path: Path, *overrides: str):

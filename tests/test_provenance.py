@@ -40,7 +40,7 @@ def field(folder: Path, n: int, size: int = 64) -> Path:
 
 
 def infer(out: Path, images: Path, **settings):
-    from components.infer.infer import run_infer
+    from components.infer.stage import run_infer
 
     return run_infer(
         infer_config(**{"predictor": "exg", **settings}), images=str(images), out=str(out)
@@ -222,7 +222,7 @@ def test_other_stages_lock_their_folder_and_record_their_settings(tmp_path):
     and never written into another stage's output."""
     import sqlalchemy as sa
 
-    from components.query.query import run_query
+    from components.query.stage import run_query
 
     url = f"sqlite:///{tmp_path / 'img.db'}"
     engine = sa.create_engine(url)

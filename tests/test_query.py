@@ -19,11 +19,11 @@ import pytest
 from components.core import db, storage
 from components.core.artifacts import read_jsonl
 from components.core.errors import SegloopError
-from components.core.synthetic import make_dataset
 from components.query.filters import parse_filter
-from components.query.query import run_query
 from components.query.sampling import parse_sample, pick, stable_hash
+from components.query.stage import run_query
 from pipelines.config import load_config
+from pipelines.demo.synthetic import make_dataset
 
 N = 40
 
@@ -559,7 +559,7 @@ def test_index_advice_is_for_filtered_columns_only(sqlite_dataset):
 def test_postgresql_down_or_wrong_password_is_one_clear_line(postgres_server, tmp_path):
     import time
 
-    from pipelines.stack import free_port
+    from pipelines.stack.processes import free_port
 
     down = f"postgresql+psycopg://segloop:pw-down@127.0.0.1:{free_port()}/images"
     wrong = postgres_server.url("postgres", password="not-the-password")

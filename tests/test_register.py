@@ -19,9 +19,9 @@ from components.preprocess.stage import run_preprocess
 from components.register.compare import run_compare
 from components.register.stage import KEY_TAG, decide, register_key, run_register, version_tags
 from components.train.stage import run_train
-from components.train.toydata import write_toy_dataset
 from pipelines.cli import cli
 from pipelines.config import load_config
+from pipelines.demo.toydata import write_toy_dataset
 
 TINY = {"model_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
 

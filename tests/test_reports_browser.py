@@ -16,10 +16,10 @@ import pytest
 import test_register
 from test_loop_report import ROUNDS, write_sample  # tests/ is on sys.path
 
-from components.core.synthetic import LABELS, render
+from components.loop_report.page import write_loop_report
 from components.register.compare import run_compare
 from components.register.stage import run_register
-from components.report.loop_report import write_loop_report
+from pipelines.demo.synthetic import LABELS, render
 
 evaluated = test_register.evaluated  # the fixture: a real model, trained and evaluated
 evaluation_variant = test_register.evaluation_variant

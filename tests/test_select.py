@@ -11,7 +11,7 @@ from config_helpers import config_with  # tests/ is on sys.path
 from components.core import artifacts
 from components.core.errors import SegloopError
 from components.core.images import save_mask_png, save_rgb
-from components.select.select import run_select
+from components.select.stage import run_select
 
 
 def make_predictions(folder, n=8, duplicates=()):

@@ -17,11 +17,11 @@ from components.core import artifacts
 from components.core.checkpoint import save_checkpoint
 from components.core.errors import SegloopError
 from components.core.model import ModelSpec, build_from_spec
-from components.core.synthetic import LABELS, make_dataset
-from components.infer.infer import run_infer
+from components.infer.stage import run_infer
 from components.select.embedding import k_center
-from components.select.select import run_select
+from components.select.stage import run_select
 from pipelines.config import load_config
+from pipelines.demo.synthetic import LABELS, make_dataset
 
 SIZE = 32
 

@@ -17,11 +17,11 @@ import pytest
 from cli_helpers import segloop_process  # tests/ is on sys.path
 
 from components.core.errors import SegloopError
-from pipelines.stack import (
+from pipelines.stack.embedded import Stack
+from pipelines.stack.processes import (
     HOST,
-    Stack,
-    _launch,
     free_port,
+    launch,
     pid_alive,
     process_identity,
     stop_process,
@@ -212,7 +212,7 @@ def test_down_stops_the_process_whose_identity_matches(tmp_path, sleeper, caplog
 def test_waiting_for_a_server_is_bounded_and_stops_what_was_started(tmp_path):
     log = tmp_path / "server.log"
     silent = f"http://{HOST}:{free_port()}/"  # nothing listens there
-    proc, server = _launch("sleeper", silent, ["sleep", "120"], log)
+    proc, server = launch("sleeper", silent, ["sleep", "120"], log)
     assert (server.pid, server.cmdline) == (proc.pid, ["sleep", "120"])
     started = time.monotonic()
     with pytest.raises(SegloopError, match=r"sleeper did not answer at .* within 1 s"):
@@ -220,7 +220,7 @@ def test_waiting_for_a_server_is_bounded_and_stops_what_was_started(tmp_path):
     assert time.monotonic() - started < 6  # 1 s, one last try (2 s at most) and the stop
     assert proc.wait(10) is not None and not pid_alive(proc.pid)
 
-    proc, _ = _launch("failing", silent, ["sh", "-c", "echo broken; exit 3"], log)
+    proc, _ = launch("failing", silent, ["sh", "-c", "echo broken; exit 3"], log)
     with pytest.raises(
         SegloopError, match=r"(?s)failing exited with code 3 while starting.*broken"
     ):

@@ -9,7 +9,7 @@ import pytest
 
 from components.core import storage
 from components.core.errors import StorageError
-from pipelines.stack import free_port
+from pipelines.stack.processes import free_port
 
 # ---------------------------------------------------------------- local
 

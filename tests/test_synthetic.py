@@ -14,7 +14,7 @@ from components.core import db, storage
 from components.core.errors import SegloopError
 from components.core.images import load_mask, load_rgb
 from components.core.labels import LabelSet
-from components.core.synthetic import LABELS, area_bin, make_dataset, parse_size, render
+from pipelines.demo.synthetic import LABELS, area_bin, make_dataset, parse_size, render
 
 COLUMNS = [
     "image_id",

@@ -7,8 +7,8 @@ import pytest
 
 from components.core.errors import SegloopError
 from components.core.images import load_mask, load_rgb
-from components.core.synthetic import make_dataset
-from components.core.synthetic_field import SHOTS, layout, render_field
+from pipelines.demo.synthetic import make_dataset
+from pipelines.demo.synthetic_field import SHOTS, layout, render_field
 
 
 def test_layout_singles_then_bursts_deterministic():

@@ -17,8 +17,8 @@ from components.preprocess.stage import run_preprocess
 from components.train.losses import balanced_weights, class_weights
 from components.train.settings import TrainSettings
 from components.train.stage import run_train
-from components.train.toydata import write_toy_dataset
 from pipelines.config import load_config
+from pipelines.demo.toydata import write_toy_dataset
 
 # A small Unet (resnet18 encoder cut to 3 stages) learns the toy blobs in a few CPU epochs.
 TINY = {

@@ -36,9 +36,9 @@ from components.train.stage import (
     make_spec,
     read_prepared,
 )
-from components.train.toydata import write_toy_dataset
 from pipelines.cli import cli
 from pipelines.config import load_config
+from pipelines.demo.toydata import write_toy_dataset
 
 pytestmark = pytest.mark.timeout(480)  # a rank left waiting in a collective hangs, not fails
 

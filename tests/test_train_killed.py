@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from components.core.tracking import OUTPUT_TAG
 from components.preprocess.stage import run_preprocess
 from components.train.stage import run_train
-from components.train.toydata import write_toy_dataset
 from pipelines.config import load_config
+from pipelines.demo.toydata import write_toy_dataset
 
 # A child process, a model and a server on a shared machine: more than the default 600 s.
 pytestmark = pytest.mark.timeout(1500)

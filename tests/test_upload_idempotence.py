@@ -13,8 +13,8 @@ from cvat_sdk import make_client
 from cvat_server.fixture import cvat_config
 from cvat_server.synthetic import make_predictions
 
-from components.upload_cvat import upload
-from components.upload_cvat.upload import run_upload_cvat
+from components.upload_cvat import stage as upload
+from components.upload_cvat.stage import run_upload_cvat
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

@@ -17,7 +17,7 @@ In the spirit of cvat-sdk's auto-annotation function spec, a predictor is small 
 A predictor needs no tiling, batching, decoding or output code: `components.infer` does all of
 that. Register a factory under a name with `register_predictor(name, factory)`; a factory is
 `factory(model: str | None, device: torch.device, params: dict) -> Predictor`;
-`components.predictors.loading.make_predictor` builds one by name, module path or entry point.
+`components.core.predictors.loading.make_predictor` builds one by name, module path or entry point.
 Built in: `smp` (`SmpPredictor`, a segloop checkpoint from any model URI; `build_smp` takes the
 MLflow tracking URI that `models:/` and `runs:/` URIs resolve on).
 """
@@ -240,7 +240,7 @@ def predictor_names() -> list[str]:
 
 
 def registered_factory(name: str) -> PredictorFactory | None:
-    """The factory registered under `name`; other names resolve in `components.predictors`."""
+    """The factory registered under `name`; other names resolve in `components.core.predictors`."""
     return _FACTORIES.get(name)
 
 

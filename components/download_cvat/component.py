@@ -16,7 +16,7 @@ def download_cvat(
     """Download the tasks selected by `download_cvat.*` as images/, masks/, labels.json."""
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.download_cvat.download import run_download_cvat
+    from components.download_cvat.stage import run_download_cvat
 
     result = run_download_cvat(config_from_json(config_json), out=dataset.path)
     log_metrics(metrics, result)

@@ -53,7 +53,11 @@ class DownloadCvatSettings(Section):
         description="a record in several selected tasks: newest (take it from the task with the "
         "newest updated_date; on a tie, the higher task id) or error (stop; nothing is written)",
     )
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(
+        0,
+        ge=0,
+        description="images that may fail (each recorded in the manifest) before the stage fails",
+    )
 
 
 class DownloadCvatConfig(SharedConfig):

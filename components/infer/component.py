@@ -19,12 +19,12 @@ def infer(
     """Segment the queried images with `model_uri` (a checkpoint URI or models:/name@alias).
     Empty: resolved now from `config_json` (`infer.model`, else for the smp predictor
     models:/<mlflow.registered_model or project.name>@<infer.model_alias>); see
-    `components.infer.infer.pipeline_model`."""
+    `components.infer.stage.pipeline_model`."""
     import os
 
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.infer.infer import pipeline_model, run_infer
+    from components.infer.stage import pipeline_model, run_infer
 
     cfg = config_from_json(config_json)
     result = run_infer(
@@ -51,8 +51,8 @@ def infer_shard(
 
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.infer.infer import pipeline_model
     from components.infer.shards import run_infer_shard
+    from components.infer.stage import pipeline_model
 
     cfg = config_from_json(config_json)  # the model is resolved as in `infer`
     result = run_infer_shard(

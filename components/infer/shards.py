@@ -28,7 +28,8 @@ from components.core import artifacts, outputs, storage
 from components.core.config import save_resolved
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
-from components.infer.infer import (
+from components.infer.settings import InferConfig
+from components.infer.stage import (
     OVERWRITE_HINT,
     Record,
     _check_ids,
@@ -36,7 +37,6 @@ from components.infer.infer import (
     run_infer,
     write_coco,
 )
-from components.infer.settings import InferConfig
 
 log = logging.getLogger("segloop.infer")
 

@@ -33,11 +33,15 @@ class PreprocessSettings(Section):
     )
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, description="seed of the split")
     stratify: bool = Field(True, description="stratify the split by each image's dominant class")
     tile_format: Literal["png", "jpg"] = "png"
     workers: int = Field(4, ge=1, description="parallel image workers")
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(
+        0,
+        ge=0,
+        description="images that may fail (each recorded in the manifest) before the stage fails",
+    )
 
     @model_validator(mode="after")
     def _check(self):

@@ -16,7 +16,7 @@ def query(
     """Select records by `query.*` (or replay a saved `query_spec.json` given in `from_spec`)."""
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.query.query import run_query
+    from components.query.stage import run_query
 
     result = run_query(config_from_json(config_json), out=records.path, from_spec=from_spec or None)
     log_metrics(metrics, result)

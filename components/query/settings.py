@@ -13,7 +13,10 @@ MAX_SQL_INT = 2**63 - 1
 
 class QuerySettings(Section):
     filters: list[str] = Field(
-        default_factory=list, description="ANDed, e.g. 'state=NC', 'width>=1000'"
+        default_factory=list,
+        description="ANDed: k=v, k=a,b, k!=v, k>=v, k<=v, k>v, k<v, 'k is null', 'k is not null', "
+        "'k between a and b'; a column name with spaces or other signs in double quotes: "
+        "'\"field name\"=v'",
     )
     sample: str | None = Field(
         None, description="random:n=N | seeded:n=N,seed=S | stratified:by=a|b,per_group=N[,seed=S]"
@@ -23,10 +26,12 @@ class QuerySettings(Section):
         description="columns to keep (default: all; the id and the image location are always kept)",
     )
     sort: str | None = Field(None, description="e.g. 'datetime:desc,image_id'")
-    limit: int | None = Field(None, ge=1, le=MAX_SQL_INT)
-    offset: int = Field(0, ge=0, le=MAX_SQL_INT)
-    out_format: Literal["jsonl", "csv", "parquet"] = "jsonl"
-    allow_empty: bool = False
+    limit: int | None = Field(None, ge=1, le=MAX_SQL_INT, description="at most this many rows")
+    offset: int = Field(0, ge=0, le=MAX_SQL_INT, description="skip this many rows first")
+    out_format: Literal["jsonl", "csv", "parquet"] = Field(
+        "jsonl", description="an extra format of the records, next to records.jsonl"
+    )
+    allow_empty: bool = Field(False, description="an empty result is not an error")
     preview: int = Field(0, ge=0, description="print the first N rows")
     # The table's shape: which columns play which role (any image table works).
     id_column: str | None = Field(

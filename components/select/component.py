@@ -19,7 +19,7 @@ def select(
 
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.select.select import run_select
+    from components.select.stage import run_select
 
     result = run_select(
         config_from_json(config_json),

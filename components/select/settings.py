@@ -28,12 +28,14 @@ class SelectSettings(Section):
         "stratified: round-robin over groups; random: seeded random",
     )
     budget: int = Field(20, ge=1, description="how many images to pick")
-    metric: Literal["entropy", "margin", "uncertain_share"] = "entropy"
+    metric: Literal["entropy", "margin", "uncertain_share"] = Field(
+        "entropy", description="the per-image uncertainty that ranks images (from infer)"
+    )
     stratify_by: str = Field(
         "dominant_class",
         description="'dominant_class' (predicted) or a column of the query records",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of the random picks")
     random_share: float = Field(
         0.5, ge=0, le=1, description="mixed: share of the budget picked at random from the rest"
     )

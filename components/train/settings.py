@@ -20,18 +20,24 @@ class AugmentSettings(Section):
 
 
 class TrainSettings(Section):
-    arch: str = "Unet"
-    encoder_name: str = "resnet18"
-    encoder_weights: str | None = None
+    arch: str = Field("Unet", description="segmentation_models_pytorch architecture")
+    encoder_name: str = Field("resnet18", description="smp encoder")
+    encoder_weights: str | None = Field(
+        None, description="pretrained encoder weights, e.g. imagenet (downloaded; none: random)"
+    )
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra smp options")
     binary: bool = Field(False, description="one sigmoid channel (needs exactly 2 labels)")
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(8, ge=1)
+    epochs: int = Field(30, ge=1, description="passes over the training tiles")
+    batch_size: int = Field(8, ge=1, description="tiles per step (per process with DDP)")
     accumulate: int = Field(1, ge=1, description="gradient accumulation steps")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    loss: Literal["dice_ce", "dice_focal", "ce"] = "dice_ce"
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    scheduler: Literal["cosine", "plateau", "none"] = Field(
+        "cosine", description="learning-rate schedule"
+    )
+    loss: Literal["dice_ce", "dice_focal", "ce"] = Field(
+        "dice_ce", description="Dice plus cross-entropy, Dice plus focal, or cross-entropy"
+    )
     dice_weight: float = Field(1.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
     focal_gamma: float = Field(2.0, ge=0)
@@ -46,7 +52,7 @@ class TrainSettings(Section):
         description="the run's model (best/): the epoch with the best val mean IoU, or the last "
         "epoch (when the val split is a few images, its best epoch is mostly noise)",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seed of weights, shuffling and augmentation")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto",
@@ -61,7 +67,9 @@ class TrainSettings(Section):
     )
     cache_images: bool = Field(True, description="decode tiles once and keep them in memory")
     augment: AugmentSettings = AugmentSettings()
-    resume: str | None = Field(None, description="a previous train output to continue from")
+    resume: str | None = Field(
+        None, description="a previous train output: continue its epochs and MLflow run"
+    )
     init_from: str | None = Field(
         None,
         description="start from these weights (fine-tune): a model URI, or alias:<alias> for the "

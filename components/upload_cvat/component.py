@@ -17,7 +17,7 @@ def upload_cvat(
     """Create annotation tasks with the images and their predicted masks; writes tasks.json."""
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.upload_cvat.upload import run_upload_cvat
+    from components.upload_cvat.stage import run_upload_cvat
 
     result = run_upload_cvat(
         config_from_json(config_json), predictions=predictions.path, out=tasks.path

@@ -23,7 +23,7 @@ from components.core.cvat_client import CvatConnection, RequestTooLarge, connect
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.upload_cvat.settings import UploadCvatConfig
-from components.upload_cvat.upload import ANY_DAY, Part, frame_table
+from components.upload_cvat.stage import ANY_DAY, Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
 MIN_REQUEST_BYTES = 16 * 1024

@@ -28,7 +28,7 @@ from components.core.images import colorize, encode_png, load_mask
 from components.core.labels import LabelSet
 from components.core.masks import coco_annotation, cvat_mask_to_bitmap, polygon_to_bitmap
 from components.upload_cvat.settings import UploadCvatConfig
-from components.upload_cvat.upload import Part, frame_table
+from components.upload_cvat.stage import Part, frame_table
 
 log = logging.getLogger("segloop.upload_cvat")
 

@@ -42,7 +42,11 @@ class UploadCvatSettings(Section):
     )
     image_quality: int = Field(95, ge=1, le=100, description="CVAT's compressed-chunk quality")
     workers: int = Field(4, ge=1, description="parallel image fetches and mask encodings")
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(
+        0,
+        ge=0,
+        description="images that may fail (each recorded in the manifest) before the stage fails",
+    )
 
 
 class UploadCvatConfig(SharedConfig):

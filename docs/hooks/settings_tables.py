@@ -33,6 +33,7 @@ ERROR_NAMES = {
     "train": {"train"},
     "evaluate": {"evaluate"},
     "register": {"register"},
+    "loop_report": {"loop-report"},
 }
 
 # The command whose flags set a section's keys (a flag sets the key it is named after).
@@ -46,6 +47,7 @@ COMMAND_OF_SECTION = {
     "train": ["train"],
     "evaluate": ["evaluate"],
     "register": ["register"],
+    "loop_report": ["loop-report"],
     "cvat": ["upload-cvat", "download-cvat"],
 }
 

@@ -12,20 +12,24 @@ from components.core import redact, shutdown
 from components.core.errors import SegloopError
 from pipelines.cli.common import setup_logging
 
-# The commands and the module that defines each (one module per area; each exposes
-# `register(group)`, which adds its commands). A module is imported when one of its commands
-# is looked up, so `segloop query` loads the query command alone; `--help` lists, and so
-# imports, them all. tests/test_cli.py checks this table against the modules.
+# The commands and the module that defines each (one module per stage, one per other area;
+# each exposes `register(group)`, which adds its commands). A module is imported when one of
+# its commands is looked up, so `segloop query` loads the query command alone; `--help` lists,
+# and so imports, them all. tests/test_cli.py checks this table against the modules.
 COMMANDS = {
     "data": "pipelines.cli.data",
-    "query": "pipelines.cli.query",
     **dict.fromkeys(("up", "status", "down"), "pipelines.cli.stack"),
-    **dict.fromkeys(
-        ("preprocess", "train", "evaluate", "register", "compare"), "pipelines.cli.train"
-    ),
-    "select": "pipelines.cli.select",
+    # One module per stage, in loop order.
+    "query": "pipelines.cli.query",
     "infer": "pipelines.cli.infer",
-    **dict.fromkeys(("upload-cvat", "download-cvat"), "pipelines.cli.cvat"),
+    "select": "pipelines.cli.select",
+    "upload-cvat": "pipelines.cli.upload_cvat",
+    "download-cvat": "pipelines.cli.download_cvat",
+    "preprocess": "pipelines.cli.preprocess",
+    "train": "pipelines.cli.train",
+    "evaluate": "pipelines.cli.evaluate",
+    **dict.fromkeys(("register", "compare"), "pipelines.cli.register"),
+    "loop-report": "pipelines.cli.loop_report",
     **dict.fromkeys(("compile", "run", "submit", "runs", "smoke-test"), "pipelines.cli.kfp"),
     **dict.fromkeys(("init", "deploy", "launch"), "pipelines.cli.lifecycle"),
     "demo": "pipelines.cli.demo",

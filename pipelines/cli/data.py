@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines.cli.common import config_options, set_if
+from pipelines.cli.common import config_options, demo_scaffolding, set_if
 from pipelines.config import load_config
 
 
@@ -51,16 +51,17 @@ def data() -> None:
 def synth(n, out, seed, db_url, table, size, large, pool, singles, config_path, overrides):
     """Write N field images with ground-truth masks, labels.yaml and an image table."""
     from components.core.db import safe_url
-    from components.core.synthetic import make_dataset, parse_size
+
+    synthetic = demo_scaffolding("synthetic")
 
     cfg = load_config(config_path, overrides, {"db": set_if({}, url=db_url, table=table)})
-    result = make_dataset(
+    result = synthetic.make_dataset(
         out,
         n,
         seed=seed,
         db_url=cfg.db.url,
         table=cfg.db.table,
-        size=parse_size(size),
+        size=synthetic.parse_size(size),
         large=large,
         pool=pool,
         singles=singles,

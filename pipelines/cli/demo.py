@@ -7,7 +7,7 @@ import os
 
 import click
 
-from pipelines.cli.common import config_options
+from pipelines.cli.common import config_options, demo_scaffolding
 
 
 @click.command("demo")
@@ -75,15 +75,15 @@ def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, pool, confi
     annotator, or people with --wait) -> the active_learning pipeline on KFP's local runner.
     Ends with a summary table, the HTML loop report and the MLflow UI address.
     """
-    from pipelines.demo import quiet_console, run_demo
+    demo = demo_scaffolding("run")
 
     # The demo tells its own story (one line per task); stage logs go to the task log files.
     # `segloop -v` or SEGLOOP_LOG_LEVEL bring the in-process log lines back.
     root = logging.getLogger()
     if root.level > logging.DEBUG and "SEGLOOP_LOG_LEVEL" not in os.environ:
-        quiet_console()
+        demo.quiet_console()
 
-    run_demo(
+    demo.run_demo(
         config_path,
         overrides,
         small=small,

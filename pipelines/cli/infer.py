@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from components.core.config import stage_run_dir
+from components.infer.settings import InferSettings
 from pipelines.cli.common import config_options, set_if
+from pipelines.cli.options import settings_options
 from pipelines.config import load_config
 
 
@@ -19,54 +21,40 @@ from pipelines.config import load_config
     "path below it without the suffix (field1/img_001.jpg -> field1/img_001).",
 )
 @click.option(
-    "--model",
-    "-m",
-    default=None,
-    help="Checkpoint folder, s3:// prefix, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH "
-    "(MLflow URIs resolve on mlflow.tracking_uri, else $MLFLOW_TRACKING_URI).",
-)
-@click.option("--predictor", default=None, help="Predictor name (default: smp).")
-@click.option(
     "--out",
     "out_dir",
     default=None,
     help="Output folder or s3:// prefix (default: <out_root>/<project>/<subname>/infer).",
 )
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
-@click.option(
-    "--tile-size", type=int, default=None, help="Tile side in pixels (default: the model's)."
+@settings_options(
+    InferSettings,
+    "predictor",
+    "model_alias",
+    "device",
+    "tile_size",
+    "overlap",
+    "window",
+    "batch_size",
+    "num_workers",
+    "amp",
+    "channels_last",
+    "threshold",
+    "min_area",
+    "uncertain_margin",
+    "embeddings",
+    "coco",
+    "overlays",
+    "overlay_max_side",
+    "max_failures",
+    "overwrite",
+    model="-m",
 )
-@click.option(
-    "--overlap", type=float, default=None, help="Share of a tile shared with neighbours (0..0.9)."
-)
-@click.option("--window", type=click.Choice(["hann", "gaussian"]), default=None)
-@click.option("--batch-size", type=int, default=None, help="Tiles per forward pass.")
-@click.option(
-    "--num-workers",
-    type=int,
-    default=None,
-    help="Decoding workers (threads on CPU, processes on CUDA).",
-)
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default=None)
-@click.option(
-    "--threshold", type=float, default=None, help="One threshold for every class (default: argmax)."
-)
-@click.option("--min-area", type=int, default=None, help="Drop regions smaller than this (pixels).")
-@click.option("--overlays/--no-overlays", default=None, help="Write overlays/<id>.jpg.")
-@click.option("--max-failures", type=int, default=None)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    default=None,
-    help="Start the output folder afresh (an earlier run's outputs are removed); needed when "
-    "it was made with other settings.",
-)
-def infer_command(config_path, overrides, records, images, model, predictor, out_dir, **options):
+def infer_command(config_path, overrides, records, images, out_dir, **options):
     """Segment images into masks/, predictions.json (COCO) and per-image uncertainty."""
     from components.core import storage  # here, not at the top: keeps `segloop --help` fast
-    from components.infer.infer import failure_lines, run_infer, throughput
+    from components.infer.stage import failure_lines, run_infer, throughput
 
-    extra = {"infer": set_if({}, model=model, predictor=predictor, **options)}
+    extra = {"infer": set_if({}, **options)}
     cfg = load_config(config_path, overrides, extra)
     out = out_dir or stage_run_dir(cfg, "infer")
     m = run_infer(cfg, records=records, images=images, out=out)

@@ -9,7 +9,7 @@ from pipelines.config import load_config
 
 
 def stack_from(config_path, overrides):
-    from pipelines.stack import Stack  # imported per command: keeps `segloop --help` fast
+    from pipelines.stack.embedded import Stack  # imported per command: keeps `segloop --help` fast
 
     cfg = load_config(config_path, overrides)
     s = cfg.stack

@@ -22,7 +22,8 @@ from cli_helpers import segloop_process  # tests/ is on sys.path
 
 from components.images import images_from_config
 from pipelines.config import load_config
-from pipelines.stack import Stack, free_port
+from pipelines.stack.embedded import Stack
+from pipelines.stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGLOOP = str(Path(sys.executable).parent / "segloop")
@@ -232,6 +233,33 @@ def test_image_user_labels_and_version(engine, image, variant):
     source = subprocess.run([SEGLOOP, "--version"], capture_output=True, text=True, check=True)
     assert inside == source.stdout.strip() == f"segloop, version {VERSION}"
     assert run_in(engine, image, "id", "-u").strip() == "10001"
+
+
+def test_the_demo_and_its_synthetic_data_stay_out_of_the_image(engine):
+    """No stage needs the demo scaffolding (pipelines/demo/): the image leaves it out, and the
+    commands that need it say so in one line."""
+    found = run_in(
+        engine,
+        CPU,
+        "python3",
+        "-c",
+        "import importlib.util as u; print(u.find_spec('pipelines.demo'))",
+    )
+    assert found.strip() == "None"
+    assert (
+        run_in(engine, CPU, "python3", "-c", "import components.infer.stage; print('ok')").strip()
+        == "ok"
+    )
+    container = engine.containers.run(
+        CPU, ["segloop", "data", "synth", "--n", "2", "--out", "/tmp/x"], detach=True
+    )
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 2
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    assert "the demo and its synthetic data are not installed here" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("image", [CPU, MLFLOW])

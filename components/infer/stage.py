@@ -53,11 +53,11 @@ from components.core.postprocess import (
 )
 from components.core.precision import pick_amp
 from components.core.predictor import Predictor, SmpPredictor, enable_embeddings
+from components.core.predictors.classmap import apply_class_handling
+from components.core.predictors.loading import make_predictor
 from components.core.progress import track
 from components.core.version import segloop_version
 from components.infer.settings import REGISTERED_MODEL, InferConfig, InferSettings
-from components.predictors.classmap import apply_class_handling
-from components.predictors.loading import make_predictor
 
 log = logging.getLogger("segloop.infer")
 

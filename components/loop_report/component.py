@@ -1,5 +1,5 @@
 """KFP component `loop_report`: the active-learning loop report as a KFP `HTML` artifact
-(logic: components.report.stage)."""
+(logic: components.loop_report.stage)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
@@ -22,7 +22,7 @@ def loop_report(
 
     from components.component_io import log_metrics
     from components.config import config_from_json
-    from components.report.stage import run_loop_report
+    from components.loop_report.stage import run_loop_report
 
     result = run_loop_report(config_from_json(config_json), download=dataset.path, out=summary.path)
     os.makedirs(os.path.dirname(report.path) or ".", exist_ok=True)

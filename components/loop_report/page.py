@@ -28,7 +28,7 @@ from components.core.images import load_mask, load_rgb  # noqa: E402
 from components.core.labels import LabelSet, mark_pixels, paint_overlay, shrink  # noqa: E402
 
 TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("components.report", "templates"),
+    loader=jinja2.PackageLoader("components.loop_report", "templates"),
     autoescape=True,
     trim_blocks=True,
     lstrip_blocks=True,
@@ -217,7 +217,7 @@ def render_loop_report(
 ) -> str:
     """The page; `samples_note` says why there are no samples when there are none; `curves`
     (default: this run's own) are the label-efficiency curves, `verdicts` the lines judging the
-    loop's goals (pipelines.loop_goals)."""
+    loop's goals (pipelines.demo.loop_goals)."""
     palette = labels.overlay_palette()
     rows = [
         [

@@ -149,8 +149,8 @@ def simulate_annotator(
 
 def pending_tasks(cfg: SegloopConfig, upload_dir: str) -> list[tuple[str, str, str]]:
     """(name, url, why not ready) of the upload's tasks that download-cvat would not take yet."""
-    from components.download_cvat.download import load_upload, rejection
     from components.download_cvat.sources import CvatSource, FolderSource
+    from components.download_cvat.stage import load_upload, rejection
 
     upload = load_upload(upload_dir)
     source = FolderSource(cfg) if cfg.cvat.backend == "folder" else CvatSource(cfg)

@@ -21,10 +21,10 @@ from components.core.config import SharedConfig, save_resolved
 from components.core.errors import SegloopError
 from components.core.labels import LabelSet
 from components.core.tracking import TAG
-from components.report.loop_report import RoundSummary, Sample, render_loop_report
+from components.loop_report.page import RoundSummary, Sample, render_loop_report
+from components.loop_report.settings import LoopReportConfig
 
 log = logging.getLogger(__name__)
-SAMPLES = 3  # images shown: the ones people changed most
 
 
 def _float(value: Any) -> float | None:
@@ -73,9 +73,7 @@ def registry_rounds(cfg: SharedConfig, name: str) -> list[RoundSummary]:
     return rounds
 
 
-def download_samples(
-    download: str, limit: int = SAMPLES, round_number: int | None = None
-) -> list[Sample]:
+def download_samples(download: str, limit: int, round_number: int | None = None) -> list[Sample]:
     """The images people changed most, next to the pre-annotation the download compared them
     with (kept in the upload-cvat output the download names; none if it names none)."""
     provenance = storage.read_json(storage.join(download, "provenance.json"))
@@ -86,7 +84,7 @@ def download_samples(
 
 
 def most_changed_samples(
-    download: str, upload_dir: str, limit: int = SAMPLES, *, round_number: int | None = None
+    download: str, upload_dir: str, limit: int, *, round_number: int | None = None
 ) -> list[Sample]:
     """The download's images people changed most, each with its pre-annotation from the
     upload-cvat output `upload_dir` (its tasks.json names the masks as uploaded); the samples
@@ -120,7 +118,7 @@ def most_changed_samples(
 
 
 def run_loop_report(
-    cfg: SharedConfig, *, download: str, registry_model: str | None = None, out: str
+    cfg: LoopReportConfig, *, download: str, registry_model: str | None = None, out: str
 ) -> dict[str, Any]:
     """Write the loop report of the registry's rounds and this round's download to `out`."""
     for required in ("metrics.json", "provenance.json", "manifest.jsonl", "labels.json"):
@@ -138,7 +136,7 @@ def run_loop_report(
     if correction.get("images"):
         current.correction_iou = correction.get("mean_iou")
         current.changed_share = correction.get("changed_share")
-    samples = download_samples(download, round_number=current.round)
+    samples = download_samples(download, cfg.loop_report.samples, round_number=current.round)
     html = render_loop_report(
         rounds,
         samples,

@@ -37,14 +37,14 @@ from components.core.artifacts import read_jsonl, write_jsonl
 from components.core.errors import SegloopError
 from components.core.images import load_mask
 from components.core.labels import LabelSet
-from components.core.synthetic import make_dataset
-from components.report.loop_report import RoundSummary, Sample, write_loop_report
-from components.report.stage import most_changed_samples
-from pipelines.annotator import simulate_annotator, wait_for_people
+from components.loop_report.page import RoundSummary, Sample, write_loop_report
+from components.loop_report.stage import most_changed_samples
 from pipelines.config import SegloopConfig, load_config
+from pipelines.demo.annotator import simulate_annotator, wait_for_people
+from pipelines.demo.loop_goals import LoopFigures, verdicts
+from pipelines.demo.synthetic import make_dataset
 from pipelines.local import LocalRunResult, run_local
-from pipelines.loop_goals import LoopFigures, verdicts
-from pipelines.stack import Stack
+from pipelines.stack.embedded import Stack
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -145,7 +145,7 @@ class DemoResult:
         return cls(**data, rounds=rounds, next_probe=ProbeResult(**probe) if probe else None)
 
     def figures(self) -> LoopFigures:
-        """What the loop's yield goals read (pipelines.loop_goals)."""
+        """What the loop's yield goals read (pipelines.demo.loop_goals)."""
         measured = [r for r in self.rounds if r.probe is not None]
         return LoopFigures(
             champion_miou=[r.champion_test_mean_iou for r in self.rounds],
@@ -234,7 +234,7 @@ def make_demo_data(
     """The synthetic dataset in S3, the image table, the fixed held-out test set, the seed set,
     the probe set and each round's window of the pool. `pool`: `field` (plot sessions of
     near-duplicate shots, a rare weed; the test and seed sets one shot per session) or
-    `plain` (independent images; see components.core.synthetic_field)."""
+    `plain` (independent images; see pipelines.demo.synthetic_field)."""
     n = size.test + size.seed + size.probe + (rounds + 1) * size.window
     synth = make_dataset(
         storage.join(prefix, "data"),
@@ -292,8 +292,8 @@ def measure_probe(
 ) -> ProbeResult:
     """Pre-annotate the probe set with `model_uri` (as infer does for a batch) and measure what
     a person would change against the ground truth."""
-    from components.download_cvat.download import correction
-    from components.infer.infer import run_infer
+    from components.download_cvat.stage import correction
+    from components.infer.stage import run_infer
 
     records = out / "records.jsonl"
     write_jsonl(records, [{"image_id": i, "image_uri": data.images[i]} for i in data.probe])
@@ -538,7 +538,7 @@ class DemoRun:
 
     def round_zero(self) -> None:
         """3. The labelled seed set -> the first model (champion); pre-annotate batch 1."""
-        from components.upload_cvat.upload import run_upload_cvat
+        from components.upload_cvat.stage import run_upload_cvat
 
         data = self.data
         _banner(

@@ -217,7 +217,7 @@ def check_predictor(name: str, predictor: Any) -> Predictor:
 def resolve_factory(name: str) -> Factory:
     """The factory for a predictor that is not registered by name: module path or entry point."""
     from components.core import predictor as registry
-    from components.predictors import exg  # noqa: F401 - the built-ins register on import
+    from components.core.predictors import exg  # noqa: F401 - the built-ins register on import
 
     known = registry.registered_factory(name)
     if known is not None:

@@ -82,7 +82,7 @@ def render_field(
     seed: int, shot: Shot, width: int, height: int, singles: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One shot of a plot session: (RGB uint8, class-id mask uint8, species drawn)."""
-    from components.core import synthetic as plain  # the drawing primitives
+    from pipelines.demo import synthetic as plain  # the drawing primitives
 
     short = min(width, height)
     margin = max(1, round(SHIFT * short / 2))

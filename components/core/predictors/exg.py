@@ -30,7 +30,7 @@ from skimage.filters import threshold_otsu
 
 from components.core.labels import Label, LabelSet
 from components.core.predictor import Predictor, PredictorInfo, register_predictor
-from components.predictors.loading import validate_params
+from components.core.predictors.loading import validate_params
 
 EPS = 1e-6
 # Probabilities never reach exactly 0.5 on either side: the decision is the cleaned mask's.

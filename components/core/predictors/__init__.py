@@ -6,4 +6,4 @@
 - `classmap`: the `infer.label_map` / `infer.drop` class handling, as a wrapper predictor.
 """
 
-from components.predictors import exg as _exg  # noqa: F401 - registers `exg`
+from components.core.predictors import exg as _exg  # noqa: F401 - registers `exg`

@@ -17,7 +17,7 @@ has a labels file and a SemiF-like image table in a SQL database. Image `i` depe
 
 With `pool="field"` the images come as a field collection does: plot sessions of several
 near-duplicate shots, sessions that differ in light and residue, and a rare weed (see
-`components.core.synthetic_field`, which states and defends its parameters).
+`pipelines.demo.synthetic_field`, which states and defends its parameters).
 
 Layout under `out`: `images/<image_id>.jpg`, `masks/<image_id>.png`, `labels.yaml`,
 `images.jsonl` (the table rows). `out` may be a local folder or an `s3://` prefix.
@@ -361,7 +361,7 @@ def make_dataset(
     (independent images) or `field` (plot sessions of near-duplicate shots, a rare weed; the
     first `singles` images one shot each, as a curated test or seed set).
     """
-    from components.core import synthetic_field as field
+    from pipelines.demo import synthetic_field as field
 
     if pool not in ("plain", "field"):
         raise SegloopError(f"--pool must be plain or field, got {pool!r}")
@@ -422,7 +422,7 @@ def _write_files(
 ) -> list[dict[str, Any]]:
     """Render the images and masks, labels.yaml and images.jsonl into `out`; returns the table
     rows. `written` collects each file (relative to `out`) before it is written."""
-    from components.core import synthetic_field as field
+    from pipelines.demo import synthetic_field as field
 
     records = []
     with _staging(out) as local:
