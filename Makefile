@@ -36,7 +36,7 @@ test: install
 	$(BIN)/pytest -q
 
 # The manual (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor, or a page left
-# out of the nav, fails (tests/test_docs.py runs the same build).
+# out of the nav, fails (tests/docs/test_docs.py runs the same build).
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 

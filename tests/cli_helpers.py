@@ -10,6 +10,9 @@ from click.testing import CliRunner, Result
 
 from pipelines.cli import cli
 
+# The `segloop` console script of this environment, as a user runs it.
+SEGLOOP_SCRIPT = str(Path(sys.executable).parent / "segloop")
+
 
 def segloop(*args: object, check: bool = False) -> Result:
     """`segloop ARGS` in this process; `check`: fail the test, with the output, unless exit 0."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cvat_server.fixture import cvat_env, cvat_server  # noqa: F401 - the CVAT-protocol test server
+from model_helpers import evaluated  # noqa: F401 - a real model, trained and evaluated
 
 from pipelines.stack.processes import free_port, stop_process
 from pipelines.stack.servers import start_mlflow, start_seaweed

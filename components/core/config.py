@@ -7,7 +7,7 @@ allowed. Credentials never live here: they come from the environment.
 
 OmegaConf is imported only when a layer needs it: most loads (no file, or one of plain values,
 and overrides like `train.epochs=5` or `io.out_root=/data`) merge as plain dicts with the same
-result (`_merge_plain`, checked against OmegaConf in tests/test_config.py); an interpolation
+result (`_merge_plain`, checked against OmegaConf in tests/core/test_config.py); an interpolation
 (`${...}`), a YAML-only override value (`1e3`, `[a, b]`, `'quoted'`), or anything else unusual
 goes through OmegaConf. That keeps `segloop query` quick to start.
 

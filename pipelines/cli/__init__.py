@@ -15,7 +15,7 @@ from pipelines.cli.common import setup_logging
 # The commands and the module that defines each (one module per stage, one per other area;
 # each exposes `register(group)`, which adds its commands). A module is imported when one of
 # its commands is looked up, so `segloop query` loads the query command alone; `--help` lists,
-# and so imports, them all. tests/test_cli.py checks this table against the modules.
+# and so imports, them all. tests/pipelines/test_cli.py checks this table against the modules.
 COMMANDS = {
     "data": "pipelines.cli.data",
     **dict.fromkeys(("up", "status", "down"), "pipelines.cli.stack"),

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import docker
 import pytest
-from cli_helpers import segloop_process  # tests/ is on sys.path
+from cli_helpers import SEGLOOP_SCRIPT, segloop_process  # tests/ is on sys.path
 
 from components.images import images_from_config
 from pipelines.config import load_config
@@ -26,7 +25,6 @@ from pipelines.stack.embedded import Stack
 from pipelines.stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SEGLOOP = str(Path(sys.executable).parent / "segloop")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 # The tag tests/images/run.sh built (default: this code's per-build tag).
 TAG = os.environ.get("SEGLOOP_IMAGES_TAG")
@@ -86,7 +84,7 @@ def segloop_in(project, *args: str, check: bool = True) -> subprocess.CompletedP
         *in_images,
         cwd=folder,
         env=env,
-        command=(SEGLOOP,),
+        command=(SEGLOOP_SCRIPT,),
         timeout=TIMEOUT_S,
         check=check,
     )
@@ -230,7 +228,9 @@ def test_image_user_labels_and_version(engine, image, variant):
     assert labels["io.segloop.variant"] == variant
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
     inside = run_in(engine, image, "segloop", "--version").strip()
-    source = subprocess.run([SEGLOOP, "--version"], capture_output=True, text=True, check=True)
+    source = subprocess.run(
+        [SEGLOOP_SCRIPT, "--version"], capture_output=True, text=True, check=True
+    )
     assert inside == source.stdout.strip() == f"segloop, version {VERSION}"
     assert run_in(engine, image, "id", "-u").strip() == "10001"
 
