@@ -11,7 +11,7 @@ PIPELINES := pre_annotation training active_learning
 
 install: $(STAMP)
 
-# Everything comes from requirements.lock (pip-compile of pyproject.toml + the test and bench extras), so
+# Everything comes from requirements.lock (pip-compile of pyproject.toml + the stack, test and bench extras), so
 # a fresh clone installs the same versions on any day. pip itself is pinned there too.
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 # asked: `make lock LOCK_ARGS="--upgrade-package mlflow"` (one package) or LOCK_ARGS=--upgrade.
 LOCK_ARGS ?=
 lock: install
-	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra test --extra bench --allow-unsafe \
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra stack --extra test --extra bench --allow-unsafe \
 		--strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
 		-o requirements.lock pyproject.toml
 

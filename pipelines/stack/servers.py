@@ -39,7 +39,8 @@ def _tool(name: str) -> str:
     found = shutil.which(name)
     if not found:
         raise SegloopError(
-            f"'{name}' is not installed; run `make install` (it comes with segloop's dependencies)"
+            f"'{name}' is not installed; the embedded stack needs segloop's `stack` extra: "
+            "`make install` in a checkout, or `pip install 'segloop[stack]'`"
         )
     return found
 

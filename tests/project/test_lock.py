@@ -13,7 +13,7 @@ from packaging.version import Version
 from paths import REPO_ROOT  # tests/ is on sys.path
 
 LOCK = REPO_ROOT / "requirements.lock"
-LOCKED_EXTRAS = ("test", "bench")  # the extras `make lock` passes to pip-compile
+LOCKED_EXTRAS = ("stack", "test", "bench")  # the extras `make lock` passes to pip-compile
 
 
 def locked_pins() -> dict[str, Version]:
