@@ -7,6 +7,7 @@ import logging
 import sys
 
 import click
+from click.utils import make_default_short_help
 
 from components.core import redact, shutdown
 from components.core.errors import SegloopError
@@ -36,6 +37,37 @@ COMMANDS = {
 }
 
 
+# What `segloop --help` lists for each command: the first paragraph of the command's own help
+# (tests/pipelines/test_cli.py checks each against it), so listing the commands imports none of
+# their modules, nor pydantic and the config models they load (start-up: issue #22).
+SUMMARIES = {
+    "data": "Datasets and the image database.",
+    "up": "Start SeaweedFS (S3) and an MLflow server on 127.0.0.1.",
+    "status": "Show what the embedded stack runs.",
+    "down": "Stop exactly the processes `segloop up` started.",
+    "query": "Select image records (records.jsonl + query_spec.json).",
+    "infer": "Segment images into masks/, predictions.json (COCO) and per-image uncertainty.",
+    "select": "Pick the images to annotate first (uncertainty, diverse, random, stratified).",
+    "upload-cvat": "Create annotation tasks with the images and their pre-annotations (masks or polygons).",
+    "download-cvat": "Download refined annotations as class-id masks aligned with the images.",
+    "preprocess": "Merge annotation datasets, split by image (stratified), tile, compute stats.",
+    "train": "Train a segmentation model on preprocessed tiles; log it to MLflow.",
+    "evaluate": "Evaluate on the full-resolution test split; write a report with pictures.",
+    "register": "Register the evaluated model; alias challenger; champion only if it wins.",
+    "compare": "Side-by-side table of model versions: `--versions 3 5`, `--aliases champion challenger`, `--last N`.",
+    "loop-report": "The loop so far as one HTML page: rounds, test IoU, correction effort, samples.",
+    "compile": "Compile PIPELINE to KFP YAML with the config's platform options (what CI runs).",
+    "run": "Run PIPELINE on KFP's local runner against the embedded stack.",
+    "submit": "Compile PIPELINE, upload it to Kubeflow (new pipeline or new version) and start a run.",
+    "runs": "List and inspect pipeline runs on Kubeflow.",
+    "smoke-test": "Run PIPELINE in the component images with KFP's DockerRunner (needs a Docker engine).",
+    "init": "Scaffold FOLDER: run config, README, a test on synthetic images (+ a predictor module).",
+    "deploy": "Build and push the images (where Docker runs), then upload each pipeline as a new version.",
+    "launch": "Start a cluster run of the deployed PIPELINE (default: pre_annotation) with this config.",
+    "demo": "Run the active-learning loop end to end on the embedded stack.",
+}
+
+
 class LazyGroup(click.Group):
     """A group whose commands are registered by their module when first looked up."""
 
@@ -49,6 +81,21 @@ class LazyGroup(click.Group):
             for module in dict.fromkeys(modules):
                 importlib.import_module(module).register(self)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, from SUMMARIES for the commands not loaded yet."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = [
+            (
+                name,
+                self.commands[name].get_short_help_str(limit)
+                if name in self.commands
+                else make_default_short_help(SUMMARIES[name], limit),
+            )
+            for name in self.list_commands(ctx)
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(

@@ -12,7 +12,7 @@ import click
 from click.testing import CliRunner
 from paths import REPO_ROOT  # tests/ is on sys.path
 
-from pipelines.cli import COMMANDS, cli
+from pipelines.cli import COMMANDS, SUMMARIES, cli
 
 
 def test_command_table_matches_what_the_modules_register():
@@ -20,6 +20,31 @@ def test_command_table_matches_what_the_modules_register():
         group = click.Group()
         importlib.import_module(module).register(group)
         assert set(group.commands) == {n for n, m in COMMANDS.items() if m == module}, module
+
+
+def test_help_summaries_are_the_commands_own():
+    """`segloop --help` lists SUMMARIES (so it imports no command module); each is the first
+    paragraph of the command's own help."""
+    assert set(SUMMARIES) == set(COMMANDS)
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        own = cli.get_command(ctx, name).help.split("\n\n")[0].replace("\n", " ")
+        assert SUMMARIES[name] == own, name
+
+
+def test_help_loads_no_command_module():
+    code = (
+        "import json, sys\n"
+        "from pipelines.cli import cli\n"
+        "try:\n    cli.main(['--help'], standalone_mode=False)\n"
+        "except SystemExit:\n    pass\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    modules = set(json.loads(out.splitlines()[-1]))
+    assert not modules & {*COMMANDS.values(), "pydantic", "pipelines.config"}
 
 
 def test_help_lists_every_command_and_a_typo_gets_a_suggestion():
