@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from pipelines.config import SegloopConfig
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/proc", "/sys", "/dev")
 IMAGE_DIRS = ("/opt/venv",)
 IMAGE_UID = 10001  # the non-root user of images/segloop.Dockerfile
+# How long a container's state is polled for its exit status when the engine does not answer
+# wait() (the client's own read timeout, 60 s, has passed by then).
+EXIT_STATUS_TIMEOUT_S = 120.0
 REMOTE = ("s3://", "gs://", "http://", "https://", "mlflow-artifacts:", "models:", "runs:")
 
 
@@ -168,9 +172,10 @@ def run_container(
     )
     print(f"segloop: task in container {container.short_id} of {image}")
     try:
-        for chunk in container.logs(stream=True, follow=True):
-            print(chunk.decode(errors="replace"), end="")
-        status = int(container.wait()["StatusCode"])
+        streamed = _stream_logs(container)
+        status = _exit_status(container)
+        if not streamed:
+            print(container.logs().decode(errors="replace"), end="")
     finally:
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
@@ -179,6 +184,42 @@ def run_container(
         print(f"segloop: the task exited 0 but wrote no executor output ({output}): failed")
         return 1
     return status
+
+
+def _stream_logs(container: Any) -> bool:
+    """Print the container's output as it comes; False when the engine left the stream open
+    past the client's read timeout (seen with podman for a container that exits at once)."""
+    import requests
+
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            print(chunk.decode(errors="replace"), end="")
+    except requests.exceptions.RequestException:
+        return False
+    return True
+
+
+def _exit_status(container: Any, timeout_s: float = EXIT_STATUS_TIMEOUT_S) -> int:
+    """The container's exit status: from wait(), or, when the engine does not answer that in
+    the client's read timeout, from its state, polled for at most `timeout_s`."""
+    import requests
+
+    try:
+        return int(container.wait()["StatusCode"])
+    except requests.exceptions.RequestException:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.exceptions.RequestException):
+            container.reload()
+            state = container.attrs.get("State", {})
+            if state.get("Status") in ("exited", "dead"):
+                return int(state.get("ExitCode", 1))
+        time.sleep(1)
+    raise SegloopError(
+        f"the container engine gave no exit status for container {container.short_id} within "
+        f"{timeout_s:.0f} s; check the engine (`podman ps -a`, `docker ps -a`)"
+    )
 
 
 @contextlib.contextmanager

@@ -85,3 +85,45 @@ def test_output_file_is_read_from_the_executor_input():
     assert _output_file(command) == "/r/t/executor_output.json"
     assert _output_file(["sh", "--executor_input", "not json"]) is None
     assert _output_file(["true"]) is None
+
+
+class SilentEngineContainer:
+    """A container as docker-py shows it when the engine (podman, seen in `make images-test`)
+    leaves a request unanswered past the client's read timeout. A fake: no engine runs in
+    `make test`; tests/images/ runs the real one."""
+
+    short_id = "c0ffee"
+
+    def __init__(self, state: str = "exited", code: int = 1):
+        self.attrs: dict = {}
+        self._state, self._code = state, code
+
+    def logs(self, stream: bool = False, follow: bool = False):
+        import requests
+
+        if stream:
+            raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=60)")
+        return b"the task's output\n"
+
+    def wait(self):
+        import requests
+
+        raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=60)")
+
+    def reload(self):
+        self.attrs = {"State": {"Status": self._state, "ExitCode": self._code}}
+
+
+def test_an_engine_that_leaves_logs_or_wait_unanswered_still_gives_the_exit_status(capsys):
+    from pipelines.containers import _exit_status, _stream_logs
+
+    container = SilentEngineContainer(code=1)
+    assert _stream_logs(container) is False
+    assert _exit_status(container) == 1  # from the container's state: the task's failure stands
+
+
+def test_no_exit_status_at_all_is_one_line_naming_the_container():
+    from pipelines.containers import _exit_status
+
+    with pytest.raises(SegloopError, match="no exit status for container c0ffee within 1 s"):
+        _exit_status(SilentEngineContainer(state="running"), timeout_s=1)
