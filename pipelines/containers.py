@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +31,12 @@ from pipelines.config import SegloopConfig
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/proc", "/sys", "/dev")
 IMAGE_DIRS = ("/opt/venv",)
 IMAGE_UID = 10001  # the non-root user of images/segloop.Dockerfile
-# How long a container's state is polled for its exit status when the engine does not answer
-# wait() (the client's own read timeout, 60 s, has passed by then).
-EXIT_STATUS_TIMEOUT_S = 120.0
+# Waiting for a task's container: each wait() request is bounded, and the engine must answer
+# wait() or a state query at least this often; after the exit, the log stream gets this long
+# to end before the whole log is fetched instead.
+WAIT_REQUEST_S = 30
+UNANSWERED_S = 120.0
+LOG_DRAIN_S = 10.0
 REMOTE = ("s3://", "gs://", "http://", "https://", "mlflow-artifacts:", "models:", "runs:")
 
 
@@ -171,10 +175,15 @@ def run_container(
         image=image, command=command, detach=True, volumes=volumes, **run_args
     )
     print(f"segloop: task in container {container.short_id} of {image}")
+    # The log stream in a thread of its own: an engine may leave it open after the container
+    # exits (podman, seen in `make images-test`), and the exit status must not wait for it.
+    printer = threading.Thread(target=_stream_logs, args=(container,), daemon=True)
+    printer.start()
     try:
-        streamed = _stream_logs(container)
-        status = _exit_status(container)
-        if not streamed:
+        status = container_exit_status(container)
+        printer.join(LOG_DRAIN_S)
+        if printer.is_alive():
+            print("segloop: the engine left the task's log stream open; its whole log:")
             print(container.logs().decode(errors="replace"), end="")
     finally:
         with contextlib.suppress(docker.errors.APIError):
@@ -186,40 +195,41 @@ def run_container(
     return status
 
 
-def _stream_logs(container: Any) -> bool:
-    """Print the container's output as it comes; False when the engine left the stream open
-    past the client's read timeout (seen with podman for a container that exits at once)."""
+def _stream_logs(container: Any) -> None:
+    """Print the container's output as it comes, until the engine ends the stream."""
     import requests
 
-    try:
+    with contextlib.suppress(requests.exceptions.RequestException):
         for chunk in container.logs(stream=True, follow=True):
             print(chunk.decode(errors="replace"), end="")
-    except requests.exceptions.RequestException:
-        return False
-    return True
 
 
-def _exit_status(container: Any, timeout_s: float = EXIT_STATUS_TIMEOUT_S) -> int:
-    """The container's exit status: from wait(), or, when the engine does not answer that in
-    the client's read timeout, from its state, polled for at most `timeout_s`."""
+def container_exit_status(container: Any, unanswered_s: float = UNANSWERED_S) -> int:
+    """The container's exit status, waited for as long as it runs: wait() in bounded requests,
+    its state read between them (an engine may leave wait() unanswered after the container
+    exits); one line when the engine answers neither for `unanswered_s`."""
     import requests
 
-    try:
-        return int(container.wait()["StatusCode"])
-    except requests.exceptions.RequestException:
-        pass
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    last_answer = time.monotonic()
+    while True:
         with contextlib.suppress(requests.exceptions.RequestException):
+            return int(container.wait(timeout=WAIT_REQUEST_S)["StatusCode"])
+        try:
             container.reload()
-            state = container.attrs.get("State", {})
-            if state.get("Status") in ("exited", "dead"):
-                return int(state.get("ExitCode", 1))
+        except requests.exceptions.RequestException:
+            if time.monotonic() - last_answer > unanswered_s:
+                raise SegloopError(
+                    f"the container engine gave no exit status for container "
+                    f"{container.short_id} for {unanswered_s:.0f} s; check the engine "
+                    "(`podman ps -a`, `docker ps -a`)"
+                ) from None
+            time.sleep(1)
+            continue
+        last_answer = time.monotonic()
+        state = container.attrs.get("State", {})
+        if state.get("Status") in ("exited", "dead"):
+            return int(state.get("ExitCode", 1))
         time.sleep(1)
-    raise SegloopError(
-        f"the container engine gave no exit status for container {container.short_id} within "
-        f"{timeout_s:.0f} s; check the engine (`podman ps -a`, `docker ps -a`)"
-    )
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from cli_helpers import SEGLOOP_SCRIPT, segloop_process  # tests/ is on sys.path
 
 from components.images import images_from_config
 from pipelines.config import load_config
+from pipelines.containers import container_exit_status
 from pipelines.stack.embedded import Stack
 from pipelines.stack.processes import free_port
 
@@ -45,9 +46,21 @@ def engine():
     client.close()
 
 
-def run_in(engine, image: str, *command: str, **kwargs) -> str:
-    out = engine.containers.run(image, list(command), remove=True, network_mode="host", **kwargs)
-    return out.decode()
+def run_in(engine, image: str, *command: str, expect: int = 0, **kwargs) -> str:
+    """`command` in a container of `image`: its stdout (stderr with `stderr=True`). Run
+    detached, waited for as segloop waits for a task, its log read whole: podman may leave an
+    attached stream open after a quick exit."""
+    stderr = kwargs.pop("stderr", False)
+    container = engine.containers.run(
+        image, list(command), detach=True, network_mode="host", **kwargs
+    )
+    try:
+        status = container_exit_status(container)
+        out = container.logs(stdout=not stderr, stderr=stderr).decode()
+    finally:
+        container.remove(force=True)
+    assert status == expect, (command, status, out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -250,14 +263,19 @@ def test_the_demo_and_its_synthetic_data_stay_out_of_the_image(engine):
         run_in(engine, CPU, "python3", "-c", "import components.infer.stage; print('ok')").strip()
         == "ok"
     )
-    container = engine.containers.run(
-        CPU, ["segloop", "data", "synth", "--n", "2", "--out", "/tmp/x"], detach=True
+    err = run_in(
+        engine,
+        CPU,
+        "segloop",
+        "data",
+        "synth",
+        "--n",
+        "2",
+        "--out",
+        "/tmp/x",
+        expect=2,
+        stderr=True,
     )
-    try:
-        assert container.wait(timeout=120)["StatusCode"] == 2
-        err = container.logs(stdout=False, stderr=True).decode()
-    finally:
-        container.remove(force=True)
     assert "the demo and its synthetic data are not installed here" in err
     assert "Traceback" not in err
 
