@@ -119,11 +119,13 @@ class SilentEngineContainer:
 
 
 def test_an_engine_that_leaves_logs_or_wait_unanswered_still_gives_the_exit_status(capsys):
-    from pipelines.containers import container_exit_status, _stream_logs
+    from pipelines.containers import _stream_logs, container_exit_status
 
     container = SilentEngineContainer(code=1)
     _stream_logs(container)  # a stream that times out ends quietly
-    assert container_exit_status(container) == 1  # from the container's state: the task's failure stands
+    assert (
+        container_exit_status(container) == 1
+    )  # from the container's state: the task's failure stands
 
 
 def test_no_exit_status_at_all_is_one_line_naming_the_container():
