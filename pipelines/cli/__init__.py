@@ -7,7 +7,6 @@ import logging
 import sys
 
 import click
-from click.utils import make_default_short_help
 
 from components.core import redact, shutdown
 from components.core.errors import SegloopError
@@ -90,7 +89,7 @@ class LazyGroup(click.Group):
                 name,
                 self.commands[name].get_short_help_str(limit)
                 if name in self.commands
-                else make_default_short_help(SUMMARIES[name], limit),
+                else click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit),
             )
             for name in self.list_commands(ctx)
         ]

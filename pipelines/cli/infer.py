@@ -6,7 +6,7 @@ import click
 
 from components.core.config import stage_run_dir
 from components.infer.settings import InferSettings
-from pipelines.cli.common import config_options, set_if
+from pipelines.cli.common import OUT_HELP, config_options, set_if
 from pipelines.cli.options import settings_options
 from pipelines.config import load_config
 
@@ -20,12 +20,7 @@ from pipelines.config import load_config
     help="A folder or s3:// prefix of images, searched recursively; a record id is the "
     "path below it without the suffix (field1/img_001.jpg -> field1/img_001).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default=None,
-    help="Output folder or s3:// prefix (default: <out_root>/<project>/<subname>/infer).",
-)
+@click.option("--out", "out_dir", default=None, help=OUT_HELP.format("infer"))
 @settings_options(
     InferSettings,
     "predictor",

@@ -24,8 +24,6 @@ from pipelines.stack.servers import start_mlflow, start_seaweed
 
 log = logging.getLogger("segloop.stack")
 
-# ---------------------------------------------------------------- the stack
-
 
 @dataclass
 class StackState:

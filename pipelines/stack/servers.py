@@ -28,8 +28,6 @@ from pipelines.stack.processes import (
 
 log = logging.getLogger("segloop.stack")
 
-# ---------------------------------------------------------------- servers
-
 
 def _tool(name: str) -> str:
     """A console script from this environment (the venv's bin) or from PATH."""
