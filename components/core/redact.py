@@ -62,6 +62,9 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 MIN_ENV_SECRET_LEN = 6
 # Names that end so hold a reference (a file, a folder, an id), not the secret itself.
 NOT_SECRET_SUFFIXES = ("_file", "_path", "_dir", "_id")  # AWS_ACCESS_KEY_ID is a name
+# The shell's working directories: `PWD` reads as MYSQL_PWD's token, but masking its value hid
+# every path under the current folder in every message.
+SHELL_VARIABLES = ("PWD", "OLDPWD")
 
 # scheme://user:password@ -- the password runs to the last '@' before a space or quote, so a
 # raw '@' or '/' inside it is hidden too (SQLAlchemy accepts both). Bounded lengths and a match
@@ -129,7 +132,9 @@ def env_secrets() -> list[str]:
     values = {
         value
         for name, value in os.environ.items()
-        if len(value) >= MIN_ENV_SECRET_LEN and is_secret_key(name)
+        if len(value) >= MIN_ENV_SECRET_LEN
+        and is_secret_key(name)
+        and name not in SHELL_VARIABLES
     }
     return sorted(values, key=len, reverse=True)
 

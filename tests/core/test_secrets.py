@@ -90,6 +90,15 @@ def test_secret_environment_values_and_credential_keys_are_masked(monkeypatch):
     assert SECRET not in str(SegloopError(f"cannot reach http://u:{SECRET}@h"))
 
 
+def test_the_shells_working_directory_is_not_a_secret(monkeypatch, tmp_path):
+    # PWD reads as MYSQL_PWD's token; masking it hid every path under the current folder.
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("OLDPWD", str(tmp_path / "before"))
+    monkeypatch.setenv("MYSQL_PWD", SECRET)
+    line = f"source {tmp_path}/.segloop/stack.env; cd {tmp_path}/before; login {SECRET}"
+    assert redact(line) == f"source {tmp_path}/.segloop/stack.env; cd {tmp_path}/before; login ***"
+
+
 def test_log_records_warnings_and_tracebacks_are_masked(tmp_path):
     """In a fresh process: a library's log record, a warning and an uncaught traceback."""
     code = f"""
