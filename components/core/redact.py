@@ -132,9 +132,7 @@ def env_secrets() -> list[str]:
     values = {
         value
         for name, value in os.environ.items()
-        if len(value) >= MIN_ENV_SECRET_LEN
-        and is_secret_key(name)
-        and name not in SHELL_VARIABLES
+        if len(value) >= MIN_ENV_SECRET_LEN and is_secret_key(name) and name not in SHELL_VARIABLES
     }
     return sorted(values, key=len, reverse=True)
 
