@@ -1,6 +1,7 @@
 """Run every benchmark script (`make bench`), or the ones named: `python -m benchmarks infer`.
 
-Arguments after `--` go to each script run: `python -m benchmarks query -- --rows 200000`.
+Options after the names go to each script run: `python -m benchmarks query --rows 200000`
+(or after `--`: `python -m benchmarks query -- --rows 200000`).
 
 Each `bench_*.py` runs in its own process, so one benchmark's memory or threads never colour
 another's figures; figures are ratios against a baseline measured in the same process. Each
@@ -24,11 +25,16 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.rows import ENV, format_table, read_rows  # noqa: E402
 
 
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(benchmark names, the scripts' arguments). Names come first; from `--` or the first
+    option on, the arguments go to the scripts, so `python -m benchmarks loop --seeds 3 4`
+    does not take `--seeds 3 4` for names."""
+    at = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    return argv[:at], argv[at + (argv[at : at + 1] == ["--"]) :]
+
+
 def main(argv: list[str]) -> int:
-    passthrough: list[str] = []
-    if "--" in argv:
-        at = argv.index("--")
-        argv, passthrough = argv[:at], argv[at + 1 :]
+    argv, passthrough = split_args(argv)
     wanted = set(argv)
     scripts = sorted(HERE.glob("bench_*.py"))
     if wanted:

@@ -176,3 +176,12 @@ def test_al_goals_paired_by_seed():
     # Paired differences +0.08, +0.07, +0.06: mean +0.070, sd 0.01, t interval above 0.
     assert ahead[1] == "+0.070 [+0.045, +0.095] over 3 seeds" and ahead[2]
     assert "ahead on 2 of 3 seeds" in rare[1] and rare[2]
+
+
+def test_options_after_the_benchmark_names_reach_the_scripts():
+    from benchmarks.__main__ import split_args
+
+    assert split_args(["loop", "--seeds", "3", "4"]) == (["loop"], ["--seeds", "3", "4"])
+    assert split_args(["query", "--", "--rows", "9"]) == (["query"], ["--rows", "9"])
+    assert split_args(["infer", "train"]) == (["infer", "train"], [])
+    assert split_args([]) == ([], [])
