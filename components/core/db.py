@@ -279,18 +279,38 @@ def image_table(table: str, metadata: sa.MetaData | None = None) -> sa.Table:
 def check_writable(url: str) -> None:
     """Fail now, changing nothing, where the database refuses writes (a read-only file, no
     rights, unreachable): a probe table is created inside a transaction that is rolled back."""
-    probe = sa.Table(
-        f"segloop_probe_{secrets.token_hex(4)}", sa.MetaData(), sa.Column("x", sa.Integer)
-    )
+    name = f"segloop_probe_{secrets.token_hex(4)}"
     try:
-        with engine(url).connect() as conn, conn.begin() as transaction:
-            probe.create(conn)
-            transaction.rollback()
-    except SQLAlchemyError as exc:
+        if parse_url(url).get_backend_name() == "sqlite":
+            _probe_sqlite(url, name)
+        else:
+            probe = sa.Table(name, sa.MetaData(), sa.Column("x", sa.Integer))
+            with engine(url).connect() as conn, conn.begin() as transaction:
+                probe.create(conn)
+                transaction.rollback()
+    except (SQLAlchemyError, sqlite3.Error) as exc:
         raise SegloopError(
             f"cannot write to {safe_url(url)}: {one_line(exc)}; give a database you may write "
             "to (--db-url / db.url)"
         ) from None
+
+
+def _probe_sqlite(url: str, name: str) -> None:
+    # Python's sqlite3 driver runs DDL outside its implicit transactions, so SQLAlchemy's
+    # rollback left the probe table in the user's database; an explicit BEGIN makes it undoable.
+    raw = engine(url).raw_connection()
+    driver = raw.driver_connection
+    saved = driver.isolation_level
+    try:
+        driver.isolation_level = None  # the driver opens no transaction of its own
+        driver.execute("BEGIN IMMEDIATE")
+        try:
+            driver.execute(f'CREATE TABLE "{name}" (x INTEGER)')
+        finally:
+            driver.execute("ROLLBACK")
+    finally:
+        driver.isolation_level = saved
+        raw.close()
 
 
 def create_image_table(url: str, table: str, replace: bool = False) -> sa.Table:
