@@ -66,6 +66,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.cgroups import top_weight_for_this_process  # noqa: E402
 from benchmarks.rows import record  # noqa: E402
 from components.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from components.core.labels import Label  # noqa: E402
@@ -613,10 +614,13 @@ def main() -> None:
         )
         if not args.skip_speed:
             h, w = args.size or (768, 1024)
-            bench_speed(
-                tmp, args.rounds, args.images or 2, h, w, args.tile, args.batch,
-                torch.device("cpu"), [("fp32", "off", None), ("bf16", "bf16", torch.bfloat16)],
-            )  # fmt: skip
+            # Other work on a shared machine would take the CPU from the contenders' threads.
+            with top_weight_for_this_process(f"segloop-bench-infer-{os.getpid()}") as weight:
+                print(f"CPU: {weight}")
+                bench_speed(
+                    tmp, args.rounds, args.images or 2, h, w, args.tile, args.batch,
+                    torch.device("cpu"), [("fp32", "off", None), ("bf16", "bf16", torch.bfloat16)],
+                )  # fmt: skip
         if not args.skip_memory:
             bench_memory(tmp, 6336, 9504)
 
