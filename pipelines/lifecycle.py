@@ -31,6 +31,7 @@ from components.core.errors import SegloopError
 from components.core.storage import is_s3
 from components.images import images_from_config, names_one_build
 from pipelines.config import SegloopConfig
+from pipelines.demo_scaffolding import demo_scaffolding
 from pipelines.graphs import kfp_name
 from pipelines.settings import PIPELINE_NAMES, TEMPLATES
 from pipelines.submit import Submission
@@ -113,6 +114,8 @@ def init_project(
     """Scaffold `folder` from `template`; paths in run.yaml are relative to the current folder."""
     if template not in TEMPLATES:
         raise SegloopError(f"unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+    # Before any file is written: the component images have no demo data to write.
+    synthetic = demo_scaffolding("synthetic") if demo_images else None
     folder = Path(folder)
     name = folder.resolve().name
     if not PROJECT_NAME.match(name):
@@ -143,9 +146,7 @@ def init_project(
         path.write_text(_render(source, context), encoding="utf-8")
         scaffold.files.append(path)
     if demo_images:
-        from pipelines.demo.synthetic import make_dataset
-
-        make_dataset(
+        synthetic.make_dataset(
             folder / "data",
             demo_images,
             seed=0,

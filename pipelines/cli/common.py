@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import click
@@ -84,21 +82,6 @@ def setup_logging(verbose: bool = False) -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     quiet_chatty_libraries()
-
-
-def demo_scaffolding(module: str) -> ModuleType:
-    """`pipelines.demo.<module>`, or one line saying where it is: the component images leave
-    the demo and its synthetic data out (images/.dockerignore)."""
-    name = f"pipelines.demo.{module}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("pipelines.demo", name):
-            raise
-        raise ConfigError(
-            "the demo and its synthetic data are not installed here (the component images leave "
-            "them out); run this command from a segloop checkout or `pip install segloop`"
-        ) from None
 
 
 OUT_HELP = "Output folder or s3:// prefix (default: <out_root>/<project>/<subname>/{})."

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipelines.cli.common import config_options, demo_scaffolding, set_if
+from pipelines.cli.common import config_options, set_if
 from pipelines.config import load_config
+from pipelines.demo_scaffolding import demo_scaffolding
 
 
 @click.group()

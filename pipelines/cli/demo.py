@@ -7,7 +7,8 @@ import os
 
 import click
 
-from pipelines.cli.common import config_options, demo_scaffolding
+from pipelines.cli.common import config_options
+from pipelines.demo_scaffolding import demo_scaffolding
 
 
 @click.command("demo")

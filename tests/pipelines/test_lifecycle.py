@@ -88,6 +88,16 @@ def test_init_refuses_bad_names_and_non_empty_folders(workdir):
     assert result.exit_code != 0 and "nope" in result.output
 
 
+def test_init_where_the_demo_is_not_installed_says_so_and_writes_nothing(workdir, monkeypatch):
+    # A component image leaves pipelines/demo out; None in sys.modules makes it unimportable.
+    monkeypatch.setitem(sys.modules, "pipelines.demo.synthetic", None)
+    with pytest.raises(SegloopError, match="demo and its synthetic data are not installed"):
+        init_project(workdir / "proj", "training")
+    assert not (workdir / "proj").exists()
+    init_project(workdir / "proj", "training", demo_images=0)  # no demo data: works
+    assert (workdir / "proj" / "run.yaml").exists()
+
+
 def test_predictor_scaffold_runs_as_it_is_then_by_its_entry_point(workdir, monkeypatch):
     assert segloop("init", "weeds-pred", "--template", "predictor").exit_code == 0
     no_stack = ["-o", f"stack.dir={workdir / 'no-stack'}"]
