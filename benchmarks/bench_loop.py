@@ -123,6 +123,7 @@ def run_all(args) -> dict[str, StrategyRuns]:
                     workdir=work,
                     echo=print,
                     pool=args.pool,
+                    window=args.window,
                 )
             out[strategy].runs.append(demo)
             f = demo.figures()
@@ -392,6 +393,9 @@ def main() -> int:
         help="the demo's synthetic pool (default field: plot sessions, a rare weed)",
     )
     ap.add_argument("--rounds", type=int, default=3, help="as the demo (default 3)")
+    ap.add_argument(
+        "--window", type=int, default=None, help="as the demo: pool images pre-annotated per round"
+    )
     ap.add_argument("--out", default=f"runs/bench-loop/{time.strftime('%Y%m%d-%H%M%S')}")
     ap.add_argument("-o", "--override", action="append", default=[], help="SECTION.KEY=VALUE")
     ap.add_argument(

@@ -67,8 +67,17 @@ from pipelines.demo_scaffolding import demo_scaffolding
     help="The synthetic pool: field (plot sessions of near-duplicate shots, a rare weed) or "
     "plain (independent images).",
 )
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pool images the champion pre-annotates each round, of which select sends the budget "
+    "to people [default: 36; 10 with --small].",
+)
 @config_options
-def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, pool, config_path, overrides):
+def demo(
+    small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, pool, window, config_path, overrides
+):
     """Run the active-learning loop end to end on the embedded stack.
 
     Starts the stack if needed, writes a synthetic dataset, trains a first model on a labelled
@@ -96,6 +105,7 @@ def demo(small, rounds, seed, workdir, wait, wait_timeout_s, poll_s, pool, confi
         poll_s=poll_s,
         echo=click.echo,
         pool=pool,
+        window=window,
     )
 
 

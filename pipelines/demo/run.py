@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -414,11 +414,19 @@ def run_demo(
     poll_s: float = 10,
     echo: Echo = print,
     pool: str = "field",
+    window: int | None = None,
 ) -> DemoResult:
-    """The loop as the module docstring tells it: stack, data, round 0, rounds 1..R, summary."""
+    """The loop as the module docstring tells it: stack, data, round 0, rounds 1..R, summary.
+    `window`: pool images the champion pre-annotates per round (default: the size's)."""
     if rounds < 1:
         raise SegloopError(f"--rounds must be at least 1, got {rounds}")
     size = SMALL if small else FULL
+    if window is not None:
+        if window < size.budget:
+            raise SegloopError(
+                f"--window must be at least the budget of {size.budget} images, got {window}"
+            )
+        size = replace(size, window=window)
     passive_openmp()
     demo = DemoRun.configure(config_path, overrides, size, workdir, echo, seed, pool)
     demo.check_annotation_backend()
